@@ -1,0 +1,1 @@
+"""The `graft-edge` command line: typer commands, thin over the library."""

@@ -1,0 +1,67 @@
+"""Shared CLI plumbing: GraftError -> one red line and exit 2, consoles, JSON output."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from graft_edge.errors import GraftError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USER_ERROR = 2
+
+
+def console() -> Console:
+    """Console for results (stdout)."""
+    return Console(highlight=False)
+
+
+def err_console() -> Console:
+    """Console for errors and progress (stderr)."""
+    return Console(stderr=True, highlight=False)
+
+
+def guarded(func: F) -> F:
+    """Turn GraftError (and stray exceptions) into one clear line and a non-zero exit, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GraftError as exc:
+            err_console().print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, emoji=False)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err_console().print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # an unexpected failure: still one line unless debugging
+            if os.environ.get("GRAFT_EDGE_DEBUG"):
+                raise
+            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            err_console().print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {msg} (set GRAFT_EDGE_DEBUG=1 for the traceback)",
+                soft_wrap=True, markup=True, emoji=False,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def write_json_output(path: Path | None, data: Any) -> None:
+    """Write JSON to a file atomically, or to stdout when path is '-'."""
+    from graft_edge.fileio import write_json
+
+    if path is None:
+        return
+    if str(path) == "-":
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        write_json(path, data)

@@ -1,0 +1,119 @@
+"""`init`, `inspect` and `eval`: make a model of a preset, describe any model file, measure its accuracy."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.errors import GraftError
+
+
+@guarded
+def init_cmd(
+    preset: str = typer.Argument(..., help="Architecture preset: rgbnt100 (3 modalities, DeiT-B), rgbn300 (2), synthetic (tiny ViT)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.pt)."),
+    num_ids: Optional[int] = typer.Option(None, "--num-ids", help="Classifier width (training identities). Default: the preset's (50 / 150 / 32)."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Load ImageNet weights for the backbone (timm hub or --pretrained-file)."),
+    pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local backbone weights (.pth/.safetensors) instead of the hub."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="timm ViT name, e.g. deit_base_distilled_patch16_224. Default: the preset's."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of rgb,nir,tir. Default: the preset's."),
+) -> None:
+    """Write a checkpoint of a preset's architecture (to inspect, benchmark or export before training)."""
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.config import get_preset, parse_modalities, validate
+    from graft_edge.model import build_model, embedding_params
+    from graft_edge.units import format_count
+
+    cfg = get_preset(preset)
+    mcfg = replace(cfg.model, pretrained=pretrained,
+                   pretrained_file=str(pretrained_file) if pretrained_file else cfg.model.pretrained_file)
+    if num_ids is not None:
+        if num_ids < 1:
+            raise GraftError(f"--num-ids {num_ids}: expected a positive integer")
+        mcfg = replace(mcfg, num_ids=num_ids)
+    if backbone:
+        mcfg = replace(mcfg, backbone=backbone)
+    if modalities:
+        mcfg = replace(mcfg, modalities=parse_modalities(modalities))
+    cfg = validate(replace(cfg, model=mcfg))
+    model = build_model(cfg.model)
+    save_checkpoint(out, model, cfg)
+    console().print(f"wrote {out}: {cfg.preset} ({','.join(mcfg.modalities)}), "
+                    f"{format_count(embedding_params(model))} embedding parameters")
+
+
+def describe_model(path: Path) -> dict:
+    """The facts `inspect` prints for any model file."""
+    from graft_edge.runtime import load_embedder
+
+    info = load_embedder(path).info
+    extra = dict(info.extra)
+    return {
+        "path": str(path), "format": info.format,
+        "params_total": extra.pop("params_total", info.params_embedding),
+        "params_embedding": info.params_embedding, "params_nonzero": info.params_nonzero,
+        "modalities": list(info.modalities), "backbone": extra.pop("backbone", None),
+        "input_size": list(info.img_size), "embed_dim": info.embed_dim,
+        "mean": list(info.mean), "std": list(info.std),
+        "history": extra.pop("history", []), "file_size": extra.pop("file_size", path.stat().st_size),
+        **extra,
+    }
+
+
+@guarded
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """Describe a model: parameters (total / embedding / nonzero), modalities, input size, pruning history."""
+    from rich.table import Table
+
+    from graft_edge.units import format_count
+
+    facts = describe_model(model)
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2, default=str))
+        return
+    table = Table(title=str(model), show_header=False)
+    for key, value in facts.items():
+        if key.startswith("params") and isinstance(value, int):
+            value = f"{format_count(value)} ({value:,})"
+        elif key == "file_size":
+            value = f"{value / 1e6:.1f} MB"
+        elif key == "history":
+            value = "\n".join(json.dumps(h, default=str) for h in value) or "-"
+        table.add_row(key, str(value))
+    console().print(table)
+
+
+@guarded
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root in the RGBNT100/RGBN300 layout (query + gallery are used)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON to this file ('-' for stdout)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass.", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+) -> None:
+    """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from graft_edge.evaluation import evaluate_embedder
+    from graft_edge.runtime import load_embedder
+
+    embedder = load_embedder(model, device=device, threads=threads)
+    with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console(), transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        result = evaluate_embedder(embedder, data, batch_size=batch_size,
+                                   progress=lambda n: bar.advance(task, n))
+    console().print(
+        f"mAP {100 * result['mAP']:.2f}  R1 {100 * result['R1']:.2f}  R5 {100 * result['R5']:.2f}  "
+        f"R10 {100 * result['R10']:.2f}  (query {result['num_query']}, gallery {result['num_gallery']}"
+        + (f", {result['num_query_skipped']} queries without a match skipped" if result["num_query_skipped"] else "") + ")"
+    )
+    write_json_output(json_out, {**result, "model": str(model), "data": str(data)})

@@ -1,0 +1,284 @@
+"""Frozen configuration dataclasses and the named presets (rgbnt100, rgbn300, synthetic).
+
+Configs are plain data passed explicitly; YAML is read only at the CLI edge
+(`config_from_dict` / `config_to_dict` are the bridge).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Mapping
+
+from graft_edge.errors import GraftError
+
+MODALITIES: tuple[str, ...] = ("rgb", "nir", "tir")
+FUSIONS: tuple[str, ...] = ("token", "cls", "avg")
+TRIPLET_COMBOS: tuple[str, ...] = ("FFD", "DDD", "FFF", "FDD", "DFF", "DFD", "DDF", "FDF")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a GraFT model (paper §3)."""
+
+    backbone: str = "deit_base_patch16_224"  # any timm ViT name
+    backbone_args: Mapping[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny ViTs)
+    modalities: tuple[str, ...] = MODALITIES
+    img_size: tuple[int, int] = (224, 224)  # (H, W) fed to the backbone
+    num_ids: int = 50  # classifier width (training identities)
+    pretrained: bool = True
+    pretrained_file: str | None = None  # local weights instead of the timm hub
+    fusion: str = "token"  # token (GraFT) | cls | avg (paper Table 5 vanilla fusion)
+    enc_heads: int = 8
+    enc_ff: int = 2048
+    enc_dropout: float = 0.1
+    data_token_index: int = 0  # data token used as "D" in the triplet combos
+    neck_feat: str = "before"  # inference embedding: "before" or "after" the BNNeck
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are read, augmented and batched."""
+
+    ids_per_batch: int = 8  # P of the P x K identity-balanced sampler
+    instances_per_id: int = 4  # K: positives per anchor are K - 1
+    num_workers: int = 2
+    hflip: float = 0.5
+    vflip: float = 0.5
+    erase: float = 0.5
+    eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of eq. 10 and the triplet token combination (Table 8)."""
+
+    alpha: float = 0.5  # triplet
+    beta: float = 0.0  # center
+    gamma: float = 0.5  # cross-entropy
+    combo: str = "FFD"
+    mining: str = "hard"  # hard | random
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage (paper §5.2)."""
+
+    epochs: int = 40
+    lr: float = 2.54e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.839, 0.978)
+    schedule: str = "warmup_sqrt"  # warmup_sqrt | constant
+    warmup_steps: int = 500
+    cooldown_frac: float = 0.1
+    freeze_backbone: bool = True
+    center_lr: float = 0.5
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Two-stage training recipe plus evaluation cadence."""
+
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            epochs=60, lr=5e-6, weight_decay=1.3e-3, schedule="constant", freeze_backbone=False,
+            loss=LossConfig(beta=0.0005, label_smoothing=0.1),
+        )
+    )
+    eval_every: int = 5  # epochs
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on GPUs
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass(frozen=True)
+class GraftConfig:
+    """Everything a run needs: model, data, training."""
+
+    preset: str = "rgbnt100"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _synthetic() -> GraftConfig:
+    tiny = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0}
+    stage1 = StageConfig(epochs=12, lr=1e-3, weight_decay=0.05, warmup_steps=20, freeze_backbone=False)
+    stage2 = StageConfig(
+        epochs=4, lr=1e-4, weight_decay=1e-3, schedule="constant", freeze_backbone=False,
+        loss=LossConfig(beta=0.0005, label_smoothing=0.1),
+    )
+    return GraftConfig(
+        preset="synthetic",
+        model=ModelConfig(
+            backbone="vit_tiny_patch16_224", backbone_args=tiny, img_size=(32, 64), num_ids=32,
+            pretrained=False, enc_heads=4, enc_ff=128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        ),
+        data=DataConfig(ids_per_batch=8, instances_per_id=4, num_workers=0, eval_batch_size=128),
+        train=TrainConfig(stage1=stage1, stage2=stage2, eval_every=4, amp=False),
+    )
+
+
+def _rgbn300() -> GraftConfig:
+    base = GraftConfig(preset="rgbn300")
+    return replace(base, model=replace(base.model, modalities=("rgb", "nir"), num_ids=150))
+
+
+PRESETS = {
+    "rgbnt100": lambda: GraftConfig(preset="rgbnt100"),
+    "rgbn300": _rgbn300,
+    "synthetic": _synthetic,
+}
+
+
+def get_preset(name: str) -> GraftConfig:
+    """The named preset; raises GraftError listing the known names."""
+    if name not in PRESETS:
+        raise GraftError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def parse_modalities(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'rgb,nir' -> ('rgb', 'nir') in canonical order; rejects unknown or repeated names."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in MODALITIES]
+    if bad or not names:
+        raise GraftError(
+            f"unknown modality {bad[0] if bad else text!r}: expected a comma-separated subset of {','.join(MODALITIES)}"
+        )
+    if len(set(names)) != len(names):
+        raise GraftError(f"modality listed twice in {text!r}")
+    return tuple(m for m in MODALITIES if m in names)
+
+
+def validate(cfg: GraftConfig) -> GraftConfig:
+    """Check cross-field constraints; returns cfg unchanged or raises GraftError."""
+    m = cfg.model
+    parse_modalities(m.modalities)
+    if m.fusion not in FUSIONS:
+        raise GraftError(f"model.fusion={m.fusion!r}: expected one of {', '.join(FUSIONS)}")
+    if m.neck_feat not in ("before", "after"):
+        raise GraftError(f"model.neck_feat={m.neck_feat!r}: expected 'before' or 'after'")
+    for st_name in ("stage1", "stage2"):
+        st: StageConfig = getattr(cfg.train, st_name)
+        if st.loss.combo not in TRIPLET_COMBOS:
+            raise GraftError(f"train.{st_name}.loss.combo={st.loss.combo!r}: expected one of {', '.join(TRIPLET_COMBOS)}")
+        if st.loss.mining not in ("hard", "random"):
+            raise GraftError(f"train.{st_name}.loss.mining={st.loss.mining!r}: expected 'hard' or 'random'")
+        if st.schedule not in ("warmup_sqrt", "constant"):
+            raise GraftError(f"train.{st_name}.schedule={st.schedule!r}: expected 'warmup_sqrt' or 'constant'")
+    if cfg.data.instances_per_id < 2:
+        raise GraftError("data.instances_per_id must be >= 2 (a positive per anchor is needed)")
+    if cfg.data.ids_per_batch < 2:
+        raise GraftError("data.ids_per_batch must be >= 2 (a negative per anchor is needed)")
+    return cfg
+
+
+# ---------------------------------------------------------------- dict / YAML bridge
+
+def config_to_dict(obj: Any) -> Any:
+    """Dataclass tree -> plain dicts/lists (YAML- and torch.load(weights_only)-safe)."""
+    if is_dataclass(obj):
+        return {f.name: config_to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): config_to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [config_to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Convert a plain value to the type of `target` (the default it replaces)."""
+    if is_dataclass(target):
+        if not isinstance(value, Mapping):
+            raise GraftError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(type(target), value, where, base=target)
+    if isinstance(target, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise GraftError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(target, int) and not isinstance(target, bool):
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise GraftError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(target, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise GraftError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(target, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise GraftError(f"{where}: expected a list, got {value!r}")
+        if target and len(target) in (2, 3) and len(value) != len(target) and not isinstance(target[0], str):
+            raise GraftError(f"{where}: expected {len(target)} values, got {len(value)}")
+        proto = target[0] if target else None
+        return tuple(_coerce(v, proto, where) if proto is not None else v for v in value)
+    if isinstance(target, Mapping):
+        if not isinstance(value, Mapping):
+            raise GraftError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(target, str):
+        return str(value)
+    return value  # None-typed optional fields take the value as given
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], where: str, base: Any = None) -> Any:
+    base = base if base is not None else cls()
+    known = {f.name for f in fields(cls)}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise GraftError(f"unknown config key {prefix}{unknown[0]!r}: expected one of {', '.join(sorted(known))}")
+    changes = {
+        k: _coerce(v, getattr(base, k), f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return replace(base, **changes)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> GraftConfig:
+    """Build a GraftConfig from a plain dict, starting from the preset it names."""
+    preset = str(data.get("preset", "rgbnt100"))
+    return validate(_from_dict(GraftConfig, data, "", base=get_preset(preset)))
+
+
+def apply_overrides(cfg: GraftConfig, sets: list[str] | tuple[str, ...]) -> GraftConfig:
+    """Apply `key.path=value` overrides (the CLI's --set), type-checked against the defaults."""
+    import yaml
+
+    data = config_to_dict(cfg)
+    for item in sets:
+        if "=" not in item:
+            raise GraftError(f"--set {item!r}: expected KEY=VALUE, e.g. train.stage1.epochs=5")
+        key, raw = item.split("=", 1)
+        node: Any = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise GraftError(f"--set {key!r}: unknown config key {'.'.join(parts[: i + 1])!r}")
+            if i == len(parts) - 1:
+                try:
+                    node[part] = yaml.safe_load(raw) if raw.strip() else raw
+                except yaml.YAMLError:
+                    node[part] = raw
+            else:
+                node = node[part]
+    return config_from_dict(data)
+
+
+def dataclass_replace(obj: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` re-exported for callers that build variants of a config."""
+    return dataclasses.replace(obj, **changes)

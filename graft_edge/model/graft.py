@@ -1,0 +1,87 @@
+"""GraFT: shared ViT backbone -> per-modality fusion encoders -> averaged fusion token (paper §3)."""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft_edge.config import ModelConfig
+from graft_edge.errors import GraftError
+from graft_edge.model.backbone import backbone_tokens, create_backbone
+from graft_edge.model.fusion import create_fusion
+from graft_edge.model.head import BNNeck
+
+
+class GraftOutput(NamedTuple):
+    """What the model returns, in train and eval alike."""
+
+    embedding: torch.Tensor  # (B, D) fused embedding Z_f, pre-BN (triplet / center losses)
+    neck: torch.Tensor  # (B, D) BNNeck output (CE input)
+    logits: torch.Tensor  # (B, num_ids)
+    fusion_tokens: torch.Tensor  # (B, M, D) each present modality's fusion-token output
+    data_tokens: torch.Tensor  # (B, M, D) each present modality's sampled data token
+
+
+class GraFT(nn.Module):
+    """Gradual Fusion Transformer for multimodal ReID."""
+
+    def __init__(self, cfg: ModelConfig, pretrained: bool | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = tuple(cfg.modalities)
+        self.backbone = create_backbone(cfg, pretrained)
+        dim = int(self.backbone.embed_dim)
+        self.embed_dim = dim
+        self.fusion = create_fusion(dim, cfg)
+        self.head = BNNeck(dim, cfg.num_ids)
+
+    def present(self, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+        """The configured modalities found in `inputs`, in canonical order; rejects unknown keys."""
+        unknown = [k for k in inputs if k not in self.modalities]
+        if unknown:
+            raise GraftError(f"modality {unknown[0]!r} is not one of this model's {','.join(self.modalities)}")
+        present = tuple(m for m in self.modalities if m in inputs)
+        if not present:
+            raise GraftError(f"no input modality given: expected some of {','.join(self.modalities)}")
+        return present
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> GraftOutput:
+        """inputs: {modality: (B, 3, H, W)}; missing modalities are averaged out."""
+        present = self.present(inputs)
+        x = torch.stack([inputs[m] for m in present])  # (M, B, 3, H, W)
+        M, B = x.shape[:2]
+        tokens = backbone_tokens(self.backbone, x.flatten(0, 1))  # (M*B, N, D), one shared pass
+        tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
+        fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
+        embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present
+        neck, logits = self.head(embedding)
+        return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens)
+
+    def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inference path: the L2-normalised matching embedding (B, D)."""
+        out = self(inputs)
+        feat = out.embedding if self.cfg.neck_feat == "before" else out.neck
+        return F.normalize(feat, dim=-1)
+
+
+def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> GraFT:
+    """Create a GraFT model from its config (pretrained backbone when cfg.pretrained)."""
+    return GraFT(cfg, pretrained)
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """All parameters (or only the nonzero ones)."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    if nonzero:
+        return int(sum(int(torch.count_nonzero(p.detach())) for p in params))
+    return int(sum(p.numel() for p in params))
+
+
+def embedding_params(model: GraFT, nonzero: bool = False) -> int:
+    """Parameters of the deployed embedding model: the training-only classifier (and an unused BNNeck) excluded."""
+    excluded = [model.head.classifier]
+    if model.cfg.neck_feat == "before":
+        excluded.append(model.head.bn)
+    return count_params(model, nonzero) - sum(count_params(m, nonzero) for m in excluded)
