@@ -64,6 +64,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise GraftError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise GraftError(f"checkpoint {path} is corrupt or truncated (not a complete PyTorch archive)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

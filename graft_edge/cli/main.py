@@ -17,6 +17,7 @@ app = typer.Typer(
 app.command("init")(init_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("eval")(eval_cmd)
+app.command("synth")(__import__("graft_edge.cli.synth", fromlist=["synth"]).synth)
 # --- end of command registration ---
 
 

@@ -1,1 +1,75 @@
-"""data stage."""
+"""Data layer: on-disk layouts, the multimodal dataset, paired transforms, the P x K sampler, loaders.
+
+Loader items are (images: {modality: (B, 3, H, W)}, labels (B,), camids (B,)); labels are
+training labels 0..N-1 in the train loader and the on-disk pids in the query/gallery loaders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from graft_edge.config import MODALITIES, GraftConfig, ModelConfig
+from graft_edge.data.dataset import ReidDataset
+from graft_edge.data.layouts import Layout, Sample, Source, detect_layout, num_ids, parse_name, read_split, relabel
+from graft_edge.data.sampler import IdentityBatchSampler
+from graft_edge.data.transforms import AugParams, PairedTransform
+from graft_edge.errors import GraftError
+
+__all__ = [
+    "AugParams", "IdentityBatchSampler", "Layout", "PairedTransform", "ReidDataset", "Sample", "Source",
+    "build_eval_loaders", "build_train_loader", "dataset_modalities", "detect_layout", "parse_name",
+    "read_split", "relabel",
+]
+
+
+def dataset_modalities(root: str | Path) -> tuple[str, ...]:
+    """The modalities the dataset at `root` holds, in canonical order (rgb, nir, tir)."""
+    held = detect_layout(root).modalities
+    return tuple(m for m in MODALITIES if m in held)
+
+
+def _loader_kwargs(num_workers: int) -> dict:
+    """DataLoader options shared by train and eval loaders."""
+    if num_workers < 0:
+        raise GraftError(f"data.num_workers={num_workers}: expected 0 or more")
+    kwargs: dict = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    return kwargs
+
+
+def build_train_loader(
+    root: str | Path, cfg: GraftConfig, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, IdentityBatchSampler, int]:
+    """Training loader over ROOT's train split: P x K batches of this rank, augmented; and the id count."""
+    m, d = cfg.model, cfg.data
+    samples = read_split(root, "train", m.modalities)
+    if not samples:
+        raise GraftError(f"data root {root} has no training images (pid -1 junk images are skipped)")
+    transform = PairedTransform(m.img_size, m.mean, m.std, train=True, hflip=d.hflip, vflip=d.vflip, erase=d.erase)
+    dataset = ReidDataset(samples, m.modalities, transform)
+    sampler = IdentityBatchSampler(
+        dataset.labels, d.ids_per_batch, d.instances_per_id, seed=cfg.train.seed, rank=rank, world_size=world_size
+    )
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # worker seeds, per rank
+    loader = DataLoader(dataset, batch_sampler=sampler, generator=generator, **_loader_kwargs(d.num_workers))
+    return loader, sampler, num_ids(samples)
+
+
+def build_eval_loaders(
+    root: str | Path, model_cfg: ModelConfig, batch_size: int, num_workers: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """Query and gallery loaders (resize + normalise only, fixed order); labels are on-disk pids."""
+    if batch_size < 1:
+        raise GraftError(f"batch size {batch_size}: expected a positive integer")
+    transform = PairedTransform(model_cfg.img_size, model_cfg.mean, model_cfg.std, train=False)
+    loaders = []
+    for split in ("query", "gallery"):
+        samples = read_split(root, split, model_cfg.modalities)
+        if not samples:
+            raise GraftError(f"data root {root} has no {split} images")
+        dataset = ReidDataset(samples, model_cfg.modalities, transform)
+        loaders.append(DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers)))
+    return loaders[0], loaders[1]

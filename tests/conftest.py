@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny model configs and checkpoints; hardware markers that skip only without the hardware."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft_edge.config import GraftConfig, get_preset
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def has_cuda() -> bool:
+    """True when an NVIDIA GPU is usable by PyTorch."""
+    return torch.cuda.is_available()
+
+
+def has_tensorrt() -> bool:
+    """True when the tensorrt package imports and a GPU is present."""
+    return has_cuda() and importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without an NVIDIA GPU and `trt` tests without TensorRT + GPU."""
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (none visible to PyTorch)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install graft-edge[trt]) and an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda():
+            item.add_marker(skip_gpu)
+        if "trt" in item.keywords and not has_tensorrt():
+            item.add_marker(skip_trt)
+
+
+@pytest.fixture
+def tiny_cfg() -> GraftConfig:
+    """The synthetic preset (tiny ViT, 32x64 images, 3 modalities)."""
+    return get_preset("synthetic")
+
+
+def tiny_config(modalities: tuple[str, ...] = ("rgb", "nir", "tir"), **model_changes) -> GraftConfig:
+    """A synthetic-preset config with the given modalities / model field changes."""
+    cfg = get_preset("synthetic")
+    return replace(cfg, model=replace(cfg.model, modalities=modalities, **model_changes))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A saved untrained synthetic-preset checkpoint."""
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.model import build_model
+
+    torch.manual_seed(0)
+    cfg = get_preset("synthetic")
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg)
+    return path

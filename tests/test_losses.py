@@ -1,0 +1,105 @@
+"""Losses on hand-computed cases: soft-margin triplet (token combos, mining), center loss, CE."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graft_edge.config import TRIPLET_COMBOS, LossConfig
+from graft_edge.losses import CenterLoss, GraftLoss, token_features, triplet_loss
+from graft_edge.model import GraftOutput
+
+
+def _out(emb, data_tokens, num_ids=3):
+    emb = torch.tensor(emb, dtype=torch.float32)
+    data = torch.tensor(data_tokens, dtype=torch.float32)
+    B, D = emb.shape
+    return GraftOutput(emb, emb.clone(), torch.zeros(B, num_ids), emb[:, None].expand(B, 2, D), data)
+
+
+def test_hard_mining_hand_computed() -> None:
+    # 1-D embeddings: ids [0, 0, 1]
+    out = _out([[0.0], [1.0], [3.0]], [[[0.0], [0.0]], [[0.0], [0.0]], [[0.0], [0.0]]])
+    labels = torch.tensor([0, 0, 1])
+    # FFF: anchor 0 -> d_ap=1, d_an=3; anchor 1 -> d_ap=1, d_an=2; anchor 2 has no positive (skipped)
+    expected = (math.log1p(math.exp(1 - 3)) + math.log1p(math.exp(1 - 2))) / 2
+    assert triplet_loss(out, labels, "FFF").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ffd_uses_the_averaged_data_token_as_negative() -> None:
+    # data tokens of sample 2 average to 5.0 (modalities 4 and 6); fused embeddings as before
+    out = _out([[0.0], [1.0], [3.0]], [[[9.0], [9.0]], [[9.0], [9.0]], [[4.0], [6.0]]])
+    labels = torch.tensor([0, 0, 1])
+    assert torch.allclose(token_features(out, "D"), torch.tensor([[9.0], [9.0], [5.0]]))
+    # anchor 0: d_ap = |0-1| = 1, d_an = |0-5| = 5; anchor 1: d_ap = 1, d_an = |1-5| = 4
+    expected = (math.log1p(math.exp(1 - 5)) + math.log1p(math.exp(1 - 4))) / 2
+    assert triplet_loss(out, labels, "FFD").item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("combo", TRIPLET_COMBOS)
+def test_every_combo_matches_a_direct_computation(combo: str) -> None:
+    torch.manual_seed(0)
+    emb, data = torch.randn(6, 4), torch.randn(6, 3, 4)
+    out = GraftOutput(emb, emb, torch.zeros(6, 3), emb[:, None].expand(6, 3, 4), data)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    feats = {"F": emb, "D": data.mean(1)}
+    a, p, n = feats[combo[0]], feats[combo[1]], feats[combo[2]]
+    losses = []
+    for i in range(6):
+        pos = [j for j in range(6) if labels[j] == labels[i] and j != i]
+        neg = [j for j in range(6) if labels[j] != labels[i]]
+        d_ap = max((a[i] - p[j]).norm() for j in pos)
+        d_an = min((a[i] - n[j]).norm() for j in neg)
+        losses.append(F.softplus(d_ap - d_an))
+    assert triplet_loss(out, labels, combo).item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+
+
+def test_random_mining_picks_valid_pairs() -> None:
+    out = _out([[0.0], [1.0], [3.0], [7.0]], [[[0.0], [0.0]]] * 4)
+    labels = torch.tensor([0, 0, 1, 1])
+    g = torch.Generator().manual_seed(0)
+    # with 2 ids x 2 images there is exactly one positive per anchor; negatives are random among two
+    value = triplet_loss(out, labels, "FFF", mining="random", generator=g).item()
+    lo = triplet_loss(out, labels, "FFF", mining="hard").item()
+    assert value <= lo + 1e-6  # hard negatives give the largest loss
+
+
+def test_unknown_combo() -> None:
+    out = _out([[0.0], [1.0]], [[[0.0], [0.0]]] * 2)
+    with pytest.raises(ValueError, match="XYZ"):
+        triplet_loss(out, torch.tensor([0, 1]), "XYZ")
+
+
+def test_center_loss_hand_computed_and_centers_learn() -> None:
+    loss = CenterLoss(num_ids=2, dim=2)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    feats = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
+    value = loss(feats, torch.tensor([0, 1]))
+    assert value.item() == pytest.approx(0.5 * (25 + 1) / 2)
+    opt = torch.optim.SGD(loss.parameters(), lr=0.5)
+    before = loss.centers.detach().clone()
+    value.backward()
+    opt.step()
+    assert not torch.equal(before, loss.centers)
+    assert loss(feats, torch.tensor([0, 1])).item() < value.item()
+
+
+def test_total_weights_and_label_smoothing() -> None:
+    torch.manual_seed(0)
+    emb = torch.randn(4, 3)
+    logits = torch.randn(4, 5)
+    out = GraftOutput(emb, emb, logits, emb[:, None].expand(4, 2, 3), torch.randn(4, 2, 3))
+    labels = torch.tensor([0, 0, 1, 1])
+    cfg = LossConfig(alpha=0.5, beta=0.25, gamma=2.0, label_smoothing=0.1)
+    crit = GraftLoss(cfg, num_ids=5, dim=3)
+    parts = crit(out, labels)
+    ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    trip = triplet_loss(out, labels, "FFD")
+    cent = crit.center(emb, labels)
+    assert parts.ce.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert parts.total.item() == pytest.approx((0.5 * trip + 0.25 * cent + 2.0 * ce).item(), rel=1e-5)
+    # label smoothing really changes CE
+    assert ce.item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)

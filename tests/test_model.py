@@ -1,0 +1,139 @@
+"""GraFT model: parameter counts, shapes, the fusion-token attention path, missing modalities, variants."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graft_edge.config import get_preset
+from graft_edge.errors import GraftError
+from graft_edge.model import GraftOutput, build_model, count_params, embedding_params
+
+from conftest import tiny_config
+
+
+def _inputs(modalities, batch=2, size=(32, 64), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(batch, 3, *size, generator=g) for m in modalities}
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [("rgbnt100", 102.34e6), ("rgbn300", 96.83e6)],
+)
+def test_full_size_embedding_params_match_paper(preset: str, expected: float) -> None:
+    model = build_model(get_preset(preset).model, pretrained=False)
+    assert abs(embedding_params(model) - expected) / expected < 0.005
+    # backbone 85.80M and 5.51M per modality encoder (DESIGN.md)
+    assert abs(count_params(model.backbone) - 85.80e6) < 0.01e6
+    for enc in model.fusion.encoders.values():
+        assert count_params(enc) == 5_513_984
+    num_ids = model.cfg.num_ids
+    assert count_params(model) - embedding_params(model) == 768 * num_ids + 2 * 768  # classifier + BN
+
+
+@pytest.mark.parametrize("modalities", [("rgb",), ("rgb", "nir"), ("rgb", "nir", "tir"), ("nir", "tir")])
+def test_output_shapes(modalities) -> None:
+    model = build_model(tiny_config(modalities).model).eval()
+    out = model(_inputs(modalities, batch=3))
+    assert isinstance(out, GraftOutput)
+    d, m = model.embed_dim, len(modalities)
+    assert out.embedding.shape == (3, d) and out.neck.shape == (3, d)
+    assert out.logits.shape == (3, model.cfg.num_ids)
+    assert out.fusion_tokens.shape == (3, m, d) and out.data_tokens.shape == (3, m, d)
+    emb = model.embed(_inputs(modalities, batch=3))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_same_return_type_in_train_and_eval() -> None:
+    model = build_model(tiny_config().model)
+    x = _inputs(("rgb", "nir", "tir"), batch=4)
+    assert type(model.train()(x)) is type(model.eval()(x)) is GraftOutput
+
+
+def test_modalities_only_meet_through_the_fusion_token() -> None:
+    model = build_model(tiny_config().model).eval()
+    x = _inputs(("rgb", "nir", "tir"))
+    y = dict(x, rgb=x["rgb"] + 1.0)  # perturb RGB only
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    # RGB's own encoder outputs change ...
+    assert not torch.allclose(a.fusion_tokens[:, 0], b.fusion_tokens[:, 0])
+    # ... the other modalities' encoders never see RGB tokens
+    assert torch.allclose(a.fusion_tokens[:, 1:], b.fusion_tokens[:, 1:], atol=1e-6)
+    assert torch.allclose(a.data_tokens[:, 1:], b.data_tokens[:, 1:], atol=1e-6)
+    # and the fused embedding is exactly the mean of the per-modality fusion tokens (eq. 6)
+    assert torch.allclose(a.embedding, a.fusion_tokens.mean(1), atol=1e-6)
+
+
+def test_fusion_token_is_shared_and_learns() -> None:
+    model = build_model(tiny_config().model)
+    token = model.fusion.fusion_token
+    assert token.shape == (1, 1, model.embed_dim)
+    out = model(_inputs(("rgb", "nir", "tir"), batch=4))
+    out.embedding.sum().backward()
+    assert token.grad is not None and token.grad.abs().sum() > 0
+
+
+def test_missing_modality_is_averaged_out() -> None:
+    model = build_model(tiny_config().model).eval()
+    x = _inputs(("rgb", "nir", "tir"))
+    with torch.no_grad():
+        full = model(x)
+        part = model({"rgb": x["rgb"], "tir": x["tir"]})
+    assert part.fusion_tokens.shape[1] == 2
+    assert torch.allclose(part.embedding, full.fusion_tokens[:, [0, 2]].mean(1), atol=1e-5)
+
+
+def test_vanilla_fusion_mixes_modalities() -> None:
+    for fusion in ("cls", "avg"):
+        model = build_model(tiny_config(fusion=fusion).model).eval()
+        assert list(model.fusion.encoders) == ["joint"]
+        x = _inputs(("rgb", "nir", "tir"))
+        y = dict(x, rgb=x["rgb"] + 1.0)
+        with torch.no_grad():
+            a, b = model(x), model(y)
+        # a joint encoder lets RGB reach the NIR data tokens directly
+        assert not torch.allclose(a.data_tokens[:, 1], b.data_tokens[:, 1], atol=1e-6)
+
+
+def test_bad_modality_inputs() -> None:
+    model = build_model(tiny_config(("rgb", "nir")).model)
+    with pytest.raises(GraftError, match="tir"):
+        model(_inputs(("rgb", "tir")))
+    with pytest.raises(GraftError, match="no input modality"):
+        model({})
+
+
+def test_bnneck_bias_frozen_and_classifier_bias_free() -> None:
+    model = build_model(tiny_config().model)
+    assert not model.head.bn.bias.requires_grad and torch.all(model.head.bn.bias == 0)
+    assert model.head.classifier.bias is None
+    assert model.head.classifier.weight.std().item() == pytest.approx(0.001, rel=0.3)
+
+
+def test_pretrained_without_source_is_a_clear_error(tmp_path) -> None:
+    cfg = tiny_config(pretrained=True, pretrained_file=str(tmp_path / "missing.pth"))
+    with pytest.raises(GraftError, match="missing.pth"):
+        build_model(cfg.model)
+
+
+def test_pretrained_from_local_file(tmp_path) -> None:
+    src = build_model(tiny_config().model)
+    path = tmp_path / "backbone.pth"
+    torch.save(src.backbone.state_dict(), path)
+    model = build_model(tiny_config(pretrained=True, pretrained_file=str(path)).model)
+    assert torch.equal(model.backbone.pos_embed, src.backbone.pos_embed)
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(GraftError, match="unknown timm backbone"):
+        build_model(tiny_config(backbone="not_a_vit").model)
+
+
+def test_distilled_deit_data_tokens_include_dist_token() -> None:
+    cfg = tiny_config(backbone="deit_tiny_distilled_patch16_224")
+    model = build_model(cfg.model).eval()
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(torch.randn(1, 3, 32, 64))
+    assert tokens.shape[1] == 2 + (32 // 8) * (64 // 8)  # cls + dist + patches
+    assert model.embed(_inputs(("rgb", "nir", "tir"), batch=2)).shape == (2, 64)
