@@ -17,7 +17,12 @@ app = typer.Typer(
 app.command("init")(init_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("eval")(eval_cmd)
+app.command("train")(__import__("graft_edge.cli.train", fromlist=["train_cmd"]).train_cmd)
 app.command("synth")(__import__("graft_edge.cli.synth", fromlist=["synth"]).synth)
+app.command("bench")(__import__("graft_edge.cli.bench", fromlist=["bench_cmd"]).bench_cmd)
+app.command("prune")(__import__("graft_edge.cli.prune", fromlist=["prune_cmd"]).prune_cmd)
+app.command("export")(__import__("graft_edge.cli.export", fromlist=["export_cmd"]).export_cmd)
+app.command("frontier")(__import__("graft_edge.cli.frontier", fromlist=["frontier_cmd"]).frontier_cmd)
 # --- end of command registration ---
 
 

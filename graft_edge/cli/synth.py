@@ -11,13 +11,13 @@ from graft_edge.cli.common import console, guarded
 @guarded
 def synth(
     out: Path = typer.Option(..., "--out", help="Dataset root to create (ROOT/rgbir/{bounding_box_train,query,bounding_box_test}); must be empty or absent."),
-    ids: int = typer.Option(64, "--ids", help="Identities in total; half train, half test. Default 64."),
-    cameras: int = typer.Option(8, "--cameras", help="Cameras (about a quarter film at night). Default 8."),
-    modalities: str = typer.Option("rgb,nir,tir", "--modalities", help="Comma-separated subset of rgb,nir,tir; one side-by-side slot each. Default rgb,nir,tir."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes. Default 0."),
-    images_per_camera: int = typer.Option(3, "--images-per-camera", help="Images of each identity per camera. Default 3."),
-    height: int = typer.Option(64, "--height", help="Height of one modality slot in pixels. Default 64."),
-    width: int = typer.Option(128, "--width", help="Width of one modality slot in pixels (the file is width x number of modalities). Default 128."),
+    ids: int = typer.Option(64, "--ids", help="Identities in total; half train, half test."),
+    cameras: int = typer.Option(8, "--cameras", help="Cameras (about a quarter film at night)."),
+    modalities: str = typer.Option("rgb,nir,tir", "--modalities", help="Comma-separated subset of rgb,nir,tir; one side-by-side slot each."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
+    images_per_camera: int = typer.Option(3, "--images-per-camera", help="Images of each identity per camera."),
+    height: int = typer.Option(64, "--height", help="Height of one modality slot in pixels."),
+    width: int = typer.Option(128, "--width", help="Width of one modality slot in pixels (the file is width x number of modalities)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder (only once the new set is complete)."),
 ) -> None:
     """Write a synthetic vehicle ReID set where identity needs all modalities (colour in RGB, pattern in NIR, heat in TIR)."""

@@ -1,0 +1,111 @@
+"""`graft-edge export`: a checkpoint -> checked ONNX (FP32 / INT8 / FP16) and TensorRT engines in one folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from graft_edge.cli.common import console, err_console, guarded
+
+EXIT_CHECK_FAILED = 1  # the export ran but an artefact failed its check (or TensorRT was unavailable)
+
+
+def _int8_modes(values: list[str] | None) -> tuple[str, ...]:
+    """--int8 dynamic --int8 static, --int8 dynamic,static or --int8 both -> ('dynamic', 'static')."""
+    modes: list[str] = []
+    for value in values or []:
+        for part in str(value).split(","):
+            part = part.strip().lower()
+            if part == "both":
+                modes += ["dynamic", "static"]
+            elif part:
+                modes.append(part)
+    return tuple(dict.fromkeys(modes))
+
+
+def _summary_table(result) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"export of {result.source.name} -> {result.out_dir}"))
+    table.add_column("artefact", no_wrap=True)
+    for col in ("size", "max|diff|", "min cos", "mean cos", "time"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for art in result.artefacts:
+        p = art.parity or {}
+        name = art.files[0].name if art.files else art.path.name
+        status = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "staged": "not kept"}.get(art.status, escape(art.status))
+        table.add_row(
+            escape(name), f"{art.size_bytes / 1e6:.1f} MB",
+            f"{p['max_abs_diff']:.1e}" if "max_abs_diff" in p else "-",
+            f"{p['min_cosine']:.5f}" if "min_cosine" in p else "-",
+            f"{p['mean_cosine']:.5f}" if "mean_cosine" in p else "-",
+            f"{art.seconds:.0f} s", status,
+        )
+    console().print(table)
+    for note in result.notes:
+        console().print(f"note: {escape(note)}")
+
+
+@guarded
+def export_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint (.pt) written by graft-edge init/train/prune."),
+    out: Path = typer.Option(..., "--out", help="Folder for the artefacts (created; existing files of the same names are replaced)."),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT. It is always built and checked (INT8/FP16/TensorRT derive from it); --no-onnx only skips keeping it."),
+    int8: Optional[List[str]] = typer.Option(None, "--int8", help="INT8 ONNX Runtime models: 'dynamic' (NAME.int8-dynamic.onnx, no data needed) and/or 'static' (NAME.int8-static.onnx, Q/DQ calibrated on --calib-data; also TensorRT's INT8 source). Repeat, or give 'dynamic,static'."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 ONNX NAME.fp16.onnx: LayerNorm/Softmax/reductions kept FP32, FP32 inputs/outputs (TensorRT >= 11 FP16 source; GPU EPs)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines NAME.trt-fp32.engine (+ -fp16 with --fp16, -int8 with --int8 static). Needs the tensorrt package (graft-edge[trt]) and an NVIDIA GPU."),
+    batch: str = typer.Option("1:8:64", "--batch", help="TensorRT optimisation profile, batch sizes MIN:OPT:MAX (or one N): engines accept MIN..MAX images and are tuned for OPT."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset root (RGBNT100/RGBN300 layout) with the model's modalities: its train split calibrates --int8 static; its gallery split adds real-image parity checks."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images taken evenly from the train split (minimum 16; all of them when the split is smaller)."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="Static INT8 activation ranges: percentile (99.999th, robust to ViT outliers), minmax or entropy."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset, 18-25 with torch 2.14's exporter (18 is the most portable to TensorRT 10 / JetPack)."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="FP32 check: largest allowed absolute difference between ONNX Runtime and PyTorch embedding values (L2-normalised), batch 1 and 4."),
+    min_cosine_int8: float = typer.Option(0.98, "--min-cosine-int8", help="INT8 check: smallest allowed cosine between INT8 and FP32 embeddings of the same input."),
+    min_cosine_fp16: float = typer.Option(0.999, "--min-cosine-fp16", help="FP16 check: smallest allowed cosine between FP16 and FP32 embeddings."),
+    workspace: int = typer.Option(4096, "--workspace", help="TensorRT builder workspace limit, MiB."),
+    sparse_weights: Optional[bool] = typer.Option(None, "--sparse-weights/--no-sparse-weights", help="TensorRT SPARSE_WEIGHTS (2:4 sparse tensor cores). Default: on when the checkpoint's pruning history says 2:4."),
+    name: str = typer.Option("model", "--name", help="File stem of the artefacts (NAME.onnx, NAME.json, ...)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of the table (progress stays on stderr)."),
+) -> None:
+    """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality, output `embedding`),
+    ONNX Runtime INT8 (dynamic / static Q/DQ), FP16 ONNX and TensorRT engines.
+
+    Every artefact is checked against PyTorch at batch 1 and 4 (random and, with --calib-data, real
+    images) and carries its metadata (ONNX metadata_props and a NAME.json sidecar). Exit 0 when all
+    checks pass, 1 when an artefact failed its check (kept as *.failed) or TensorRT was unavailable,
+    2 on bad input (nothing written).
+    """
+    from graft_edge.export.pipeline import ExportOptions, export_model
+
+    options = ExportOptions(
+        onnx=onnx, int8=_int8_modes(int8), fp16=fp16, trt=trt, batch=batch,
+        calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,
+        tolerance=tolerance, min_cosine_int8=min_cosine_int8, min_cosine_fp16=min_cosine_fp16,
+        workspace_mb=workspace, sparse_weights=sparse_weights, name=name,
+    )
+    log_console = err_console()
+
+    def log(msg: str) -> None:
+        from rich.markup import escape
+
+        text = escape(msg)
+        for word, style in (("ok ", "green"), ("FAILED ", "bold red")):
+            if msg.startswith(word):
+                text = f"[{style}]{word.strip()}[/] " + escape(msg[len(word):])
+        log_console.print(text, soft_wrap=True, emoji=False)
+
+    result = export_model(model, out, options, log=log, raise_on_failure=False)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        _summary_table(result)
+    if not result.ok:
+        from rich.markup import escape
+
+        for failure in result.failures:
+            log_console.print(f"[bold red]error:[/] {escape(failure)}", soft_wrap=True, emoji=False)
+        raise typer.Exit(EXIT_CHECK_FAILED)

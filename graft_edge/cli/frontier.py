@@ -1,0 +1,88 @@
+"""`graft-edge frontier`: prune to several sizes, export, evaluate the artefacts, time them, report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from graft_edge.cli.common import console, err_console, guarded
+
+
+def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier") -> Any:
+    """The frontier as a rich table (the paper's Tables 3-4 columns plus format, size, latency, speed-up)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from graft_edge.units import format_count
+
+    batch = next((r["batch"] for r in rows if r.get("batch")), None)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("Variant", overflow="fold")
+    t.add_column("Params", justify="right", no_wrap=True)
+    t.add_column("Format", overflow="fold")
+    t.add_column("MB", justify="right", no_wrap=True)
+    for col in ("mAP", "R1", "R5", "R10"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column(f"ms/img (b{batch})" if batch else "ms/img", justify="right", no_wrap=True)
+    t.add_column("Speed-up", justify="right", no_wrap=True)
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    for r in rows:
+        fmt = r["format"] if r["status"] == "ok" else f"{r['format']} [red]{escape(r['status'][:40])}[/]"
+        t.add_row(("[bold]" if r.get("pareto") else "") + escape(str(r["variant"])) + ("[/]" if r.get("pareto") else ""),
+                  format_count(r["params"]) if r.get("params") is not None else "-", fmt,
+                  f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
+                  pct(r.get("mAP")), pct(r.get("R1")), pct(r.get("R5")), pct(r.get("R10")),
+                  f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
+                  f"{r['speedup']:.2f}x" if r.get("speedup") else "-")
+    return t
+
+
+@guarded
+def frontier_cmd(
+    model: Path = typer.Argument(..., help="Dense (or already pruned) checkpoint (.pt) to start from."),
+    targets: str = typer.Option(..., "--targets", help="Comma-separated sizes, each pruned from the previous: fractions of MODEL's embedding parameters (80%,70%,60%,45%) or counts (76M,70M,60M,46M)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root: train split for finetuning and INT8 calibration, query/gallery for mAP."),
+    out: Path = typer.Option(..., "--out", help="Output folder (resumable: finished variants and formats are reused)."),
+    formats: str = typer.Option(",".join(("torch", "onnx", "int8")), "--formats", help="Comma-separated: torch, onnx (FP32), int8 (ONNX Runtime dynamic), int8-static (QDQ), fp16, trt (TensorRT FP16), trt-fp32, trt-fp16, trt-int8."),
+    finetune_epochs: int = typer.Option(1, "--finetune-epochs", help="Finetuning epochs after every pruning step (0: none).", min=0),
+    method: str = typer.Option("structured", "--method", help="Pruning method: structured (real speed-ups), unstructured (paper), 2:4."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Prune+finetune steps per target (default: about 20% of the remaining size per step).", min=1),
+    batch: int = typer.Option(1, "--batch", help="Batch size for latency; per-sample ms (= batch ms / batch) is reported.", min=1),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls per artefact.", min=0),
+    iters: int = typer.Option(20, "--iters", help="Timed calls per artefact, spread over --rounds interleaved rounds.", min=1),
+    rounds: int = typer.Option(5, "--rounds", help="Interleaved timing rounds (every artefact is timed in every round).", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] for evaluation and timing."),
+    eval_batch_size: int = typer.Option(128, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
+) -> None:
+    """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
+    measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
+    from graft_edge.profile.frontier import FrontierSettings, parse_formats, run_frontier
+    from graft_edge.profile.progress import rich_progress
+
+    settings = FrontierSettings(targets=tuple(targets.split(",")), formats=parse_formats(formats), method=method,
+                               finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
+                               rounds=rounds, threads=threads, device=device.strip().lower(),
+                               eval_batch_size=eval_batch_size)
+    err = err_console()
+    with rich_progress(err) as hook:
+        result = run_frontier(model, data, out, settings, overwrite=overwrite, progress=hook,
+                              log=lambda msg: err.print(msg, soft_wrap=True, emoji=False, markup=False))
+    con = console()
+    con.print(frontier_table(result.rows))
+    if result.speedup_note:
+        con.print(result.speedup_note, soft_wrap=True)
+    if result.skipped:
+        con.print(f"reused from {out}: {len(result.skipped)} finished piece(s)")
+    con.print("wrote " + ", ".join(str(p) for p in result.files.values()), soft_wrap=True)
+    failed = [r for r in result.rows if r["status"] != "ok"]
+    if failed:
+        for r in failed:
+            err.print(f"[bold red]error:[/] {r['variant']} {r['format']}: {r['status'][7:]}", soft_wrap=True, emoji=False)
+        raise typer.Exit(1)

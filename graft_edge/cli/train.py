@@ -1,0 +1,107 @@
+"""`train`: two-stage GraFT training of a preset or config file on a dataset, single process or DDP via torchrun."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from graft_edge.cli.common import console, guarded
+from graft_edge.config import GraftConfig
+from graft_edge.errors import GraftError
+
+
+def resolve_config(preset: str | None, config: Path | None, sets: list[str], resume: bool, out: Path) -> GraftConfig:
+    """Exactly one of --preset/--config (with --resume, neither means RUN/config.yaml), then the --set overrides."""
+    from graft_edge.config import apply_overrides, config_from_dict, get_preset
+    from graft_edge.fileio import read_yaml
+
+    if preset and config:
+        raise GraftError("pass either --preset NAME or --config FILE, not both")
+    if config is not None or (not preset and resume and (out / "config.yaml").is_file()):
+        path = config if config is not None else out / "config.yaml"
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise GraftError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
+        try:
+            cfg = config_from_dict(data)
+        except GraftError as exc:
+            raise GraftError(f"config file {path}: {exc}") from None
+    elif preset:
+        cfg = get_preset(preset)
+    else:
+        raise GraftError("pass --preset NAME (rgbnt100, rgbn300, synthetic) or --config FILE")
+    return apply_overrides(cfg, sets)
+
+
+def _worker_args(preset: str | None, config: Path | None, data: Path, out: Path, sets: list[str], resume: bool,
+                 overwrite: bool, max_steps: int | None, checkpoint_steps: int, threads: int | None) -> list[str]:
+    """The `train` command line each torchrun worker runs (absolute paths, no launcher options)."""
+    args = ["train", "--data", str(data.resolve()), "--out", str(out.resolve()),
+            "--checkpoint-steps", str(checkpoint_steps)]
+    if preset:
+        args += ["--preset", preset]
+    if config is not None:
+        args += ["--config", str(config.resolve())]
+    for item in sets:
+        args += ["--set", item]
+    if resume:
+        args.append("--resume")
+    if overwrite:
+        args.append("--overwrite")
+    if max_steps is not None:
+        args += ["--max-steps", str(max_steps)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    return args
+
+
+@guarded
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset root in the RGBNT100/RGBN300 layout (train split to learn, query/gallery to evaluate)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: config.yaml, metrics.jsonl, tb/, stage1_best.pt, stage2_best.pt, best.pt, last.pt."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset: rgbnt100, rgbn300 or synthetic (tiny, trains on a CPU in minutes)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Start from a YAML config file (e.g. a previous RUN/config.yaml) instead of --preset."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key, repeatable: --set train.stage1.epochs=5 --set model.modalities=[rgb,nir]."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node; > 1 relaunches through torchrun (DDP: NCCL on GPUs, gloo on CPU). Default 1."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in a multi-node job (run the same command on each). Default 1."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0..nnodes-1 (multi-node only). Default 0."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (multi-node only)."),
+    master_port: int = typer.Option(29500, "--master-port", help="TCP port on node 0 for the rendezvous (multi-node only). Default 29500."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in --out from its last.pt (same config, same process count)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a non-empty --out (deletes only the files a run writes)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap each stage at N optimizer steps (quick runs; the lr schedule fits the cap). Default: no cap."),
+    checkpoint_steps: int = typer.Option(500, "--checkpoint-steps", min=0, help="Also write last.pt every N optimizer steps inside an epoch (0: only at epoch ends). Default 500."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per process (default: PyTorch's, i.e. all cores; torchrun workers default to 1)."),
+) -> None:
+    """Train GraFT in two stages (paper §4.1/§5.2): stage 1 from the initial model, stage 2 from stage 1's best.
+
+    Evaluates mAP/R1 on query/gallery every train.eval_every epochs and at each stage's end; RUN/best.pt
+    is the delivered model (stage 2's best by mAP), usable by `graft-edge eval`/`export`/`prune`.
+    """
+    from graft_edge.train.distributed import launch_module, torchrun_args
+    from graft_edge.train.rundir import RunPaths, check_run_dir
+
+    cfg = resolve_config(preset, config, sets, resume, out)
+    under_torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if (nproc > 1 or nnodes > 1) and not under_torchrun:
+        check_run_dir(RunPaths(out), resume, overwrite)
+        launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port)
+        launch_module(launcher, _worker_args(preset, config, data, out, sets, resume, overwrite, max_steps,
+                                             checkpoint_steps, threads))
+        return
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    from graft_edge.train import run_training
+
+    result = run_training(cfg, data, out, resume=resume, overwrite=overwrite, max_steps=max_steps, progress=True,
+                          checkpoint_steps=checkpoint_steps)
+    if not result.metrics and int(os.environ.get("RANK", 0)) != 0:
+        return
+    m = result.metrics
+    score = (f"mAP {100 * m['mAP']:.2f}  R1 {100 * m['R1']:.2f}  R5 {100 * m['R5']:.2f}  R10 {100 * m['R10']:.2f} "
+             f"(stage {m.get('stage')} epoch {m.get('epoch')})") if "mAP" in m else "no evaluation ran"
+    console().print(f"{result.best}: {score}; {result.steps} steps in {result.seconds:.0f} s", soft_wrap=True)

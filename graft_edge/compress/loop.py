@@ -1,0 +1,187 @@
+"""The iterative prune (+ finetune) loop shared by the CLI, the frontier and the benchmarks."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from graft_edge.compress.arch import extract_arch
+from graft_edge.compress.sparse import (
+    Masks, SemiStructuredPruner, UnstructuredPruner, apply_masks, mask_hook, masks_from_zeros, nm_violations,
+    prunable_nonzero,
+)
+from graft_edge.compress.structured import StructuredPruner
+from graft_edge.compress.targets import (
+    DEFAULT_FRACTION, check_target, counted_size, normalize_method, plan_schedule,
+)
+from graft_edge.errors import GraftError
+from graft_edge.model import embedding_params
+
+AfterStep = Callable[[nn.Module], None]
+# finetune_fn(model, after_step) -> metrics dict, or (model, metrics), or None. It must call
+# after_step(model) after every optimiser step when after_step is not None (weight masks).
+FinetuneFn = Callable[[nn.Module, AfterStep | None], Any]
+# on_step(model, entry): called after every finished step (pruned and finetuned), e.g. to checkpoint.
+OnStep = Callable[[nn.Module, dict[str, Any]], None]
+METRIC_KEYS = ("mAP", "R1", "R5", "R10")
+
+
+def method_floor(model: nn.Module, method: str, round_to: int = 8, attn_unit: str = "heads") -> int:
+    """The smallest count `method` can reach on this model (structured: real params; others: nonzeros)."""
+    method = normalize_method(method)
+    if method == "structured":
+        return StructuredPruner(model, round_to=round_to, attn_unit=attn_unit).floor()
+    if method == "unstructured":
+        return embedding_params(model, nonzero=True) - prunable_nonzero(model)
+    pruner = SemiStructuredPruner(model)
+    return embedding_params(model, nonzero=True) - pruner.removed_by(pruner.plan())
+
+
+def plan_prune(model: nn.Module, target: int | None, method: str = "structured", steps: int | None = None,
+               round_to: int = 8, attn_unit: str = "heads", fraction: float = DEFAULT_FRACTION) -> list[int]:
+    """Validate a pruning request and return its per-step targets (nothing is changed).
+
+    Raises GraftError when the target is not below the method's current count, below what the
+    method can reach, or (2:4) unreachable; 2:4 gives a one-step schedule ending at its implied size.
+    """
+    method = normalize_method(method)
+    current = counted_size(model, method)
+    floor = method_floor(model, method, round_to, attn_unit)
+    if method == "2:4":
+        if target is not None:
+            check_target(int(target), current, 0, method)
+            if floor > int(target):
+                raise GraftError(f"2:4 sparsity gives {floor:,} nonzero parameters, above the target {int(target):,}: "
+                                 "the target is unreachable by 2:4 alone")
+        return [floor]
+    if target is None:
+        raise GraftError(f"{method} pruning needs a target size")
+    check_target(int(target), current, floor, method)
+    prunable = prunable_nonzero(model) if method == "unstructured" else None
+    return plan_schedule(current, int(target), steps, fraction, prunable=prunable)
+
+
+def _metrics(result: Any) -> tuple[nn.Module | None, dict[str, Any]]:
+    model = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
+        model, result = result
+    metrics = {k: float(result[k]) for k in METRIC_KEYS if isinstance(result, Mapping) and k in result}
+    return model, metrics
+
+
+def prune_to_target(
+    model: nn.Module,
+    cfg: Any = None,
+    target: int | None = None,
+    method: str = "structured",
+    steps: int | None = None,
+    round_to: int = 8,
+    finetune_fn: FinetuneFn | None = None,
+    on_step: OnStep | None = None,
+    *,
+    attn_unit: str = "heads",
+    fraction: float = DEFAULT_FRACTION,
+    importance: Any = None,
+    history: list[dict[str, Any]] | None = None,
+    schedule: list[int] | None = None,
+    done: int = 0,
+) -> tuple[nn.Module, dict[str, Any] | None, list[dict[str, Any]]]:
+    """Prune `model` (in place) to `target` parameters of the deployed embedding model.
+
+    Args:
+        model: a GraFT (dense, or already pruned by the same method).
+        cfg: the run's GraftConfig (kept for finetune closures and the record; optional).
+        target: structured: real parameters; unstructured: nonzeros; 2:4: optional upper bound
+            (the 2:4 size is implied; a target it cannot reach raises GraftError).
+        method: "structured" (Torch-Pruning heads + MLP/FF channels), "unstructured" (global L1 over the
+            backbone qkv/proj/fc1/fc2 weights) or "2:4" (semi-structured on the same weights).
+        steps: number of prune(+finetune) steps on a geometric schedule; None: with finetune_fn, about
+            `fraction` (20%) of the remaining size per step (unstructured: of the remaining prunable
+            weights, as in the paper); without finetune_fn one step (magnitude rankings do not change
+            between steps when nothing is retrained, so more steps would only cost time). 2:4: one step.
+        round_to: structured channel widths are multiples of this (fast kernels).
+        finetune_fn: `finetune_fn(model, after_step)` run after every step; returns metrics
+            ({"mAP", "R1", ...}), `(model, metrics)` or None. `after_step` re-applies weight masks and
+            must be called after every optimiser step (None for structured).
+        on_step: `on_step(model, entry)` after every finished step (progress, resumable checkpoints).
+        attn_unit: structured attention unit, "heads" (whole heads) or "head_dims".
+        importance: a Torch-Pruning importance (structured) or an `L1Importance`-like callable.
+        history: earlier entries (from the checkpoint) to extend.
+        schedule, done: resume support: the full per-step target list of an interrupted run and how
+            many of its steps are finished (the model passed in is the one after step `done`).
+
+    Returns:
+        (model, arch, history): arch is the per-layer widths for structured (None otherwise);
+        history is `history` plus one dict per step: method, target, step, steps, step_target,
+        params_embedding, params_nonzero, and mAP/R1/... when finetune_fn returned metrics.
+    """
+    method = normalize_method(method)
+    history = list(history or [])
+    if schedule is None:
+        if steps is None and finetune_fn is None:
+            steps = 1  # magnitude rankings do not change between steps without finetuning: one cut is the same
+        schedule = plan_prune(model, target, method, steps, round_to, attn_unit, fraction)
+    elif method != "2:4" and target is None:
+        target = int(schedule[-1])
+    total = len(schedule)
+    masks: Masks | None = masks_from_zeros(model) if method == "unstructured" else None
+
+    for k in range(done, total):
+        step_target = int(schedule[k])
+        hook: AfterStep | None = None
+        extra: dict[str, Any] = {}
+        if method == "structured":
+            StructuredPruner(model, importance=importance, round_to=round_to, attn_unit=attn_unit).step(step_target)
+            extra = {"round_to": int(round_to), "attn_unit": attn_unit}
+        elif method == "unstructured":
+            pruner = UnstructuredPruner(model, importance=importance, masks=masks)
+            pruner.step(embedding_params(model, nonzero=True) - step_target)
+            masks = pruner.masks
+            hook = mask_hook(masks)
+            extra = {"fraction": float(fraction)}
+        else:
+            pruner = SemiStructuredPruner(model, importance=importance)
+            masks = pruner.step()
+            hook = mask_hook(masks)
+            extra = {"pattern": "2:4"}
+
+        metrics: dict[str, Any] = {}
+        if finetune_fn is not None:
+            new_model, metrics = _metrics(finetune_fn(model, hook))
+            if new_model is not None:
+                model = new_model
+            if masks is not None:
+                apply_masks(model, masks)
+            if method == "unstructured":  # finetuning may have revived zero-initialised biases: trim back
+                excess = embedding_params(model, nonzero=True) - step_target
+                if excess > 0:
+                    UnstructuredPruner(model, importance=importance, masks=masks).step(excess)
+        model.eval()
+        if method == "2:4":
+            bad = nm_violations(model)
+            if bad:
+                raise RuntimeError(f"2:4 pattern broken after finetuning in {next(iter(bad))}")
+        entry = {
+            "method": method, "target": int(target) if target is not None else None,
+            "step": k + 1, "steps": total, "step_target": step_target,
+            "params_embedding": embedding_params(model), "params_nonzero": embedding_params(model, nonzero=True),
+            **extra, **metrics,
+        }
+        history.append(entry)
+        if on_step is not None:
+            on_step(model, entry)
+    arch = extract_arch(model) if method == "structured" else None
+    return model, arch, history
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module) -> dict[str, Any]:
+    """Nonzero/total of the prunable backbone weights, and the embedding counts."""
+    from graft_edge.compress.sparse import sparse_targets
+
+    params = sparse_targets(model)
+    total = sum(p.numel() for p in params.values())
+    nz = sum(int(torch.count_nonzero(p)) for p in params.values())
+    return {"prunable_total": int(total), "prunable_nonzero": int(nz), "sparsity": 1 - nz / max(1, total),
+            "params_embedding": embedding_params(model), "params_nonzero": embedding_params(model, nonzero=True)}

@@ -1,0 +1,144 @@
+"""Parity of an exported artefact with the PyTorch model: max abs diff and cosine of embeddings.
+
+Every artefact is run at two batch sizes (1 and 4 by default: the ONNX batch is dynamic, so a
+second size is the check that it really is) on random normalised-image-like inputs and, when a
+dataset is given, on real images. FP32 must match within an absolute tolerance; reduced
+precisions (FP16, INT8) are judged by the cosine of their embeddings with the FP32 ones.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Batch = dict[str, np.ndarray]
+EmbedFn = Callable[[Batch], np.ndarray]
+PARITY_BATCHES = (1, 4)
+
+
+@dataclass
+class ParityCheck:
+    """One comparison: which inputs, which batch size, and the numbers."""
+
+    inputs: str  # random | real
+    batch: int
+    max_abs_diff: float
+    min_cosine: float
+    mean_cosine: float
+
+
+@dataclass
+class ParityReport:
+    """All comparisons of one artefact against its reference, plus the worst case over them."""
+
+    reference: str  # what it was compared with (pytorch-fp32)
+    checks: list[ParityCheck] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=float("nan"))
+
+    @property
+    def min_cosine(self) -> float:
+        return min((c.min_cosine for c in self.checks), default=float("nan"))
+
+    @property
+    def mean_cosine(self) -> float:
+        """Mean over checks, weighting each check by its batch size."""
+        n = sum(c.batch for c in self.checks)
+        return float(sum(c.mean_cosine * c.batch for c in self.checks) / n) if n else float("nan")
+
+    def worst(self, inputs: str) -> dict[str, float] | None:
+        """Worst numbers over the checks on one kind of input (None when there were none)."""
+        sel = [c for c in self.checks if c.inputs == inputs]
+        if not sel:
+            return None
+        return {"max_abs_diff": max(c.max_abs_diff for c in sel), "min_cosine": min(c.min_cosine for c in sel),
+                "mean_cosine": float(np.mean([c.mean_cosine for c in sel]))}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for the metadata."""
+        return {"reference": self.reference, "max_abs_diff": self.max_abs_diff, "min_cosine": self.min_cosine,
+                "mean_cosine": self.mean_cosine, "checks": [asdict(c) for c in self.checks]}
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    """(max abs diff, min cosine, mean cosine) of two (B, D) embedding batches."""
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if ref.shape != got.shape:
+        from graft_edge.errors import GraftError
+
+        raise GraftError(f"exported model returned shape {got.shape}, PyTorch {ref.shape}")
+    if not np.all(np.isfinite(got)):
+        return float("inf"), float("-inf"), float("-inf")
+    diff = float(np.max(np.abs(ref - got)))
+    num = np.sum(ref * got, axis=1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = num / np.maximum(den, 1e-12)
+    return diff, float(np.min(cos)), float(np.mean(cos))
+
+
+def random_batch(modalities: Sequence[str], img_size: Sequence[int], batch: int, seed: int = 1234) -> Batch:
+    """Normalised-image-like inputs: standard normal, one (batch, 3, H, W) array per modality."""
+    rng = np.random.default_rng(seed)
+    H, W = int(img_size[0]), int(img_size[1])
+    return {m: rng.standard_normal((batch, 3, H, W), dtype=np.float32) for m in modalities}
+
+
+def slice_batch(batch: Mapping[str, np.ndarray], n: int) -> Batch:
+    """The first n samples of every modality (contiguous copies: runtimes want C order)."""
+    return {m: np.ascontiguousarray(x[:n]) for m, x in batch.items()}
+
+
+def torch_reference(model: torch.nn.Module) -> EmbedFn:
+    """The PyTorch FP32 embedding function the artefacts are compared with."""
+
+    @torch.no_grad()
+    def run(batch: Batch) -> np.ndarray:
+        return model.embed({m: torch.from_numpy(np.ascontiguousarray(x)) for m, x in batch.items()}).float().numpy()
+
+    return run
+
+
+def parity_inputs(modalities: Sequence[str], img_size: Sequence[int], real: Batch | None,
+                  batches: Sequence[int] = PARITY_BATCHES) -> list[tuple[str, int, Batch]]:
+    """(kind, batch size, inputs) for every check: random at each of `batches`; real (when given) at
+    batch 1 and at all of its samples (two sizes, and enough samples for cosine statistics)."""
+    big = max(batches)
+    rand = random_batch(modalities, img_size, big)
+    out = [("random", b, slice_batch(rand, b)) for b in batches]
+    if real:
+        n = len(next(iter(real.values())))
+        out += [("real", b, slice_batch(real, b)) for b in sorted({1, n})]
+    return out
+
+
+def measure(reference: Mapping[tuple[str, int], np.ndarray], candidate: EmbedFn,
+            inputs: Sequence[tuple[str, int, Batch]], reference_name: str = "pytorch-fp32") -> ParityReport:
+    """Run the candidate on every input and compare with the precomputed reference embeddings."""
+    report = ParityReport(reference=reference_name)
+    for kind, b, batch in inputs:
+        diff, cmin, cmean = compare(reference[(kind, b)], candidate(batch))
+        report.checks.append(ParityCheck(kind, b, diff, cmin, cmean))
+    return report
+
+
+def reference_embeddings(ref: EmbedFn, inputs: Sequence[tuple[str, int, Batch]]) -> dict[tuple[str, int], np.ndarray]:
+    """The reference's embeddings of every parity input, computed once and shared by all artefacts."""
+    return {(kind, b): ref(batch) for kind, b, batch in inputs}
+
+
+def embed_in_chunks(fn: EmbedFn, batch: Mapping[str, np.ndarray], chunk: int = 16) -> np.ndarray:
+    """Embeddings of many samples, `chunk` at a time."""
+    n = len(next(iter(batch.values())))
+    return np.concatenate([fn({m: np.ascontiguousarray(x[i:i + chunk]) for m, x in batch.items()})
+                           for i in range(0, n, chunk)])
+
+
+def cosine_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Mean and min cosine (and max abs diff) over many samples."""
+    diff, cmin, cmean = compare(ref, got)
+    return {"mean_cosine": cmean, "min_cosine": cmin, "max_abs_diff": diff, "samples": int(len(ref))}

@@ -1,0 +1,109 @@
+"""The timing loop: warm-up, then timed `embed` calls for a fixed count or a time budget.
+
+One loop serves every format (PyTorch, ONNX Runtime, TensorRT) because it only uses the
+`Embedder` interface; GPU backends expose `synchronize()` and are synchronised before each
+timer start and stop (the embedders also return host arrays, which synchronises implicitly).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from graft_edge.errors import GraftError
+from graft_edge.runtime.base import Embedder, EmbedderInfo
+
+DEFAULT_WARMUP = 3
+DEFAULT_SECONDS = 5.0
+MIN_ITERS = 5  # with --seconds: never fewer timed calls than this
+MAX_ITERS = 100_000  # with --seconds: a safety stop for microsecond-fast models
+
+
+def synthetic_batch(info: EmbedderInfo, batch: int, modalities: Sequence[str] | None = None,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Random normalised inputs of the embedder's shape: {modality: float32 (B, 3, H, W)}."""
+    if batch < 1:
+        raise GraftError(f"batch {batch}: expected a positive integer")
+    rng = np.random.default_rng(seed)
+    h, w = info.img_size
+    mods = tuple(modalities) if modalities else tuple(info.modalities)
+    return {m: rng.standard_normal((batch, 3, h, w), dtype=np.float32) for m in mods}
+
+
+def _sync(embedder: Any) -> Callable[[], None]:
+    fn = getattr(embedder, "synchronize", None)
+    return fn if callable(fn) else (lambda: None)
+
+
+def warm_up(embedder: Embedder, inputs: Mapping[str, np.ndarray], n: int,
+            on_iter: Callable[[int], None] | None = None) -> None:
+    """`n` untimed calls (first calls allocate buffers, pick kernels, JIT-compile) and a synchronize."""
+    if n < 0:
+        raise GraftError(f"--warmup {n}: expected 0 or more")
+    inputs = dict(inputs)
+    for _ in range(n):
+        embedder.embed(inputs)
+        if on_iter:
+            on_iter(1)
+    _sync(embedder)()
+
+
+def time_embedder(embedder: Embedder, inputs: Mapping[str, np.ndarray], warmup: int = DEFAULT_WARMUP,
+                  iters: int | None = None, seconds: float | None = None,
+                  on_iter: Callable[[int], None] | None = None) -> list[float]:
+    """Per-call latencies in ms of `embedder.embed(inputs)` after `warmup` untimed calls.
+
+    Exactly one of `iters` (a count) or `seconds` (a budget of timed time; at least MIN_ITERS calls)
+    applies; with neither, DEFAULT_SECONDS.  `on_iter(1)` is called after every call (progress bars).
+    """
+    if warmup < 0:
+        raise GraftError(f"--warmup {warmup}: expected 0 or more")
+    if iters is not None and seconds is not None:
+        raise GraftError("give either --iters or --seconds, not both")
+    if iters is not None and iters < 1:
+        raise GraftError(f"--iters {iters}: expected a positive integer")
+    if seconds is not None and not seconds > 0:
+        raise GraftError(f"--seconds {seconds}: expected a positive number")
+    if iters is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    sync = _sync(embedder)
+    inputs = dict(inputs)
+    warm_up(embedder, inputs, warmup, on_iter)
+    times: list[float] = []
+    spent = 0.0
+    while True:
+        t0 = time.perf_counter()
+        embedder.embed(inputs)
+        sync()
+        dt = time.perf_counter() - t0
+        times.append(dt * 1000.0)
+        spent += dt
+        if on_iter:
+            on_iter(1)
+        if iters is not None:
+            if len(times) >= iters:
+                break
+        elif (spent >= seconds and len(times) >= MIN_ITERS) or len(times) >= MAX_ITERS:
+            break
+    return times
+
+
+def interleaved_latency(embedders: Mapping[str, Embedder], inputs: Mapping[str, Mapping[str, np.ndarray]],
+                        rounds: int = 5, iters_per_round: int = 3, warmup: int = 2,
+                        on_iter: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Time several embedders round-robin so that a change in machine load hits all of them alike.
+
+    Each round runs `iters_per_round` timed calls of every embedder in turn (after one initial warm-up
+    of `warmup` calls each); the samples of all rounds are pooled per embedder.  Ratios between the
+    results are what a shared, noisy machine can report honestly.
+    """
+    if rounds < 1 or iters_per_round < 1:
+        raise GraftError("rounds and iterations per round must be positive")
+    out: dict[str, list[float]] = {k: [] for k in embedders}
+    for key, emb in embedders.items():
+        warm_up(emb, inputs[key], warmup, on_iter)
+    for _ in range(rounds):
+        for key, emb in embedders.items():
+            out[key].extend(time_embedder(emb, inputs[key], warmup=0, iters=iters_per_round, on_iter=on_iter))
+    return out

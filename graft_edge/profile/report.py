@@ -1,0 +1,159 @@
+"""Frontier reports: CSV, JSON, Markdown (the paper's Tables 3-4 plus deployment columns) and a two-panel plot.
+
+A frontier row is one (variant, format) artefact::
+
+    {"variant": "p70", "target": "70%", "params": int, "params_nonzero": int, "format": "onnx",
+     "artefact": str, "size_bytes": int, "status": "ok" | "error: ...",
+     "mAP", "R1", "R5", "R10": fractions or None,
+     "latency_ms": per-sample p50 ms or None, "batch": int, "p90_ms", "p99_ms": per-batch ms or None,
+     "speedup": dense-torch per-sample p50 / this per-sample p50, or None,
+     "pareto": bool}
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from graft_edge.fileio import atomic_write, write_json, write_text
+
+CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
+               "R10", "batch", "latency_ms", "p90_ms", "p99_ms", "speedup", "pareto", "artefact")
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Mask of the points (cost, value) that no other point dominates (cost <= and value >=, one strictly).
+
+    Lower cost (parameters, latency) and higher value (mAP) are better; points with a None/NaN
+    coordinate are never on the front.
+    """
+    def ok(p: tuple[float, float]) -> bool:
+        return all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in p)
+
+    mask = []
+    for i, (c, v) in enumerate(points):
+        if not ok((c, v)):
+            mask.append(False)
+            continue
+        dominated = any(
+            ok((c2, v2)) and c2 <= c and v2 >= v and (c2 < c or v2 > v)
+            for j, (c2, v2) in enumerate(points) if j != i
+        )
+        mask.append(not dominated)
+    return mask
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set row['pareto'] (latency vs mAP front over every artefact that has both) and row['pareto_params']."""
+    lat = pareto_front([(r.get("latency_ms"), r.get("mAP")) for r in rows])
+    par = pareto_front([(r.get("params"), r.get("mAP")) for r in rows])
+    for r, a, b in zip(rows, lat, par):
+        r["pareto"], r["pareto_params"] = a, b
+    return rows
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """frontier.csv: one line per artefact, CSV_COLUMNS in order (fractions for mAP/R*, ms for latency)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([_csv_value(r.get(c)) for c in CSV_COLUMNS])
+    return write_text(path, buf.getvalue())
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, note: str | None = None) -> str:
+    """The frontier as Markdown: Parameters, mAP, R1, R5, R10 (%, paper Tables 3-4) + format, size, latency."""
+    from graft_edge.units import format_count
+
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    batch = next((r.get("batch") for r in rows if r.get("batch")), None)
+    lat_head = f"ms/sample (batch {batch})" if batch else "ms/sample"
+    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | {lat_head} | Speed-up | Pareto |")
+    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        status = r.get("status", "ok")
+        fmt = r["format"] if status == "ok" else f"{r['format']} ({status})"
+        lines.append(
+            f"| {r['variant']} | {format_count(r['params']) if r.get('params') is not None else '-'} | {fmt} | "
+            f"{_num(r['size_bytes'] / 1e6 if r.get('size_bytes') is not None else None, '.2f')} | "
+            f"{_pct(r.get('mAP'))} | {_pct(r.get('R1'))} | {_pct(r.get('R5'))} | {_pct(r.get('R10'))} | "
+            f"{_num(r.get('latency_ms'), '.3f')} | {_num(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else '-'} | "
+            f"{'*' if r.get('pareto') else ''} |"
+        )
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str | None = None,
+                   note: str | None = None) -> Path:
+    """frontier.md."""
+    return write_text(path, markdown_table(rows, title, note))
+
+
+def write_json_report(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """frontier.json: {"schema": "graft-edge/frontier", "schema_version": 1, **meta, "rows": rows}."""
+    return write_json(path, {"schema": "graft-edge/frontier", "schema_version": 1, **meta, "rows": list(rows)})
+
+
+_MARKERS = {"torch": "o", "onnx": "s", "int8": "^", "int8-static": "v", "fp16": "D", "trt": "P", "trt-fp16": "P",
+            "trt-int8": "X"}
+
+
+def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "GraFT accuracy-efficiency frontier") -> Path:
+    """frontier.png: left mAP vs parameters, right mAP vs per-sample latency; Pareto points ringed and joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get("mAP") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    formats = list(dict.fromkeys(r["format"] for r in ok))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = ((axes[0], "params", "pareto_params", "embedding parameters (M)", 1e-6),
+              (axes[1], "latency_ms", "pareto", "latency per sample (ms)", 1.0))
+    for ax, key, pkey, label, scale in panels:
+        for k, fmt in enumerate(formats):
+            pts = [r for r in ok if r["format"] == fmt and r.get(key) is not None]
+            if not pts:
+                continue
+            ax.scatter([r[key] * scale for r in pts], [100 * r["mAP"] for r in pts], label=fmt,
+                       marker=_MARKERS.get(fmt, "o"), color=colours[k % len(colours)], s=40, zorder=3)
+            for r in pts:
+                ax.annotate(r["variant"], (r[key] * scale, 100 * r["mAP"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        front = sorted((r for r in ok if r.get(pkey) and r.get(key) is not None), key=lambda r: r[key])
+        if front:
+            ax.plot([r[key] * scale for r in front], [100 * r["mAP"] for r in front], "--", color="0.4", lw=1,
+                    zorder=2, label="Pareto front")
+            ax.scatter([r[key] * scale for r in front], [100 * r["mAP"] for r in front], s=140, facecolors="none",
+                       edgecolors="k", lw=1.2, zorder=4)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP (%)")
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,217 @@
+"""One training stage: freezing, optimisers (AdamW + SGD for the centers), the step, the epoch, evaluation.
+
+Shared by the two-stage `run_training` (with DDP, checkpoints, logging) and `finetune` (an
+existing, possibly pruned model in a single process).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from graft_edge.config import StageConfig
+from graft_edge.losses import GraftLoss, LossParts
+from graft_edge.model.graft import GraFT
+from graft_edge.train.distributed import DistEnv, all_reduce_sum
+from graft_edge.train.schedule import build_scheduler
+
+AfterStep = Callable[[GraFT], None]
+OnStep = Callable[["StepInfo"], None]
+
+
+class Objective(nn.Module):
+    """model + criterion in one module, so DDP also averages the center-loss centers' gradients."""
+
+    def __init__(self, model: GraFT, criterion: GraftLoss) -> None:
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
+        """images {modality: (B, 3, H, W)}, labels (B,) -> weighted loss and its parts."""
+        return self.criterion(self.model(images), labels)
+
+
+@dataclass
+class StageRun:
+    """Everything the steps of one stage need; `objective` is DDP-wrapped when distributed."""
+
+    model: GraFT
+    criterion: GraftLoss
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    center_optimizer: torch.optim.Optimizer | None  # SGD on the centers, only when beta > 0
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stage: StageConfig
+    total_steps: int
+    env: DistEnv
+    amp: bool = False
+    after_step: AfterStep | None = None
+    stage_step: int = 0  # optimizer steps done in this stage
+
+
+@dataclass
+class StepInfo:
+    """What a step callback sees: position and the step's loss."""
+
+    stage_step: int  # steps done in the stage, after this one
+    batch: int  # batches done in the epoch, after this one
+    loss: float
+    samples_per_s: float
+    lr: float
+
+
+@dataclass
+class EpochStats:
+    """Summed losses and counts of one epoch (this rank until `reduced`)."""
+
+    steps: int = 0
+    samples: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "triplet": 0.0, "center": 0.0, "ce": 0.0})
+    seconds: float = 0.0
+
+    def add(self, parts: LossParts, batch_size: int) -> None:
+        """Accumulate one step."""
+        self.steps += 1
+        self.samples += batch_size
+        for key, value in zip(("loss", "triplet", "center", "ce"), parts):
+            self.sums[key] += float(value.detach())
+
+    def reduced(self, env: DistEnv) -> dict[str, float]:
+        """Mean losses over all ranks' steps and global samples/s (one all_reduce)."""
+        keys = list(self.sums)
+        totals = all_reduce_sum(env, [self.sums[k] for k in keys] + [self.steps, self.samples])
+        steps, samples = max(1.0, totals[-2]), totals[-1]
+        out = {k: totals[i] / steps for i, k in enumerate(keys)}
+        out["samples_per_s"] = samples / max(self.seconds, 1e-9)
+        return out
+
+
+def freeze_backbone(model: GraFT, frozen: bool) -> None:
+    """Backbone trainable or not (the stage recipe); other parameters keep their flags (the BNNeck bias stays frozen)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+
+
+def set_train_mode(model: GraFT, stage: StageConfig) -> None:
+    """train() for the trained parts; a frozen backbone stays in eval mode (no dropout/drop-path)."""
+    model.train()
+    if stage.freeze_backbone:
+        model.backbone.eval()
+
+
+def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
+               after_step: AfterStep | None = None) -> StageRun:
+    """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective."""
+    freeze_backbone(model, stage.freeze_backbone)
+    num_ids = model.head.classifier.out_features
+    criterion = GraftLoss(stage.loss, num_ids, model.embed_dim).to(env.device)
+    use_centers = stage.loss.beta > 0
+    criterion.center.centers.requires_grad_(use_centers)  # unused params would stall DDP
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=tuple(stage.betas))
+    center_opt = torch.optim.SGD(criterion.parameters(), lr=stage.center_lr) if use_centers else None
+    objective: nn.Module = Objective(model, criterion)
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(env.device).index] if env.device.startswith("cuda") else None
+        objective = DDP(objective, device_ids=ids)  # broadcasts rank 0's weights now
+    return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps),
+                    stage, total_steps, env, amp and env.device.startswith("cuda"), after_step)
+
+
+def _autocast(run: StageRun) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs when amp is on; nothing on CPU."""
+    if run.amp:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
+    """zero_grad -> forward -> backward -> AdamW (+ center SGD) -> lr schedule -> after_step hook."""
+    dev = torch.device(run.env.device)
+    modalities = run.model.modalities
+    inputs = {m: x.to(dev, non_blocking=True) for m, x in images.items() if m in modalities}  # (B, 3, H, W)
+    labels = labels.to(dev, non_blocking=True)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.center_optimizer is not None:
+        run.center_optimizer.zero_grad(set_to_none=True)
+    with _autocast(run):
+        parts = run.objective(inputs, labels)
+    parts.total.backward()
+    run.optimizer.step()
+    if run.center_optimizer is not None:
+        centers = run.criterion.center.centers
+        if centers.grad is not None:
+            centers.grad.mul_(1.0 / run.stage.loss.beta)  # center update independent of beta (Wen et al.)
+        run.center_optimizer.step()
+    run.scheduler.step()
+    run.stage_step += 1
+    if run.after_step is not None:
+        run.after_step(run.model)
+    return parts
+
+
+def run_epoch(run: StageRun, loader: Iterable, start_batch: int = 0, on_step: OnStep | None = None) -> EpochStats:
+    """Train over the loader (already positioned by the sampler) until it ends or the stage's steps are spent."""
+    stats = EpochStats()
+    start = time.perf_counter()
+    batch = start_batch
+    for images, labels, _ in loader:
+        if run.stage_step >= run.total_steps:
+            break
+        t0 = time.perf_counter()
+        parts = train_step(run, images, labels)
+        stats.add(parts, len(labels))
+        batch += 1
+        if on_step is not None:
+            sps = len(labels) * run.env.world_size / max(time.perf_counter() - t0, 1e-9)
+            on_step(StepInfo(run.stage_step, batch, float(parts.total.detach()), sps,
+                             run.optimizer.param_groups[0]["lr"]))
+        if run.stage_step >= run.total_steps:
+            break
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def evaluate_model(model: GraFT, query_loader: Iterable, gallery_loader: Iterable, device: str) -> dict[str, Any]:
+    """mAP/R1/R5/R10 (fractions) of a live model on query/gallery loaders; restores its train/eval mode."""
+    from graft_edge.evaluation import extract_features
+    from graft_edge.metrics import evaluate_rank, pairwise_distance
+    from graft_edge.runtime.torch_backend import TorchEmbedder
+
+    modes = {name: m.training for name, m in model.named_modules()}
+    model.eval()
+    try:
+        embedder = TorchEmbedder.from_model(model, device=device)
+        qf, qi, qc = extract_features(embedder, query_loader)  # (Nq, D)
+        gf, gi, gc = extract_features(embedder, gallery_loader)  # (Ng, D)
+    finally:
+        for name, m in model.named_modules():
+            m.training = modes[name]
+    result = evaluate_rank(pairwise_distance(qf, gf), qi, gi, qc, gc)
+    return {**result.summary(), "num_query": int(len(qi)), "num_gallery": int(len(gi))}
+
+
+def stage_state(run: StageRun) -> dict[str, Any]:
+    """Optimiser, center optimiser, scheduler and criterion states (weights_only-loadable)."""
+    state: dict[str, Any] = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                             "criterion": {k: v.detach().cpu() for k, v in run.criterion.state_dict().items()},
+                             "stage_step": run.stage_step}
+    if run.center_optimizer is not None:
+        state["center_optimizer"] = run.center_optimizer.state_dict()
+    return state
+
+
+def load_stage_state(run: StageRun, state: Mapping[str, Any]) -> None:
+    """Restore what `stage_state` captured."""
+    run.criterion.load_state_dict(state["criterion"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.center_optimizer is not None and "center_optimizer" in state:
+        run.center_optimizer.load_state_dict(state["center_optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.stage_step = int(state["stage_step"])

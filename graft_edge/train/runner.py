@@ -1,0 +1,344 @@
+"""`run_training`: the two-stage GraFT recipe (paper §4.1, §5.2) with DDP, evaluation, best/last checkpoints, resume.
+
+Stage 1 trains from the initial model (backbone frozen per its StageConfig); stage 2 starts from
+stage 1's best checkpoint by mAP. Evaluation runs on rank 0 only while the other ranks wait at a
+barrier (query/gallery sets are small next to training). Only rank 0 writes files or prints.
+"""
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
+from graft_edge.errors import GraftError
+from graft_edge.fileio import atomic_write, read_yaml, write_yaml
+from graft_edge.model.graft import GraFT, build_model
+from graft_edge.train import distributed as D
+from graft_edge.train.loop import (StageRun, StepInfo, evaluate_model, load_stage_state, make_stage, run_epoch,
+                                   set_train_mode, stage_state)
+from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clear_run_dir, truncate_metrics
+from graft_edge.train.state import require_same_config, rng_state, seed_everything, set_rng_state
+
+STATE_FORMAT = "graft-edge-train-state"
+DEFAULT_CHECKPOINT_STEPS = 500
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (metrics are filled on rank 0 only)."""
+
+    run_dir: Path
+    best: Path  # RUN/best.pt, the delivered model (stage 2's best, or stage 1's when stage 2 has no steps)
+    metrics: dict[str, Any]  # mAP/R1/R5/R10 (fractions) of best.pt, with its stage/epoch/step
+    stage_best: dict[int, float]  # best mAP per stage (-1 when a stage did not run)
+    steps: int  # optimizer steps over both stages
+    seconds: float
+    num_ids: int
+
+
+@dataclass
+class Position:
+    """Where the run stands: stage (3 = finished), epoch in the stage, batches done in it, global steps."""
+
+    stage: int = 1
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class Trainer:
+    """The state of one run shared by the stage functions."""
+
+    cfg: GraftConfig
+    env: D.DistEnv
+    paths: RunPaths
+    loader: Any
+    sampler: Any
+    eval_loaders: tuple[Any, Any] | None
+    logger: RunLogger
+    model: GraFT
+    max_steps: int | None
+    checkpoint_steps: int
+    pos: Position = field(default_factory=Position)
+    best: dict[int, float] = field(default_factory=lambda: {1: -1.0, 2: -1.0})
+    resume: Checkpoint | None = None
+
+
+def _sampler_epoch(stage: int, epoch: int) -> int:
+    """Sampler shuffle index: distinct per stage and epoch."""
+    return (stage - 1) * 100_000 + epoch
+
+
+def _stage_cfg(cfg: GraftConfig, stage: int) -> StageConfig:
+    return cfg.train.stage1 if stage == 1 else cfg.train.stage2
+
+
+def stage_steps(cfg: GraftConfig, stage: int, batches_per_epoch: int, max_steps: int | None) -> int:
+    """Optimizer steps of a stage: epochs x batches per epoch (per rank), capped by max_steps."""
+    total = _stage_cfg(cfg, stage).epochs * batches_per_epoch
+    return min(total, max_steps) if max_steps is not None else total
+
+
+def save_last(tr: Trainer, run: StageRun | None) -> None:
+    """RUN/last.pt: model + position + optimiser/scheduler/criterion + sampler + every rank's RNG (collective)."""
+    gen = getattr(tr.loader, "generator", None)
+    mine = {"process": rng_state(), **({"loader": gen.get_state()} if gen is not None else {})}
+    rngs = D.gather_objects(tr.env, mine)
+    if not tr.env.is_main:
+        return
+    sampler = tr.sampler.state_dict(batches_done=tr.pos.batch)
+    sampler["epoch"] = _sampler_epoch(tr.pos.stage, tr.pos.epoch)
+    extra: dict[str, Any] = {
+        "format": STATE_FORMAT, "stage": tr.pos.stage, "epoch": tr.pos.epoch, "batch": tr.pos.batch,
+        "step": tr.pos.step, "sampler": sampler, "rng": rngs, "world_size": tr.env.world_size,
+        "best": {str(k): v for k, v in tr.best.items()}, "metrics_lines": tr.logger.lines,
+        "max_steps": int(tr.max_steps or 0), "finished": tr.pos.stage > 2,
+    }
+    if run is not None:
+        extra["stage_state"] = stage_state(run)
+    save_checkpoint(tr.paths.last, tr.model, tr.cfg, meta={"kind": "last", "stage": tr.pos.stage, "step": tr.pos.step},
+                    extra=extra)
+
+
+def _evaluate(tr: Trainer) -> dict[str, Any] | None:
+    """Rank 0 evaluates on query/gallery while the others wait."""
+    metrics = None
+    if tr.env.is_main and tr.eval_loaders is not None:
+        metrics = evaluate_model(tr.model, *tr.eval_loaders, tr.env.device)
+    D.barrier(tr.env)
+    return metrics
+
+
+def _on_step(tr: Trainer, run: StageRun, info: StepInfo) -> None:
+    """Count the step, update the bar, and write last.pt every `checkpoint_steps` steps inside an epoch."""
+    tr.pos.step += 1
+    tr.pos.batch = info.batch
+    tr.logger.step(tr.pos.step, info.batch, info.loss, info.samples_per_s, info.lr)
+    mid_epoch = info.batch < tr.sampler.batches_per_epoch and run.stage_step < run.total_steps
+    if tr.checkpoint_steps > 0 and mid_epoch and run.stage_step % tr.checkpoint_steps == 0:
+        save_last(tr, run)
+
+
+def _restore_rng(tr: Trainer) -> None:
+    """This rank's RNG states (process + loader generator) from the resumed last.pt."""
+    saved = tr.resume.extra["rng"][tr.env.rank]
+    set_rng_state(saved["process"])
+    gen = getattr(tr.loader, "generator", None)
+    if gen is not None and "loader" in saved:
+        gen.set_state(saved["loader"])
+
+
+def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
+    """Load the stage's starting weights, build its optimisers (restoring them on resume), set train mode."""
+    st = _stage_cfg(tr.cfg, stage)
+    ck = tr.resume
+    mid = ck is not None and int(ck.extra["stage"]) == stage and "stage_state" in ck.extra
+    if mid:
+        tr.model.load_state_dict(ck.state_dict)
+    elif stage == 2 and tr.env.is_main and tr.paths.stage_best(1).is_file():
+        tr.model.load_state_dict(read_checkpoint(tr.paths.stage_best(1)).state_dict)  # DDP broadcasts it
+        tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} (mAP {100 * tr.best[1]:.2f})")
+    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp)
+    if mid:
+        load_stage_state(run, ck.extra["stage_state"])
+    set_train_mode(tr.model, st)
+    return run
+
+
+def _epoch_row(tr: Trainer, stage: int, epoch: int, run: StageRun, losses: dict[str, float],
+               metrics: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """One metrics.jsonl line."""
+    m = metrics or {}
+    return {"stage": stage, "epoch": epoch + 1, "step": tr.pos.step, "stage_step": run.stage_step,
+            "loss": losses["loss"], "triplet": losses["triplet"], "center": losses["center"], "ce": losses["ce"],
+            "lr": run.optimizer.param_groups[0]["lr"], "mAP": m.get("mAP"), "R1": m.get("R1"), "R5": m.get("R5"),
+            "R10": m.get("R10"), "samples_per_s": losses["samples_per_s"], "seconds": seconds}
+
+
+def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float], seconds: float) -> None:
+    """Evaluate when due, log the epoch, keep the stage's best checkpoint, write last.pt when due."""
+    cfg, st = tr.cfg, _stage_cfg(tr.cfg, stage)
+    epoch, bpe = tr.pos.epoch, tr.sampler.batches_per_epoch
+    epoch_done, stage_done = tr.pos.batch >= bpe, run.stage_step >= run.total_steps
+    if stage_done:
+        D.broadcast_module(tr.env, tr.model)  # BN running stats drift per rank after the last step
+    every = cfg.train.eval_every
+    metrics = _evaluate(tr) if stage_done or (epoch_done and every > 0 and (epoch + 1) % every == 0) else None
+    row = _epoch_row(tr, stage, epoch, run, losses, metrics, seconds)
+    tr.logger.record(row)
+    tr.logger.info(f"stage {stage} epoch {epoch + 1}/{st.epochs} step {tr.pos.step}: loss {losses['loss']:.4f} "
+                   f"(triplet {losses['triplet']:.4f} ce {losses['ce']:.4f} center {losses['center']:.4f}) "
+                   f"lr {row['lr']:.3g}  {losses['samples_per_s']:.1f} samples/s  {seconds:.1f} s")
+    if metrics is not None and tr.env.is_main:
+        better = metrics["mAP"] > tr.best[stage]
+        if better:
+            tr.best[stage] = metrics["mAP"]
+            meta = {"kind": f"stage{stage}_best", "stage": stage, "epoch": epoch + 1, "step": tr.pos.step,
+                    **{k: float(metrics[k]) for k in ("mAP", "R1", "R5", "R10")}}
+            save_checkpoint(tr.paths.stage_best(stage), tr.model, cfg, meta=meta)
+        tr.logger.info(f"eval stage {stage} epoch {epoch + 1}: mAP {100 * metrics['mAP']:.2f}  R1 {100 * metrics['R1']:.2f}"
+                       f"  R5 {100 * metrics['R5']:.2f}  R10 {100 * metrics['R10']:.2f}" + ("  (best)" if better else ""))
+    if epoch_done:
+        tr.pos.epoch, tr.pos.batch = epoch + 1, 0
+    if stage_done:
+        tr.pos.stage, tr.pos.epoch, tr.pos.batch = stage + 1, 0, 0
+        save_last(tr, None)
+    elif epoch_done and cfg.train.checkpoint_every > 0 and tr.pos.epoch % cfg.train.checkpoint_every == 0:
+        save_last(tr, run)
+
+
+def run_stage(tr: Trainer, stage: int) -> None:
+    """Train one stage to its step count, epoch by epoch (from the resume position when there is one)."""
+    st, bpe = _stage_cfg(tr.cfg, stage), tr.sampler.batches_per_epoch
+    total = stage_steps(tr.cfg, stage, bpe, tr.max_steps)
+    if total == 0:
+        tr.pos = Position(stage=stage + 1, step=tr.pos.step)
+        return
+    resuming = tr.resume is not None and int(tr.resume.extra["stage"]) == stage
+    if resuming and "stage_state" not in tr.resume.extra:
+        _restore_rng(tr)  # stage start: the uninterrupted run built this stage's criterion after saving
+    run = _start_stage(tr, stage, total)
+    if resuming:
+        if "stage_state" in tr.resume.extra:
+            _restore_rng(tr)  # mid-stage: the next draw is the next batch's augmentation, as uninterrupted
+        tr.sampler.load_state_dict(tr.resume.extra["sampler"])
+        tr.resume = None
+    else:
+        tr.sampler.set_epoch(_sampler_epoch(stage, tr.pos.epoch), start_batch=tr.pos.batch)
+    while run.stage_step < total:
+        tr.logger.start_epoch(f"stage {stage} epoch {tr.pos.epoch + 1}/{st.epochs}", bpe, tr.pos.batch)
+        stats = run_epoch(run, tr.loader, tr.pos.batch, lambda info: _on_step(tr, run, info))
+        tr.logger.end_epoch()
+        _after_epoch(tr, stage, run, stats.reduced(tr.env), stats.seconds)
+        if run.stage_step < total:
+            tr.sampler.set_epoch(_sampler_epoch(stage, tr.pos.epoch), start_batch=0)
+    del run
+    gc.collect()  # drop this stage's DDP reducer hooks before the next stage wraps the model again
+
+
+def _read_resume(paths: RunPaths, env: D.DistEnv, max_steps: int | None) -> tuple[Checkpoint, int | None]:
+    """last.pt of the run being resumed, checked against this launch; returns it and the run's max_steps."""
+    ck = read_checkpoint(paths.last)
+    if ck.extra.get("format") != STATE_FORMAT:
+        raise GraftError(f"--resume: {paths.last} holds no training state (not written by graft-edge train)")
+    saved_world = int(ck.extra["world_size"])
+    if saved_world != env.world_size:
+        raise GraftError(f"--resume: the run in {paths.root} used {saved_world} process(es) but this launch has "
+                         f"{env.world_size}; resume with the same --nproc/--nnodes")
+    saved_max = int(ck.extra.get("max_steps", 0)) or None
+    if max_steps is not None and max_steps != saved_max:
+        raise GraftError(f"--resume: --max-steps {max_steps} differs from the run's {saved_max or 'none'}")
+    return ck, saved_max
+
+
+def _best_map(paths: RunPaths, stage: int, fallback: float) -> float:
+    """mAP recorded in RUN/stage{N}_best.pt (it may be newer than last.pt), else `fallback`."""
+    path = paths.stage_best(stage)
+    return float(read_checkpoint(path).meta.get("mAP", fallback)) if path.is_file() else fallback
+
+
+def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: D.DistEnv, resume: Checkpoint | None,
+                 overwrite: bool) -> None:
+    """Rank 0 clears (--overwrite) or trims (--resume) the run folder and writes config.yaml; all ranks sync."""
+    D.barrier(env)
+    if env.is_main:
+        if overwrite:
+            clear_run_dir(paths)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            truncate_metrics(paths, int(resume.extra["metrics_lines"]))
+        else:
+            write_yaml(paths.config, config_to_dict(cfg))
+    D.barrier(env)
+
+
+def _finish(tr: Trainer) -> dict[str, Any]:
+    """RUN/best.pt := the last stage's best checkpoint (or the current model when no stage evaluated)."""
+    if not tr.env.is_main:
+        return {}
+    source = next((tr.paths.stage_best(s) for s in (2, 1)
+                   if tr.paths.stage_best(s).is_file() and tr.best[s] >= 0), None)
+    if source is None:
+        save_checkpoint(tr.paths.best, tr.model, tr.cfg, meta={"kind": "best"})
+        return {}
+    atomic_write(tr.paths.best, lambda tmp: shutil.copyfile(source, tmp))
+    meta = read_checkpoint(tr.paths.best).meta
+    return {k: meta[k] for k in ("stage", "epoch", "step", "mAP", "R1", "R5", "R10") if k in meta}
+
+
+def _build_trainer(env: D.DistEnv, cfg: GraftConfig, data_root: str | Path, paths: RunPaths, resume: bool,
+                   overwrite: bool, max_steps: int | None, progress: bool, checkpoint_steps: int) -> Trainer:
+    """Check the run folder, read the data, fix num_ids, build the model, restore a resumed position."""
+    from graft_edge.data import build_eval_loaders, build_train_loader
+
+    check_run_dir(paths, resume, overwrite)
+    ck, max_steps = _read_resume(paths, env, max_steps) if resume else (None, max_steps)
+    seed_everything(cfg.train.seed + env.rank)
+    loader, sampler, num_ids = build_train_loader(data_root, cfg, env.rank, env.world_size)
+    cfg = validate(replace(cfg, model=replace(cfg.model, num_ids=num_ids)))
+    if ck is not None:
+        require_same_config(read_yaml(paths.config), config_to_dict(cfg), str(paths.config))
+    evals = None
+    if env.is_main:
+        evals = build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, cfg.data.num_workers)
+    _prepare_dir(paths, cfg, env, ck, overwrite)
+    pos = Position()
+    if ck is not None:
+        x = ck.extra
+        pos = Position(int(x["stage"]), int(x["epoch"]), int(x["batch"]), int(x["step"]))
+    logger = RunLogger(paths, env.is_main, progress, purge_step=pos.step if ck is not None else None)
+    model = build_model(cfg.model).to(env.device)
+    tr = Trainer(cfg, env, paths, loader, sampler, evals, logger, model, max_steps, checkpoint_steps, pos, resume=ck)
+    if ck is not None:
+        tr.best = {s: _best_map(paths, s, float(ck.extra["best"][str(s)])) for s in (1, 2)}
+        if pos.stage > 2 or "stage_state" not in ck.extra:
+            model.load_state_dict(ck.state_dict)
+    return tr
+
+
+def run_training(
+    cfg: GraftConfig,
+    data_root: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+    checkpoint_steps: int = DEFAULT_CHECKPOINT_STEPS,
+) -> TrainResult:
+    """Two-stage training of cfg on data_root into run_dir; under torchrun every rank calls this (DDP).
+
+    max_steps caps each stage's optimizer steps (the lr schedule is laid out over the capped
+    length). checkpoint_steps: also write last.pt every N steps inside an epoch (0: epoch ends only).
+    """
+    if max_steps is not None and max_steps < 1:
+        raise GraftError(f"--max-steps {max_steps}: expected a positive integer")
+    owns_group = not torch.distributed.is_initialized()
+    env = D.init_distributed()
+    start = time.perf_counter()
+    try:
+        tr = _build_trainer(env, validate(cfg), data_root, RunPaths(Path(run_dir)), resume, overwrite, max_steps,
+                            progress, checkpoint_steps)
+        s = tr.sampler
+        tr.logger.info(f"training {tr.cfg.preset} ({','.join(tr.cfg.model.modalities)}) on {data_root}: "
+                       f"{tr.cfg.model.num_ids} ids, {s.num_samples} images, {s.batches_per_epoch} batches/epoch "
+                       f"x {env.world_size} rank(s) on {env.device}")
+        for stage in (1, 2):
+            if tr.pos.stage <= stage:
+                run_stage(tr, stage)
+        metrics = _finish(tr)
+        D.barrier(env)
+        tr.logger.close()
+        return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
+                           steps=tr.pos.step, seconds=time.perf_counter() - start, num_ids=tr.cfg.model.num_ids)
+    finally:
+        if owns_group:
+            D.shutdown_distributed()

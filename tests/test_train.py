@@ -1,0 +1,306 @@
+"""Training: lr schedule numbers, center-loss updates, finetune, two-stage runs, DDP (gloo), SIGKILL + resume, CLI errors."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from graft_edge.checkpoint import load_model, read_checkpoint
+from graft_edge.cli.main import app
+from graft_edge.config import GraftConfig, LossConfig, config_to_dict, get_preset
+from graft_edge.fileio import write_yaml
+from graft_edge.model import build_model
+from graft_edge.train import finetune, lr_factor, run_training
+from graft_edge.train.distributed import DistEnv
+from graft_edge.train.loop import make_stage, train_step
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_train_config(**train_changes) -> GraftConfig:
+    """Synthetic preset shrunk to seconds: 1-block ViT at 16x32, batches of 2 ids x 2 images."""
+    cfg = get_preset("synthetic")
+    model = replace(cfg.model, backbone_args={**cfg.model.backbone_args, "depth": 1, "embed_dim": 32, "num_heads": 2},
+                    img_size=(16, 32), enc_heads=2, enc_ff=32)
+    data = replace(cfg.data, ids_per_batch=2, instances_per_id=2, eval_batch_size=16)
+    s1 = replace(cfg.train.stage1, epochs=2, warmup_steps=2)
+    s2 = replace(cfg.train.stage2, epochs=1)
+    train = replace(cfg.train, stage1=s1, stage2=s2, eval_every=1, **train_changes)
+    return replace(cfg, model=model, data=data, train=train)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core box two spinning threads are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 ids (4 train x 4 images -> 4 batches/epoch), 2 cameras, 16x32 slots."""
+    from graft_edge.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "syn"
+    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    return root
+
+
+# ------------------------------------------------------------------ schedule
+
+def test_lr_factor_numbers() -> None:
+    f = lambda s: lr_factor(s, total_steps=100, warmup_steps=10, cooldown_frac=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(4) == pytest.approx(0.5) and f(9) == pytest.approx(1.0)
+    assert f(39) == pytest.approx(math.sqrt(10 / 40)) and f(89) == pytest.approx(math.sqrt(10 / 90))
+    peak = math.sqrt(10 / 91)  # value at the cooldown start (step 90), then linear to 0
+    assert f(90) == pytest.approx(peak) and f(95) == pytest.approx(peak * 5 / 10) and f(99) == pytest.approx(peak / 10)
+    assert lr_factor(100, 100, warmup_steps=10) == 0.0
+    assert all(lr_factor(s, 50, "constant") == 1.0 for s in range(50))
+    assert lr_factor(3, 4, warmup_steps=10, cooldown_frac=0.5) == pytest.approx(0.3 / 2)  # warmup longer than the run
+    with pytest.raises(ValueError):
+        lr_factor(0, 10, "cosine")
+
+
+def test_scheduler_sets_optimizer_lr() -> None:
+    from graft_edge.config import StageConfig
+    from graft_edge.train import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=2.0)
+    sched = build_scheduler(opt, StageConfig(warmup_steps=4, cooldown_frac=0.25), total_steps=8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.5, 2.0, 2 * math.sqrt(4 / 5), 2 * math.sqrt(4 / 6),
+                                 2 * math.sqrt(4 / 7) * 2 / 2, 2 * math.sqrt(4 / 7) * 1 / 2])
+
+
+# ------------------------------------------------------------------ one stage
+
+def _batch(cfg: GraftConfig, n_ids: int = 4, k: int = 2) -> tuple[dict, torch.Tensor]:
+    H, W = cfg.model.img_size
+    images = {m: torch.randn(n_ids * k, 3, H, W) for m in cfg.model.modalities}
+    return images, torch.arange(n_ids).repeat_interleave(k)
+
+
+def test_center_loss_centers_are_updated_and_frozen_backbone_is_not() -> None:
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, num_ids=4))
+    stage = replace(cfg.train.stage2, freeze_backbone=True, loss=LossConfig(beta=0.5, label_smoothing=0.1))
+    run = make_stage(model, stage, total_steps=3, env=DistEnv())
+    centers0 = run.criterion.center.centers.detach().clone()
+    backbone0 = [p.detach().clone() for p in model.backbone.parameters()]
+    head0 = model.head.classifier.weight.detach().clone()
+    for _ in range(2):
+        parts = train_step(run, *_batch(cfg))
+    assert parts.center > 0
+    assert not torch.allclose(run.criterion.center.centers, centers0)
+    assert run.center_optimizer is not None and isinstance(run.center_optimizer, torch.optim.SGD)
+    assert all(torch.equal(a, b) for a, b in zip(backbone0, model.backbone.parameters()))
+    assert not torch.equal(head0, model.head.classifier.weight)
+    assert run.stage_step == 2 and run.scheduler.last_epoch == 2
+    # stage 1 recipe (beta = 0): centers are neither optimised nor changed
+    run1 = make_stage(model, cfg.train.stage1, total_steps=3, env=DistEnv())
+    c1 = run1.criterion.center.centers.detach().clone()
+    train_step(run1, *_batch(cfg))
+    assert run1.center_optimizer is None and torch.equal(c1, run1.criterion.center.centers)
+
+
+def test_finetune_in_place_with_after_step_hook(tiny_data: Path) -> None:
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, num_ids=4))
+    weight = model.fusion.encoders["rgb"].linear1.weight
+    mask = torch.rand_like(weight) > 0.5  # a "pruned" layer the hook keeps at zero
+    calls = []
+
+    def keep_pruned(m) -> None:
+        calls.append(1)
+        with torch.no_grad():
+            m.fusion.encoders["rgb"].linear1.weight.mul_(mask)
+
+    before = model.head.classifier.weight.detach().clone()
+    flags = [p.requires_grad for p in model.parameters()]
+    out, metrics = finetune(model, cfg, tiny_data, epochs=1, after_step=keep_pruned)
+    assert out is model and not model.training
+    assert len(calls) == metrics["steps"] == 4
+    assert torch.count_nonzero(weight[~mask]) == 0
+    assert not torch.equal(before, model.head.classifier.weight)
+    assert 0.0 <= metrics["mAP"] <= 1.0 and "R1" in metrics and metrics["num_query"] == 4
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.head.bn.bias.requires_grad
+    with pytest.raises(Exception, match="training ids"):
+        finetune(build_model(replace(cfg.model, num_ids=5)), cfg, tiny_data, epochs=1)
+
+
+# ------------------------------------------------------------------ whole runs
+
+def test_run_training_two_stages_stage2_starts_from_stage1_best(tiny_data: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from graft_edge.train import runner as train_runner
+
+    scores = iter([0.9, 0.3, 0.5])  # stage 1: epoch 1 is best, epoch 2 worse; then stage 2
+    real_eval = train_runner.evaluate_model
+
+    def fake_eval(*args, **kwargs):
+        return {**real_eval(*args, **kwargs), "mAP": next(scores)}
+
+    monkeypatch.setattr(train_runner, "evaluate_model", fake_eval)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, train=replace(cfg.train, stage2=replace(cfg.train.stage2, lr=0.0)))  # stage 2 keeps its start
+    result = run_training(cfg, tiny_data, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.steps == 2 * 4 + 4 and result.num_ids == 4
+    assert result.stage_best == {1: 0.9, 2: 0.5} and result.metrics["stage"] == 2
+    s1, s2, last = (read_checkpoint(run / n) for n in ("stage1_best.pt", "stage2_best.pt", "last.pt"))
+    assert s1.meta["epoch"] == 1 and s1.meta["step"] == 4
+    params = [k for k, _ in build_model(s1.config.model).named_parameters()]
+    assert all(torch.equal(s1.state_dict[k], s2.state_dict[k]) for k in params)  # stage 2 started from the best
+    assert last.extra["stage"] == 3 and last.extra["finished"] and last.extra["step"] == 12
+    model, ck = load_model(run / "best.pt")
+    assert ck.config.model.num_ids == 4 and ck.meta["mAP"] == 0.5
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"stage": 2' in lines[-1] and '"samples_per_s"' in lines[0]
+    assert (run / "config.yaml").is_file() and any((run / "tb").iterdir())
+    torch.load(run / "last.pt", weights_only=True)
+
+
+def test_modality_subset_trains_on_three_modality_data(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, modalities=("nir",)))
+    result = run_training(cfg, tiny_data, tmp_path / "nir", max_steps=2, progress=False)
+    model, _ = load_model(result.best)
+    assert model.modalities == ("nir",) and result.steps == 4
+
+
+WORKER = """
+import sys, torch
+from graft_edge.config import config_from_dict
+from graft_edge.fileio import read_yaml
+from graft_edge.train import runner
+real = runner._finish
+def spy(tr):
+    torch.save({k: v.clone() for k, v in tr.model.state_dict().items()}, f"{sys.argv[3]}/rank{tr.env.rank}.pt")
+    return real(tr)
+runner._finish = spy
+runner.run_training(config_from_dict(read_yaml(sys.argv[1])), sys.argv[2], sys.argv[3], max_steps=2, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_gloo_end_with_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config()
+    write_yaml(tmp_path / "cfg.yaml", config_to_dict(cfg))
+    (tmp_path / "worker.py").write_text(WORKER)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "worker.py"), str(tmp_path / "cfg.yaml"), str(tiny_data), str(out)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    last = read_checkpoint(out / "last.pt")
+    # 4 global batches per epoch over 2 ranks -> 2 steps per rank per epoch, capped at 2 per stage
+    assert last.extra["world_size"] == 2 and last.extra["step"] == 4 and len(last.extra["rng"]) == 2
+    assert not torch.equal(r0["head.classifier.weight"], torch.zeros_like(r0["head.classifier.weight"]))
+
+
+def _train_argv(data: Path, out: Path, cfg_path: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(cfg_path), "--data", str(data), "--out", str(out), "--threads", "1", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config()
+    cfg = replace(cfg, train=replace(cfg.train, stage1=replace(cfg.train.stage1, epochs=3), checkpoint_every=1))
+    cfg_path = tmp_path / "cfg.yaml"
+    write_yaml(cfg_path, config_to_dict(cfg))
+    full = run_training(cfg, tiny_data, tmp_path / "full", progress=False, checkpoint_steps=1)
+    killed = tmp_path / "killed"
+    argv = [sys.executable, "-m", "graft_edge", *_train_argv(tiny_data, killed, cfg_path, "--checkpoint-steps", "1")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.time() + 120
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    at_kill = read_checkpoint(killed / "last.pt").extra
+    assert not at_kill["finished"] and at_kill["step"] < full.steps
+    res = runner.invoke(app, _train_argv(tiny_data, killed, cfg_path, "--resume", "--checkpoint-steps", "1"))
+    assert res.exit_code == 0, res.output
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(killed / "last.pt")
+    assert b.extra["step"] == a.extra["step"] == full.steps == 3 * 4 + 4
+    assert b.extra["stage"] == 3 and b.extra["finished"]
+    assert set(b.extra) == set(a.extra) >= {"stage", "epoch", "batch", "step", "sampler", "rng", "best", "world_size"}
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 4
+    for key, value in a.state_dict.items():  # same RNG streams and batches: the same weights
+        assert torch.allclose(value.float(), b.state_dict[key].float(), atol=1e-5), key
+
+
+# ------------------------------------------------------------------ CLI errors
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--preset", "synthetic", "--set", "train.stage1.nope=1"], "unknown config key"),
+    (["--preset", "synthetic", "--set", "train.stage1.epochs=abc"], "expected an integer"),
+    (["--preset", "synthetic", "--config", "x.yaml"], "not both"),
+    ([], "--preset NAME"),
+    (["--preset", "synthetic", "--resume"], "last.pt does not exist"),
+    (["--preset", "synthetic", "--resume", "--overwrite"], "exclude each other"),
+    (["--preset", "synthetic", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
+])
+def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str) -> None:
+    res = runner.invoke(app, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), *extra])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_cli_refuses_nonempty_run_dir_and_empty_data(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["train", "--preset", "synthetic", "--data", str(tiny_data), "--out", str(run)])
+    assert res.exit_code == 2 and "is not empty" in res.output and "--overwrite" in res.output
+    empty = tmp_path / "empty"
+    (empty / "rgbir" / "bounding_box_train").mkdir(parents=True)
+    res = runner.invoke(app, ["train", "--preset", "synthetic", "--data", str(empty), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and str(empty) in res.output, res.output
+
+
+def test_cli_resume_with_changed_config_names_the_key(tiny_data: Path, tmp_path: Path) -> None:
+    cfg_path = tmp_path / "cfg.yaml"
+    write_yaml(cfg_path, config_to_dict(tiny_train_config()))
+    out = tmp_path / "run"
+    res = runner.invoke(app, _train_argv(tiny_data, out, cfg_path, "--max-steps", "1"))
+    assert res.exit_code == 0, res.output
+    assert "best.pt" in res.output and (out / "best.pt").is_file()
+    res = runner.invoke(app, _train_argv(tiny_data, out, cfg_path, "--resume", "--set", "train.stage2.lr=0.5"))
+    assert res.exit_code == 2 and "train.stage2.lr" in res.output
+    res = runner.invoke(app, _train_argv(tiny_data, out, cfg_path, "--resume", "--max-steps", "3"))
+    assert res.exit_code == 2 and "--max-steps 3" in res.output
+    res = runner.invoke(app, _train_argv(tiny_data, out, cfg_path, "--overwrite", "--max-steps", "1"))
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_help_documents_options() -> None:
+    res = runner.invoke(app, ["train", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--preset", "--config", "--set", "--nproc", "--nnodes", "--node-rank", "--master-addr",
+                "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps"):
+        assert opt in res.output
