@@ -24,10 +24,11 @@ def test_pk_structure() -> None:
 
 
 def test_small_ids_sampled_with_replacement() -> None:
-    s = IdentityBatchSampler([0, 0, 1, 1, 1, 1, 2], ids_per_batch=3, instances_per_id=4, seed=1)
-    (batch,) = list(s)
-    assert Counter(batch[:0] + [i for i in batch if i == 6]) == Counter({6: 4})
-    assert Counter(LABELS[0:0] + [[0, 0, 1, 1, 1, 1, 2][i] for i in batch]) == Counter({0: 4, 1: 4, 2: 4})
+    labels = [0, 0, 1, 1, 1, 1, 2]  # id 0 has 2 images, id 2 has 1, K = 4
+    (batch,) = list(IdentityBatchSampler(labels, ids_per_batch=3, instances_per_id=4, seed=1))
+    assert Counter(labels[i] for i in batch) == Counter({0: 4, 1: 4, 2: 4})
+    assert Counter(i for i in batch if labels[i] == 2) == Counter({6: 4})
+    assert set(i for i in batch if labels[i] == 1) == {2, 3, 4, 5}
 
 
 def test_deterministic_per_seed_and_epoch() -> None:

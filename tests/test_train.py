@@ -264,6 +264,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     (["--preset", "synthetic", "--resume"], "last.pt does not exist"),
     (["--preset", "synthetic", "--resume", "--overwrite"], "exclude each other"),
     (["--preset", "synthetic", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
+    (["--preset", "synthetic", "--nproc", "2", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
+    (["--preset", "synthetic", "--nnodes", "2", "--node-rank", "2"], "--node-rank 2"),
 ])
 def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str) -> None:
     res = runner.invoke(app, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), *extra])
@@ -304,3 +306,15 @@ def test_cli_help_documents_options() -> None:
     for opt in ("--preset", "--config", "--set", "--nproc", "--nnodes", "--node-rank", "--master-addr",
                 "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps"):
         assert opt in res.output
+
+
+def test_torchrun_command_lines(tmp_path: Path) -> None:
+    from graft_edge.cli.train import _worker_args
+    from graft_edge.train.distributed import torchrun_args
+
+    assert torchrun_args(2) == ["--nproc_per_node=2", "--standalone"]
+    assert torchrun_args(4, 2, 1, "10.0.0.1", 1234) == [
+        "--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=1234"]
+    args = _worker_args("synthetic", None, tmp_path, tmp_path / "r", ["a.b=1"], True, False, 5, 0, 1)
+    assert args[0] == "train" and "--nproc" not in args and ["--set", "a.b=1"] == args[args.index("--set"):][:2]
+    assert "--resume" in args and args[args.index("--max-steps") + 1] == "5"

@@ -196,6 +196,7 @@ def tir_heat(parts: Parts, value: int, amp: float) -> np.ndarray:
     kind, size = value % 4, _TIR_SIZE[(value // 4) % 4]
 
     def blob(uc: float, vc: float, su: float, sv: float) -> np.ndarray:
+        """Gaussian hot spot centred at (uc, vc) in vehicle units."""
         return np.exp(-0.5 * (((u - uc) / (su * size)) ** 2 + ((v - vc) / (sv * size)) ** 2))
 
     if kind == 0:  # hot engine bay at the front

@@ -19,22 +19,27 @@ class RunPaths:
 
     @property
     def config(self) -> Path:
+        """The resolved config (also what --resume compares against)."""
         return self.root / "config.yaml"
 
     @property
     def metrics(self) -> Path:
+        """One JSON line per epoch."""
         return self.root / "metrics.jsonl"
 
     @property
     def tb(self) -> Path:
+        """TensorBoard event files."""
         return self.root / "tb"
 
     @property
     def last(self) -> Path:
+        """Resume state: model, optimisers, sampler, RNG, position."""
         return self.root / "last.pt"
 
     @property
     def best(self) -> Path:
+        """The delivered model (a plain checkpoint)."""
         return self.root / "best.pt"
 
     def stage_best(self, stage: int) -> Path:

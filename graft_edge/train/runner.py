@@ -78,6 +78,7 @@ def _sampler_epoch(stage: int, epoch: int) -> int:
 
 
 def _stage_cfg(cfg: GraftConfig, stage: int) -> StageConfig:
+    """The StageConfig of stage 1 or 2."""
     return cfg.train.stage1 if stage == 1 else cfg.train.stage2
 
 
@@ -222,6 +223,15 @@ def run_stage(tr: Trainer, stage: int) -> None:
             tr.sampler.set_epoch(_sampler_epoch(stage, tr.pos.epoch), start_batch=0)
     del run
     gc.collect()  # drop this stage's DDP reducer hooks before the next stage wraps the model again
+
+
+def preflight(cfg: GraftConfig, data_root: str | Path, world_size: int = 1) -> int:
+    """Check the data before launching workers (train ids vs the sampler, query/gallery present); returns num_ids."""
+    from graft_edge.data import build_eval_loaders, build_train_loader
+
+    _, _, num_ids = build_train_loader(data_root, cfg, 0, world_size)
+    build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, 0)
+    return num_ids
 
 
 def _read_resume(paths: RunPaths, env: D.DistEnv, max_steps: int | None) -> tuple[Checkpoint, int | None]:
