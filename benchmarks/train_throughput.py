@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     def row(name: str, batch: int, threads: int, procs: int, sec: float) -> None:
         rows.append({"variant": name, "batch_per_rank": batch, "threads": threads, "processes": procs,
                      "sec_per_step": sec, "samples_per_s": batch * procs / sec})
-        print(f"  {name:38s} {batch * procs / sec:9.1f} samples/s  ({sec * 1000:.0f} ms/step)", flush=True)
+        print(f"  {name:38s} {batch * procs / sec:9.2f} samples/s  ({sec * 1000:.0f} ms/step)", flush=True)
 
     for threads in (1, 2):
         torch.set_num_threads(threads)

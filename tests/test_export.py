@@ -86,8 +86,11 @@ def test_metadata_props_and_sidecar(exported):
     assert side["modalities"] == list(modalities) and side["precision"] == "fp32"
     files = side["artefact"]["files"]
     assert files[0]["name"] == "model.onnx" and files[0]["sha256"] == sha256_file(out / "model.onnx")
+    assert "tolerance" in props
     for name, precision in (("model.int8-static", "int8-static"), ("model.int8-dynamic", "int8-dynamic"), ("model.fp16", "fp16")):
-        assert read_onnx_props(out / f"{name}.onnx")["precision"] == precision
+        derived = read_onnx_props(out / f"{name}.onnx")
+        assert derived["precision"] == precision and derived["modalities"] == list(modalities)
+        assert "tolerance" not in derived  # FP32-only entries are not inherited
         assert json.loads((out / f"{name}.json").read_text())["precision"] == precision
     summary = json.loads((out / "export.json").read_text())
     assert summary["ok"] and len(summary["artefacts"]) == 4
@@ -177,3 +180,13 @@ def test_foreign_onnx_is_refused(tmp_path):
 
     with pytest.raises(GraftError, match="carries no graft-edge metadata"):
         load_embedder(tmp_path / "foreign.onnx")
+
+
+def test_no_onnx_keeps_only_derived_artefacts(tmp_path, tiny_checkpoint_factory):  # noqa: F811
+    ckpt = tiny_checkpoint_factory(("rgb",))
+    result = export_model(ckpt, tmp_path, ExportOptions(onnx=False, int8=("dynamic",)))
+    assert result.ok
+    assert result.get("onnx-fp32").status == "staged" and result.get("onnx-int8-dynamic").status == "ok"
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.json").exists()
+    assert (tmp_path / "model.int8-dynamic.onnx").is_file() and (tmp_path / "model.int8-dynamic.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.int8-dynamic.json", "model.int8-dynamic.onnx"]

@@ -160,6 +160,14 @@ def test_run_training_two_stages_stage2_starts_from_stage1_best(tiny_data: Path,
         return {**real_eval(*args, **kwargs), "mAP": next(scores)}
 
     monkeypatch.setattr(train_runner, "evaluate_model", fake_eval)
+    real_save, stage1_end = train_runner.save_last, {}
+
+    def spy_save(tr, run):
+        if tr.pos.stage == 2 and run is None:  # the stage-1 -> stage-2 boundary: the final stage-1 weights
+            stage1_end.update({k: v.clone() for k, v in tr.model.state_dict().items()})
+        real_save(tr, run)
+
+    monkeypatch.setattr(train_runner, "save_last", spy_save)
     cfg = tiny_train_config()
     cfg = replace(cfg, train=replace(cfg.train, stage2=replace(cfg.train.stage2, lr=0.0)))  # stage 2 keeps its start
     result = run_training(cfg, tiny_data, tmp_path / "run", progress=False)
@@ -170,6 +178,7 @@ def test_run_training_two_stages_stage2_starts_from_stage1_best(tiny_data: Path,
     assert s1.meta["epoch"] == 1 and s1.meta["step"] == 4
     params = [k for k, _ in build_model(s1.config.model).named_parameters()]
     assert all(torch.equal(s1.state_dict[k], s2.state_dict[k]) for k in params)  # stage 2 started from the best
+    assert not all(torch.equal(s1.state_dict[k], stage1_end[k]) for k in params)  # ... not from stage 1's end
     assert last.extra["stage"] == 3 and last.extra["finished"] and last.extra["step"] == 12
     model, ck = load_model(run / "best.pt")
     assert ck.config.model.num_ids == 4 and ck.meta["mAP"] == 0.5

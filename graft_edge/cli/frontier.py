@@ -9,36 +9,40 @@ import typer
 from graft_edge.cli.common import console, err_console, guarded
 
 
-def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier") -> Any:
-    """The frontier as a rich table (the paper's Tables 3-4 columns plus format, size, latency, speed-up)."""
+def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", width: int = 120) -> Any:
+    """The frontier as a rich table (the paper's Tables 3-4 columns plus format, size, latency, speed-up).
+
+    Below 100 columns of `width`, size and R5 are left out (frontier.md and .csv have everything).
+    """
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     from graft_edge.units import format_count
 
+    wide = width >= 100
     batch = next((r["batch"] for r in rows if r.get("batch")), None)
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    t.add_column("Variant", overflow="fold")
+    t = Table(title=title + (f" - latency per sample at batch {batch}" if batch else ""), box=box.SIMPLE_HEAD,
+              pad_edge=False)
+    t.add_column("Variant", no_wrap=True)
     t.add_column("Params", justify="right", no_wrap=True)
-    t.add_column("Format", overflow="fold")
-    t.add_column("MB", justify="right", no_wrap=True)
-    for col in ("mAP", "R1", "R5", "R10"):
+    t.add_column("Format", overflow="fold", min_width=6)
+    cols = (["MB"] if wide else []) + ["mAP", "R1"] + (["R5"] if wide else []) + ["R10", "ms", "Speed-up"]
+    for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
-    t.add_column(f"ms/img (b{batch})" if batch else "ms/img", justify="right", no_wrap=True)
-    t.add_column("Speed-up", justify="right", no_wrap=True)
 
     def pct(v: Any) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
     for r in rows:
         fmt = r["format"] if r["status"] == "ok" else f"{r['format']} [red]{escape(r['status'][:40])}[/]"
-        t.add_row(("[bold]" if r.get("pareto") else "") + escape(str(r["variant"])) + ("[/]" if r.get("pareto") else ""),
-                  format_count(r["params"]) if r.get("params") is not None else "-", fmt,
-                  f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
-                  pct(r.get("mAP")), pct(r.get("R1")), pct(r.get("R5")), pct(r.get("R10")),
-                  f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
-                  f"{r['speedup']:.2f}x" if r.get("speedup") else "-")
+        vals = {"MB": f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
+                "mAP": pct(r.get("mAP")), "R1": pct(r.get("R1")), "R5": pct(r.get("R5")), "R10": pct(r.get("R10")),
+                "ms": f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
+                "Speed-up": f"{r['speedup']:.2f}x" if r.get("speedup") else "-"}
+        name = escape(str(r["variant"]))
+        t.add_row(f"[bold]{name}[/]" if r.get("pareto") else name,
+                  format_count(r["params"]) if r.get("params") is not None else "-", fmt, *[vals[c] for c in cols])
     return t
 
 
@@ -75,7 +79,7 @@ def frontier_cmd(
         result = run_frontier(model, data, out, settings, overwrite=overwrite, progress=hook,
                               log=lambda msg: err.print(msg, soft_wrap=True, emoji=False, markup=False))
     con = console()
-    con.print(frontier_table(result.rows))
+    con.print(frontier_table(result.rows, width=con.width))
     if result.speedup_note:
         con.print(result.speedup_note, soft_wrap=True)
     if result.skipped:

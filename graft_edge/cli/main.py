@@ -23,6 +23,7 @@ app.command("bench")(__import__("graft_edge.cli.bench", fromlist=["bench_cmd"]).
 app.command("prune")(__import__("graft_edge.cli.prune", fromlist=["prune_cmd"]).prune_cmd)
 app.command("export")(__import__("graft_edge.cli.export", fromlist=["export_cmd"]).export_cmd)
 app.command("frontier")(__import__("graft_edge.cli.frontier", fromlist=["frontier_cmd"]).frontier_cmd)
+app.command("demo")(__import__("graft_edge.cli.demo", fromlist=["demo_cmd"]).demo_cmd)
 # --- end of command registration ---
 
 

@@ -104,7 +104,9 @@ def write_onnx_metadata(path: str | Path, meta: Mapping[str, Any]) -> None:
     path = Path(path)
     proto = onnx.load(str(path), load_external_data=False)  # keeps external-data references as they are
     props = encode_props(meta)
-    kept = [p for p in proto.metadata_props if p.key not in props]
+    # keep tools' namespaced entries (onnx.infer, onnx.quant.pre_process); drop graft-edge keys (no dot) of the
+    # model this one was derived from, so an INT8 file does not inherit FP32-only entries
+    kept = [p for p in proto.metadata_props if p.key not in props and "." in p.key]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     for key, value in props.items():

@@ -171,6 +171,11 @@ def _variant_name(target_params: int) -> str:
     return f"t{target_params}"
 
 
+def _order_key(name: str) -> tuple[int, int]:
+    """dense first, then the variants from the largest to the smallest target."""
+    return (0, 0) if name == "dense" else (1, -int(name[1:]))
+
+
 # ------------------------------------------------------------------------------------------ pieces
 
 def _prune_variant(prev_ckpt: Path, dest: Path, target: int, settings: FrontierSettings, data_root: Path,
@@ -263,6 +268,27 @@ def _evaluate(path: Path, settings: FrontierSettings, data_root: Path, progress:
     return acc
 
 
+def _loadavg() -> float | None:
+    """1-minute load average (None where the OS does not report it)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_note(lat: dict[str, Any]) -> str:
+    """A warning when other processes competed for the CPU while timing (load average above the cores)."""
+    cores = (lat.get("machine") or {}).get("cores_usable") or 0
+    loads = [x for x in (lat.get("loadavg") or []) if x is not None]
+    if cores and loads and max(loads) > cores:
+        return (f"Warning: the machine was busy while timing (load average up to {max(loads):.1f} on {cores} cores); "
+                "latencies are inflated and eager PyTorch (OpenMP) suffers most, so trust the best-of-N speed-up "
+                "(speedup_min) over the p50 one.")
+    return ""
+
+
 def _measure_latency(state: dict[str, Any], out: Path, settings: FrontierSettings, progress: ProgressHook,
                      log: Log) -> bool:
     """Time every ok artefact side by side; returns True when it measured (False: state already has it)."""
@@ -292,10 +318,11 @@ def _measure_latency(state: dict[str, Any], out: Path, settings: FrontierSetting
     log(f"timing {len(keys)} artefacts side by side: batch {settings.batch}, {settings.rounds} rounds x {per_round} "
         f"calls each")
     advance = progress(f"latency (batch {settings.batch}, interleaved)", total)
+    load_before = _loadavg()
     times = interleaved_latency(embedders, inputs, rounds=settings.rounds, iters_per_round=per_round,
                                 warmup=settings.warmup, on_iter=advance)
     state["latency"] = {"keys": keys, "batch": settings.batch, "device": settings.device, "threads": settings.threads,
-                        "measured": _now(), "machine": machine_info(),
+                        "measured": _now(), "machine": machine_info(), "loadavg": [load_before, _loadavg()],
                         "results": {k: summarize(t, settings.batch).to_dict() for k, t in times.items()}}
     return True
 
@@ -325,8 +352,9 @@ def frontier_rows(state: dict[str, Any], out: Path, formats: Sequence[str] | Non
                 "size_bytes": rec.get("size_bytes"), "status": rec.get("status", "pending"),
                 "mAP": acc.get("mAP"), "R1": acc.get("R1"), "R5": acc.get("R5"), "R10": acc.get("R10"),
                 "batch": batch if stats else None, "latency_ms": stats["per_sample_ms"] if stats else None,
+                "min_ms": stats["min_ms"] / stats["batch"] if stats else None,
                 "p90_ms": stats["p90_ms"] if stats else None, "p99_ms": stats["p99_ms"] if stats else None,
-                "speedup": None, "key": f"{vname}/{fmt}",
+                "speedup": None, "speedup_min": None, "key": f"{vname}/{fmt}",
             })
     ref = lat.get("dense/torch")
     note = ""
@@ -334,8 +362,13 @@ def frontier_rows(state: dict[str, Any], out: Path, formats: Sequence[str] | Non
         for r in rows:
             if r["latency_ms"]:
                 r["speedup"] = ref["per_sample_ms"] / r["latency_ms"]
+                r["speedup_min"] = (ref["min_ms"] / ref["batch"]) / r["min_ms"] if r["min_ms"] else None
         note = (f"Speed-up: dense PyTorch eager per-sample latency / the artefact's, both p50 at batch {batch}, "
-                f"timed in one interleaved pass on the same machine.")
+                f"timed in one interleaved pass on the same machine (speedup_min in the CSV/JSON: the same ratio "
+                f"of the fastest calls).")
+        busy = busy_note(state.get("latency") or {})
+        if busy:
+            note += " " + busy
     mark_pareto(rows)
     return rows, note
 
@@ -428,8 +461,7 @@ def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | P
 
     # the dense source is variant 0: its checkpoint is the source file itself (copied for a self-contained OUT)
     plan = [("dense", "dense", None, None)] + [(_variant_name(n), t, t, n) for t, n in targets]
-    state["order"] = sorted(set(state.get("order", [])) | {p[0] for p in plan},
-                            key=lambda name: -1 if name == "dense" else -int(name[1:]))
+    state["order"] = sorted(set(state.get("order", [])) | {p[0] for p in plan}, key=_order_key)
     prev_ckpt = model_path
     for vname, label, target_text, target_n in plan:
         vdir = out / "variants" / vname

@@ -5,8 +5,10 @@ A frontier row is one (variant, format) artefact::
     {"variant": "p70", "target": "70%", "params": int, "params_nonzero": int, "format": "onnx",
      "artefact": str, "size_bytes": int, "status": "ok" | "error: ...",
      "mAP", "R1", "R5", "R10": fractions or None,
-     "latency_ms": per-sample p50 ms or None, "batch": int, "p90_ms", "p99_ms": per-batch ms or None,
+     "latency_ms": per-sample p50 ms or None, "min_ms": per-sample fastest call, "batch": int,
+     "p90_ms", "p99_ms": per-batch ms or None,
      "speedup": dense-torch per-sample p50 / this per-sample p50, or None,
+     "speedup_min": the same ratio of the fastest calls (robust to other load on the machine),
      "pareto": bool}
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, Iterable, Sequence
 from graft_edge.fileio import atomic_write, write_json, write_text
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
-               "R10", "batch", "latency_ms", "p90_ms", "p99_ms", "speedup", "pareto", "artefact")
+               "R10", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto",
+               "artefact")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

@@ -1,0 +1,52 @@
+"""`graft-edge demo`: the whole pipeline on the built-in synthetic set, on a CPU, in minutes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from graft_edge.cli.common import console, err_console, guarded
+
+
+@guarded
+def demo_cmd(
+    out: Path = typer.Option(Path("graft-edge-demo"), "--out", help="Folder for the data, the training run and the frontier (rerunning resumes)."),
+    fast: bool = typer.Option(False, "--fast", help="Smoke-test size: 16 ids, 4 training steps per stage, one target (45%), batch 16. Seconds, not minutes; the numbers mean nothing."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Frontier sizes as fractions of the trained model (default 70%,45%; --fast: 45%)."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Frontier formats (default torch,onnx,int8)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Latency batch size; per-sample ms is reported (default 64: the tiny model needs a batch for compute, not framework overhead, to dominate; --fast: 16).", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for timing and evaluation (default: all cores).", min=1),
+) -> None:
+    """Synthesise the dataset, train the `synthetic` preset (both stages), prune it to a few sizes with finetuning,
+    export ONNX FP32 and INT8, measure mAP on the exported files and latency side by side, print the frontier."""
+    from graft_edge.cli.frontier import frontier_table
+    from graft_edge.profile.demo import DemoSettings, run_demo, with_overrides
+    from graft_edge.profile.frontier import parse_formats, parse_targets
+    from graft_edge.profile.progress import rich_progress
+
+    settings = DemoSettings.fast() if fast else DemoSettings()
+    settings = with_overrides(settings, targets=parse_targets(targets) if targets else None,
+                              formats=parse_formats(formats) if formats else None, batch=batch, threads=threads)
+    err = err_console()
+    with rich_progress(err) as hook:
+        result = run_demo(out, settings, progress=hook,
+                          log=lambda msg: err.print(msg, soft_wrap=True, emoji=False, markup=False))
+    con = console()
+    con.print(frontier_table(result.frontier.rows, title="GraFT frontier (synthetic preset)", width=con.width))
+    if result.frontier.speedup_note:
+        con.print(result.frontier.speedup_note, soft_wrap=True)
+    h = result.headline
+    if h:
+        verdict = "[green]goal met[/]" if h["goal_met"] else "[yellow]below the 4x goal on this machine[/]"
+        best = f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else ""
+        con.print(f"pruned INT8 ({h['variant']}, {h['params']:,} params) runs {h['speedup']:.2f}x faster than the dense "
+                  f"PyTorch model ({h['int8_ms']:.3f} vs {h['dense_ms']:.3f} ms/sample p50 at batch {h['batch']}{best}): "
+                  f"{verdict}; "
+                  f"mAP {100 * (h['mAP'] or 0):.1f} vs dense {100 * (h['dense_mAP'] or 0):.1f}", soft_wrap=True)
+    total = sum(result.seconds.values())
+    con.print(f"plot: {result.frontier.files.get('png', '-')}   table: {result.frontier.files.get('md')}   "
+              f"time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")",
+              soft_wrap=True)
+    if any(r["status"] != "ok" for r in result.frontier.rows):
+        raise typer.Exit(1)
