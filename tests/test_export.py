@@ -190,3 +190,15 @@ def test_no_onnx_keeps_only_derived_artefacts(tmp_path, tiny_checkpoint_factory)
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.json").exists()
     assert (tmp_path / "model.int8-dynamic.onnx").is_file() and (tmp_path / "model.int8-dynamic.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.int8-dynamic.json", "model.int8-dynamic.onnx"]
+
+
+def test_eval_of_onnx_matches_checkpoint(exported, tiny_dataset):  # noqa: F811
+    from graft_edge.evaluation import evaluate_embedder
+    from graft_edge.runtime import load_embedder
+
+    modalities, ckpt, out, result, _ = exported
+    ref = evaluate_embedder(load_embedder(ckpt), tiny_dataset, batch_size=4)
+    got = evaluate_embedder(load_embedder(out / "model.onnx"), tiny_dataset, batch_size=4)
+    assert abs(ref["mAP"] - got["mAP"]) < 1e-3 and ref["R1"] == got["R1"]
+    int8 = evaluate_embedder(load_embedder(out / "model.int8-static.onnx"), tiny_dataset, batch_size=4)
+    assert int8["num_query"] == ref["num_query"]

@@ -38,7 +38,9 @@ def short_status(status: str, width: int = 24) -> str:
 def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     """Ultralytics-style table: one row per model and batch size (one row for a model that failed to load).
 
-    Below 100 columns of `width` the per-batch ms and RSS columns are left out (they are in the JSON).
+    "+RSS MB" is the peak resident memory during the run minus the process's before the model was loaded
+    (model + runtime + activations). Below 100 columns of `width` the per-batch ms and RSS columns are
+    left out (they are in the JSON).
     """
     from rich.table import Table
 
@@ -54,7 +56,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     t.add_column("Format", overflow="fold", min_width=5)
     t.add_column("Status", overflow="fold", min_width=10)
     for col in ("MB", "Params") + (("mAP",) if with_map else ()) + ("Batch",) + (("ms",) if wide else ()) + (
-            "ms/img", "FPS") + (("RSS MB",) if wide else ()) + (("W", "J/img") if power else ()):
+            "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("W", "J/img") if power else ()):
         t.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
         fmt = r["format"] or "-"
@@ -63,7 +65,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
         size = _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None, ".1f")
         params = format_count(r["params_embedding"]) if r["params_embedding"] is not None else "-"
         acc = r.get("accuracy")
-        head = [Path(r["model"]).name, fmt]
+        head = [r["model"] if len(r["model"]) <= 40 else Path(r["model"]).name, fmt]
         if r["format"] is None or r["load_s"] is None or (with_map and acc is None):  # failed before timing
             t.add_row(*head, short_status(r["status"]), size, params, *(["-"] if with_map else []),
                       ",".join(str(run["batch"]) for run in r["runs"]), *["-"] * (4 if wide else 2),
@@ -78,7 +80,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
             cpu = run.get("memory", {}).get("cpu", {})
             row += [str(run["batch"])] + ([_fmt(lat.get("p50_ms"))] if wide else []) + [
                 _fmt(lat.get("per_sample_ms"), ".3f"), _fmt(lat.get("throughput"), ".1f")] + (
-                [_fmt(cpu.get("rss_peak_mb") if cpu.get("available") else None, ".0f")] if wide else [])
+                [_fmt(cpu.get("rss_increase_mb") if cpu.get("available") else None, ".0f")] if wide else [])
             if power:
                 pw = run.get("power", {})
                 row += [_fmt(pw.get("mean_w") if pw.get("available") else None, ".1f"),

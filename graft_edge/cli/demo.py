@@ -16,19 +16,23 @@ def demo_cmd(
     targets: Optional[str] = typer.Option(None, "--targets", help="Frontier sizes as fractions of the trained model (default 70%,45%; --fast: 45%)."),
     formats: Optional[str] = typer.Option(None, "--formats", help="Frontier formats (default torch,onnx,int8)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Latency batch size; per-sample ms is reported (default 64: the tiny model needs a batch for compute, not framework overhead, to dominate; --fast: 16).", min=1),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for timing and evaluation (default: all cores).", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for training, evaluation and timing (default: all cores, or 1 when the load average already exceeds the cores: multi-threaded OpenMP collapses on an oversubscribed machine).", min=1),
 ) -> None:
     """Synthesise the dataset, train the `synthetic` preset (both stages), prune it to a few sizes with finetuning,
     export ONNX FP32 and INT8, measure mAP on the exported files and latency side by side, print the frontier."""
     from graft_edge.cli.frontier import frontier_table
-    from graft_edge.profile.demo import DemoSettings, run_demo, with_overrides
+    from graft_edge.profile.demo import DemoSettings, auto_threads, run_demo, with_overrides
     from graft_edge.profile.frontier import parse_formats, parse_targets
     from graft_edge.profile.progress import rich_progress
 
     settings = DemoSettings.fast() if fast else DemoSettings()
+    err = err_console()
+    if threads is None:
+        threads, why = auto_threads()
+        if why:
+            err.print(why, soft_wrap=True, markup=False, emoji=False)
     settings = with_overrides(settings, targets=parse_targets(targets) if targets else None,
                               formats=parse_formats(formats) if formats else None, batch=batch, threads=threads)
-    err = err_console()
     with rich_progress(err) as hook:
         result = run_demo(out, settings, progress=hook,
                           log=lambda msg: err.print(msg, soft_wrap=True, emoji=False, markup=False))

@@ -66,7 +66,7 @@ def export_cmd(
     batch: str = typer.Option("1:8:64", "--batch", help="TensorRT optimisation profile, batch sizes MIN:OPT:MAX (or one N): engines accept MIN..MAX images and are tuned for OPT."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset root (RGBNT100/RGBN300 layout) with the model's modalities: its train split calibrates --int8 static; its gallery split adds real-image parity checks."),
     calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images taken evenly from the train split (minimum 16; all of them when the split is smaller)."),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="Static INT8 activation ranges: percentile (99.999th, robust to ViT outliers), minmax or entropy."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="Static INT8 activation ranges: minmax (fast, low memory), percentile (99.999th of |x|; ignores rare outliers) or entropy."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset, 18-25 with torch 2.14's exporter (18 is the most portable to TensorRT 10 / JetPack)."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="FP32 check: largest allowed absolute difference between ONNX Runtime and PyTorch embedding values (L2-normalised), batch 1 and 4."),
     min_cosine_int8: float = typer.Option(0.98, "--min-cosine-int8", help="INT8 check: smallest allowed cosine between INT8 and FP32 embeddings of the same input (real images when --calib-data is given, else random ones)."),

@@ -451,7 +451,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
             if "dynamic" in opt.int8:
                 sources["int8-dynamic"] = run.reduced(
                     "onnx-int8-dynamic", "int8-dynamic", src, stage, lambda dst: Q.quantize_dynamic_int8(src, dst),
-                    opt.min_cosine_int8, {"quantization": {"mode": "dynamic", "weights": "int8 symmetric per-tensor",
+                    opt.min_cosine_int8, {"quantization": {"mode": "dynamic", "weights": "int8 symmetric per-channel",
                                                            "activations": "uint8 per-batch at run time",
                                                            "ops": "MatMul with constant weights"}})
             if "static" in opt.int8:

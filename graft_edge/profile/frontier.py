@@ -284,8 +284,8 @@ def busy_note(lat: dict[str, Any]) -> str:
     loads = [x for x in (lat.get("loadavg") or []) if x is not None]
     if cores and loads and max(loads) > cores:
         return (f"Warning: the machine was busy while timing (load average up to {max(loads):.1f} on {cores} cores); "
-                "latencies are inflated and eager PyTorch (OpenMP) suffers most, so trust the best-of-N speed-up "
-                "(speedup_min) over the p50 one.")
+                "latencies are inflated, multi-threaded eager PyTorch (OpenMP) most of all, which flatters p50 "
+                "speed-ups; compare with the best-of-N ratio (speedup_min).")
     return ""
 
 
@@ -434,6 +434,13 @@ def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | P
     targets.sort(key=lambda x: -x[1])
     if len({n for _, n in targets}) != len(targets):
         raise GraftError(f"--targets {','.join(settings.targets)}: two targets give the same size")
+    from graft_edge.compress import method_floor
+
+    floor = method_floor(model, settings.method, round_to=settings.round_to)
+    if targets and targets[-1][1] < floor:
+        t, n = targets[-1]
+        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
+                         f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
     del model
 
     if out.exists() and not out.is_dir():

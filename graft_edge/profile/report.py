@@ -142,9 +142,18 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
                 continue
             ax.scatter([r[key] * scale for r in pts], [100 * r["mAP"] for r in pts], label=fmt,
                        marker=_MARKERS.get(fmt, "o"), color=colours[k % len(colours)], s=40, zorder=3)
-            for r in pts:
-                ax.annotate(r["variant"], (r[key] * scale, 100 * r["mAP"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+        labelled: set[tuple[str, float, float]] = set()
+        for r in ok:  # one label per variant and (rounded) position: formats of one variant often coincide
+            if r.get(key) is None:
+                continue
+            spot = (r["variant"], round(r[key] * scale, 3 if key == "params" else 2), round(100 * r["mAP"], 1))
+            if key == "params":
+                spot = (r["variant"], spot[1], 0.0)
+            if spot in labelled:
+                continue
+            labelled.add(spot)
+            ax.annotate(r["variant"], (r[key] * scale, 100 * r["mAP"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
         front = sorted((r for r in ok if r.get(pkey) and r.get(key) is not None), key=lambda r: r[key])
         if front:
             ax.plot([r[key] * scale for r in front], [100 * r["mAP"] for r in front], "--", color="0.4", lw=1,
@@ -155,6 +164,11 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
         ax.set_ylabel("mAP (%)")
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axes[1].xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes[1].xaxis.set_major_formatter(ScalarFormatter())
+    axes[1].xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
