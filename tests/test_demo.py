@@ -51,3 +51,14 @@ def test_demo_fast_end_to_end(tmp_path, monkeypatch):
     # a rerun reuses everything
     r2 = CliRunner().invoke(app, ["demo", "--fast", "--out", str(out)])
     assert r2.exit_code == 0 and "reusing the trained model" in r2.output
+
+
+def test_auto_threads_drops_to_one_on_a_busy_machine(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 4.0, 3.0))
+    threads, why = D.auto_threads()
+    assert threads == 1 and "busy" in why and "--threads" in why
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert D.auto_threads() == (None, "")

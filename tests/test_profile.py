@@ -386,3 +386,14 @@ def test_bench_help_lists_units():
     assert r.exit_code == 0
     for opt in ("--batch", "--warmup", "--iters", "--seconds", "--threads", "--device", "--data", "--json"):
         assert opt in r.output
+
+
+def test_bench_cli_json_to_stdout_is_pure_json(tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from graft_edge.cli.main import app
+    from graft_edge.profile.bench import validate_bench_result
+
+    r = CliRunner().invoke(app, ["bench", str(tiny_checkpoint), "--iters", "1", "--warmup", "0", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    validate_bench_result(json.loads(r.stdout))

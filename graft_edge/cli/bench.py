@@ -125,7 +125,7 @@ def bench_cmd(
                              eval_batch_size=eval_batch_size)
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
-    out = console()
+    out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON
     out.print(bench_table(report, width=out.width))
     for r in report["results"]:
         if r["status"] != "ok":

@@ -1,9 +1,20 @@
-"""The `graft-edge` typer app: one line per command, each command thin over the library."""
+"""The `graft-edge` typer app: one line per command, each command thin over the library.
+
+Commands follow the pipeline: data (synth) -> model (init, inspect) -> train -> compress (prune)
+-> export -> profile (eval, bench, frontier) -> demo (all of it).
+"""
 from __future__ import annotations
 
 import typer
 
+from graft_edge.cli.bench import bench_cmd
+from graft_edge.cli.demo import demo_cmd
+from graft_edge.cli.export import export_cmd
+from graft_edge.cli.frontier import frontier_cmd
 from graft_edge.cli.model_cmds import eval_cmd, init_cmd, inspect_cmd
+from graft_edge.cli.prune import prune_cmd
+from graft_edge.cli.synth import synth
+from graft_edge.cli.train import train_cmd
 
 app = typer.Typer(
     name="graft-edge",
@@ -13,18 +24,16 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# --- command registration: one line per command (keep this block; add new commands below) ---
+app.command("synth")(synth)
 app.command("init")(init_cmd)
 app.command("inspect")(inspect_cmd)
+app.command("train")(train_cmd)
+app.command("prune")(prune_cmd)
+app.command("export")(export_cmd)
 app.command("eval")(eval_cmd)
-app.command("train")(__import__("graft_edge.cli.train", fromlist=["train_cmd"]).train_cmd)
-app.command("synth")(__import__("graft_edge.cli.synth", fromlist=["synth"]).synth)
-app.command("bench")(__import__("graft_edge.cli.bench", fromlist=["bench_cmd"]).bench_cmd)
-app.command("prune")(__import__("graft_edge.cli.prune", fromlist=["prune_cmd"]).prune_cmd)
-app.command("export")(__import__("graft_edge.cli.export", fromlist=["export_cmd"]).export_cmd)
-app.command("frontier")(__import__("graft_edge.cli.frontier", fromlist=["frontier_cmd"]).frontier_cmd)
-app.command("demo")(__import__("graft_edge.cli.demo", fromlist=["demo_cmd"]).demo_cmd)
-# --- end of command registration ---
+app.command("bench")(bench_cmd)
+app.command("frontier")(frontier_cmd)
+app.command("demo")(demo_cmd)
 
 
 def main() -> None:
