@@ -77,6 +77,7 @@ def test_calibration_data_too_small(tmp_path, tiny_checkpoint_factory):  # noqa:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_failed_parity_exits_1_and_quarantines(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     ckpt = tiny_checkpoint_factory(("rgb",))
     out = tmp_path / "out"
@@ -90,6 +91,7 @@ def test_failed_parity_exits_1_and_quarantines(tmp_path, tiny_checkpoint_factory
     assert not summary["ok"] and summary["artefacts"][0]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_trt_without_tensorrt_writes_onnx_and_says_what_is_missing(tmp_path, tiny_checkpoint_factory, monkeypatch):  # noqa: F811
     import sys
 
