@@ -120,9 +120,35 @@ def test_interleaved_latency_pools_rounds():
     x = synthetic_batch(a.info, 1)
     out = interleaved_latency({"a": a, "b": b}, {"a": x, "b": x}, rounds=3, iters_per_round=2, warmup=1)
     assert len(out["a"]) == len(out["b"]) == 6
-    assert a.calls == b.calls == 7
+    assert a.calls == b.calls == 1 + 3 * (1 + 2)  # warm-up, then per round one switch-in call and two timed
     warm_up(a, x, 0)  # zero warm-up is allowed
-    assert a.calls == 7
+    assert a.calls == 10
+
+
+class SwitchCostEmbedder(FakeEmbedder):
+    """Slow on the first call after another embedder ran (a runtime taking over a busy CPU)."""
+
+    def __init__(self, last: list, name: str) -> None:
+        super().__init__()
+        self.last, self.name = last, name
+
+    def embed(self, batch):
+        slow = self.last and self.last[0] != self.name
+        self.last[:] = [self.name]
+        self.delay = 0.02 if slow else 0.0
+        return super().embed(batch)
+
+
+@pytest.mark.parametrize("switch_warmup,slow_samples", [(0, 3), (1, 0)])
+def test_interleaved_switch_in_call_keeps_takeover_cost_out(switch_warmup, slow_samples):
+    last: list = []
+    a, b = SwitchCostEmbedder(last, "a"), SwitchCostEmbedder(last, "b")
+    x = synthetic_batch(a.info, 1)
+    out = interleaved_latency({"a": a, "b": b}, {"a": x, "b": x}, rounds=3, iters_per_round=2, warmup=1,
+                              switch_warmup=switch_warmup)
+    assert sum(t >= 15.0 for t in out["b"]) == slow_samples  # ms
+    with pytest.raises(GraftError):
+        interleaved_latency({"a": a}, {"a": x}, switch_warmup=-1)
 
 
 # ------------------------------------------------------------------ telemetry / NVML fallbacks
@@ -130,10 +156,14 @@ def test_interleaved_latency_pools_rounds():
 def test_memory_sampler_sees_allocation():
     from graft_edge.profile.telemetry import MemorySampler
 
+    import mmap
+
+    size = 40 * 1024 * 1024
     with MemorySampler(interval=0.001) as mem:
-        block = np.ones(40 * 1024 * 1024 // 8)  # 40 MiB touched
-        block.sum()
-        del block
+        # fresh anonymous pages from the kernel (a numpy array could reuse pages the allocator kept resident)
+        block = mmap.mmap(-1, size)
+        block.write(b"\x01" * size)  # 40 MiB touched
+        block.close()
     r = mem.result()
     assert r["available"] and r["rss_peak_mb"] >= r["rss_start_mb"] + 30
 
@@ -227,6 +257,7 @@ def test_nvml_energy_counter(monkeypatch):
     p = out["power"]
     assert p["available"] and p["method"] == "total energy counter"
     assert p["energy_j"] == pytest.approx(5.0) and p["energy_per_sample_j"] == pytest.approx(0.05)
+    assert "coarse" in p["note"]  # an instant run is far shorter than NVML's update period
     assert out["utilization"]["mean_pct"] == 87
     assert out["memory"]["device_used_peak_mb"] == pytest.approx(3 * 1024)
 

@@ -90,20 +90,26 @@ def time_embedder(embedder: Embedder, inputs: Mapping[str, np.ndarray], warmup: 
 
 
 def interleaved_latency(embedders: Mapping[str, Embedder], inputs: Mapping[str, Mapping[str, np.ndarray]],
-                        rounds: int = 5, iters_per_round: int = 3, warmup: int = 2,
+                        rounds: int = 5, iters_per_round: int = 3, warmup: int = 2, switch_warmup: int = 1,
                         on_iter: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Time several embedders round-robin so that a change in machine load hits all of them alike.
 
-    Each round runs `iters_per_round` timed calls of every embedder in turn (after one initial warm-up
-    of `warmup` calls each); the samples of all rounds are pooled per embedder.  Ratios between the
-    results are what a shared, noisy machine can report honestly.
+    Each round runs, for every embedder in turn, `switch_warmup` untimed calls and then `iters_per_round`
+    timed ones (after one initial warm-up of `warmup` calls each); the samples of all rounds are pooled
+    per embedder.  The untimed switch-in calls keep the cost of taking over from the previous runtime
+    (its OpenMP / thread-pool workers still spinning, caches holding its weights) out of the samples:
+    without them, eager PyTorch at batch 1 measured 2-4x slower on a 2-core machine.  Ratios between
+    the results are what a shared, noisy machine can report honestly.
     """
     if rounds < 1 or iters_per_round < 1:
         raise GraftError("rounds and iterations per round must be positive")
+    if switch_warmup < 0:
+        raise GraftError(f"switch-in warm-up {switch_warmup}: expected 0 or more")
     out: dict[str, list[float]] = {k: [] for k in embedders}
     for key, emb in embedders.items():
         warm_up(emb, inputs[key], warmup, on_iter)
     for _ in range(rounds):
         for key, emb in embedders.items():
-            out[key].extend(time_embedder(emb, inputs[key], warmup=0, iters=iters_per_round, on_iter=on_iter))
+            out[key].extend(time_embedder(emb, inputs[key], warmup=switch_warmup, iters=iters_per_round,
+                                          on_iter=on_iter))
     return out

@@ -150,6 +150,9 @@ def nvml_index(device: str) -> str | int:
     return idx
 
 
+MIN_POWER_WINDOW_S = 1.0  # below this, NVML energy/power figures are coarse (counter update period ~100 ms)
+
+
 class GpuMonitor:
     """NVML power / energy / utilisation / memory of one GPU around a run; never raises.
 
@@ -281,6 +284,10 @@ class GpuMonitor:
         if power.get("available"):
             power["energy_per_sample_j"] = power["energy_j"] / samples if samples else None
             power["duration_s"] = duration
+            if duration < MIN_POWER_WINDOW_S:
+                power["note"] = (f"measured over {duration:.2f} s: NVML's energy counter and power readings update "
+                                 f"about every 100 ms, so runs under {MIN_POWER_WINDOW_S:.0f} s give coarse watts "
+                                 "(time with --seconds 5 or more for power)")
             if self._power:
                 power["max_w"] = max(self._power)
         util = ({"available": True, "mean_pct": sum(self._util) / len(self._util), "max_pct": max(self._util),
