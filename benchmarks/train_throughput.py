@@ -10,6 +10,7 @@ tensors, so data loading is excluded:
 
     python benchmarks/train_throughput.py                 # everything (~2-4 min on 2 cores)
     python benchmarks/train_throughput.py --skip-full     # synthetic + DDP only
+    python benchmarks/train_throughput.py --device cuda   # on an NVIDIA GPU: rgbnt100 fp32 vs bf16 autocast
 """
 from __future__ import annotations
 
@@ -39,18 +40,25 @@ def random_batch(cfg: GraftConfig, ids: int, per_id: int) -> tuple[dict[str, tor
 
 
 def time_steps(cfg: GraftConfig, stage: StageConfig, ids: int, per_id: int, steps: int, warmup: int,
-               env: DistEnv | None = None) -> float:
+               env: DistEnv | None = None, amp: bool = False) -> float:
     """Seconds per train step (median of `steps` after `warmup`) of cfg's model at a P x K batch."""
     env = env or DistEnv()
+    cuda = env.device.startswith("cuda")
     torch.manual_seed(0)
-    model = build_model(replace(cfg.model, num_ids=max(ids, 2), pretrained=False))
-    run = make_stage(model, stage, total_steps=warmup + steps, env=env)
+    model = build_model(replace(cfg.model, num_ids=max(ids, 2), pretrained=False)).to(env.device)
+    run = make_stage(model, stage, total_steps=warmup + steps, env=env, amp=amp)
     set_train_mode(model, stage)
     images, labels = random_batch(cfg, ids, per_id)
+    if cuda:  # inputs already on the GPU: time the step, not the host-to-device copy
+        images, labels = {m: x.to(env.device) for m, x in images.items()}, labels.to(env.device)
     times = []
     for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize(env.device)
         t0 = time.perf_counter()
         train_step(run, images, labels)
+        if cuda:
+            torch.cuda.synchronize(env.device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
@@ -79,6 +87,22 @@ def ddp_seconds(world: int, steps: int, warmup: int, port: int = 29633) -> float
         return float(out["sec"])
 
 
+def measure_cuda(args: argparse.Namespace, row) -> None:
+    """On an NVIDIA GPU: the synthetic and the full-size preset, fp32 vs bf16 autocast, both stages."""
+    env = DistEnv(device="cuda:0")
+    syn, full = get_preset("synthetic"), get_preset("rgbnt100")
+    B = syn.data.ids_per_batch * syn.data.instances_per_id
+    for amp in (False, True):
+        tag = "bf16" if amp else "fp32"
+        row(f"synthetic stage1 cuda {tag}", B, 0, 1,
+            time_steps(syn, syn.train.stage1, syn.data.ids_per_batch, syn.data.instances_per_id, args.steps,
+                       args.warmup, env, amp))
+        ids, per_id = 8, 4  # P x K = 32, near the paper's 26 triplets per batch
+        for st_name, st in (("stage1 frozen backbone", full.train.stage1), ("stage2 all trainable", full.train.stage2)):
+            row(f"rgbnt100 224x224 {st_name} cuda {tag}", ids * per_id, 0, 1,
+                time_steps(full, st, ids, per_id, args.full_steps, 2, env, amp))
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     """All rows: name, batch, threads, processes, seconds/step, samples/s."""
     rows = []
@@ -90,6 +114,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
                      "sec_per_step": sec, "samples_per_s": batch * procs / sec})
         print(f"  {name:38s} {batch * procs / sec:9.2f} samples/s  ({sec * 1000:.0f} ms/step)", flush=True)
 
+    if args.device.startswith("cuda"):
+        measure_cuda(args, row)
+        return rows
     for threads in (1, 2):
         torch.set_num_threads(threads)
         row(f"synthetic stage1, 1 proc x {threads} thr", B, threads, 1,
@@ -112,11 +139,21 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the rgbnt100 (DeiT-B, 224x224) rows")
     parser.add_argument("--full-steps", type=int, default=3, help="timed steps per rgbnt100 variant")
     parser.add_argument("--full-per-id", type=int, default=2, help="rgbnt100 batch = 2 ids x this")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: GPU rows only (fp32 vs bf16 autocast)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args()
-    print(f"training throughput on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if args.device.startswith("cuda") else ""
+    print(f"training throughput on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}, load avg {os.getloadavg()[0]:.1f}")
     rows = measure(args)
+    if args.device.startswith("cuda"):
+        by = {r["variant"]: r["samples_per_s"] for r in rows}
+        for name in [n for n in by if n.endswith("fp32")]:
+            print(f"bf16 / fp32 {name[:-5]}: {by[name[:-4] + 'bf16'] / by[name]:.2f}x")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name(0), "rows": rows}, f, indent=2)
+        return
     base = {r["variant"]: r["samples_per_s"] for r in rows}
     one = base["synthetic stage1, 1 proc x 1 thr"]
     print(f"ratios vs synthetic 1 proc x 1 thr: 1x2 thr {base['synthetic stage1, 1 proc x 2 thr'] / one:.2f}x, "
