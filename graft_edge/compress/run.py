@@ -1,0 +1,175 @@
+"""A resumable prune run: a checkpoint in, a pruned checkpoint out, `OUT.partial` after every finished step.
+
+What `graft-edge prune` does, as a library call::
+
+    from graft_edge.compress.run import PruneRequest, run_prune
+    result = run_prune("best.pt", "pruned.pt", PruneRequest(target="60M", data="data/", finetune_epochs=1))
+
+A run killed between steps continues from its last finished step with `resume=True`; the partial
+checkpoint records the request, and a resume with another source or request is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method
+from graft_edge.errors import GraftError
+
+# identity of a run: a partial checkpoint is only resumed when these match
+RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit")
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where an unfinished run keeps its last finished step: OUT.partial beside OUT."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """What to prune to and how (the `prune` command's options, as data)."""
+
+    target: str | int | None = None  # 60M, 60000000, 60% (of the current count); 2:4: optional upper bound
+    method: str = "structured"  # structured | unstructured | 2:4
+    steps: int | None = None  # None: ~`fraction` of the remaining size per step with finetuning, else 1
+    round_to: int = 8  # structured channel widths are multiples of this
+    attn_unit: str = "heads"  # structured attention unit: heads | head_dims
+    fraction: float = DEFAULT_FRACTION
+    data: str | Path | None = None  # finetune (finetune_epochs > 0) or just evaluate after every step
+    finetune_epochs: int = 0
+    device: str = "cpu"  # finetuning device
+
+    def validated(self) -> "PruneRequest":
+        """A checked copy with normalised names; GraftError naming the first bad option."""
+        from graft_edge.compress.structured import ATTN_UNITS
+
+        method = normalize_method(self.method)
+        if self.target is None and method != "2:4":
+            raise GraftError(f"--target is required for {method} pruning (e.g. --target 60M or --target 60%)")
+        if self.steps is not None and self.steps < 1:
+            raise GraftError(f"--steps {self.steps}: expected a positive integer")
+        if self.finetune_epochs < 0:
+            raise GraftError(f"--finetune-epochs {self.finetune_epochs}: expected 0 or more")
+        if self.finetune_epochs > 0 and self.data is None:
+            raise GraftError("--finetune-epochs needs --data ROOT (the dataset to finetune on)")
+        if self.data is not None and not Path(self.data).is_dir():
+            raise GraftError(f"--data {self.data} is not a directory")
+        if self.round_to < 1:
+            raise GraftError(f"--round-to {self.round_to}: expected a positive integer")
+        if not 0 < self.fraction < 1:
+            raise GraftError(f"--fraction {self.fraction}: expected a number in (0, 1)")
+        unit = self.attn_unit.replace("-", "_")
+        if unit not in ATTN_UNITS:
+            raise GraftError(f"--attn-unit {self.attn_unit!r}: expected heads or head-dims")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise GraftError(f"--device {self.device}: no CUDA GPU is available to PyTorch here")
+        return replace(self, method=method, attn_unit=unit)
+
+
+@dataclass
+class PruneResult:
+    """The pruned model as written, and what the run did."""
+
+    out: Path
+    method: str  # normalised: structured | unstructured | 2:4
+    model: nn.Module
+    arch: dict[str, Any] | None
+    history: list[dict[str, Any]]  # the checkpoint's whole history (earlier runs included)
+    new_steps: list[dict[str, Any]]  # the entries this call added
+    target: int | None
+    schedule: list[int]
+    start_size: int
+    resumed_steps: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _finetune_fn(cfg: Any, req: PruneRequest) -> Callable[[nn.Module, Any], Any] | None:
+    """Finetune (and evaluate) after every step when --data is given; evaluate only with 0 epochs."""
+    if req.data is None:
+        return None
+
+    def finetune_fn(m: nn.Module, after_step: Any) -> Any:
+        if req.finetune_epochs > 0:
+            from graft_edge.train import finetune
+
+            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step)
+        from graft_edge.evaluation import evaluate_embedder
+        from graft_edge.runtime.torch_backend import TorchEmbedder
+
+        m.eval()
+        return evaluate_embedder(TorchEmbedder.from_model(m), req.data, batch_size=cfg.data.eval_batch_size)
+
+    return finetune_fn
+
+
+def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, resume: bool = False,
+              progress: Callable[[int, int], None] | None = None,
+              log: Callable[[str], None] | None = None) -> PruneResult:
+    """Prune `model_path` per `request` into `out`; `progress(done, total)` after every finished step.
+
+    Everything is validated before anything is cut or written; OUT.partial holds the last finished step
+    of an unfinished run (and is removed once OUT is written).
+    """
+    from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+    from graft_edge.compress.arch import extract_arch
+    from graft_edge.compress.loop import plan_prune, prune_to_target
+    from graft_edge.compress.targets import check_compatible, counted_size, resolve_target
+    from graft_edge.fileio import sha256_file
+
+    req = request.validated()
+    log = log or (lambda msg: None)
+    model_path, out = Path(model_path), Path(out)
+    net, ckpt = load_model(model_path)
+    check_compatible(req.method, ckpt.history, ckpt.arch, name=str(model_path))
+    target = resolve_target(req.target, net, req.method) if req.target is not None else None
+    steps = 1 if req.steps is None and not req.finetune_epochs else req.steps  # no retraining: one cut is the same
+    schedule = plan_prune(net, target, req.method, steps, req.round_to, req.attn_unit, req.fraction)
+    state: dict[str, Any] = {
+        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": req.method, "target": target,
+        "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
+        "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
+        "data": str(req.data) if req.data else None, "start_size": int(counted_size(net, req.method)), "done": 0,
+    }
+    history, done, partial = list(ckpt.history), 0, partial_path(out)
+    if resume and partial.is_file():
+        pckpt = read_checkpoint(partial)
+        saved = dict(pckpt.extra.get("prune_run") or {})
+        differ = next((k for k in RUN_KEYS if saved.get(k) != state[k]), None)
+        if differ:
+            raise GraftError(f"{partial} belongs to a different prune run ({differ} differs); delete it or drop --resume")
+        net, history, done, state = model_from_checkpoint(pckpt, partial), list(pckpt.history), int(saved["done"]), saved
+        log(f"resuming from {partial}: {done}/{len(schedule)} steps done")
+    elif resume:
+        log(f"no unfinished run at {partial}: starting from step 1")
+    elif partial.is_file():
+        log(f"note: {partial} is from an earlier run; starting over (pass --resume to continue it)")
+    net.to(req.device)
+    cfg, prior = ckpt.config, list(history)
+    new: list[dict[str, Any]] = []
+
+    def on_step(m: nn.Module, entry: dict[str, Any]) -> None:
+        if entry["step"] < entry["steps"]:  # the last step is written as OUT itself
+            state["done"] = int(entry["step"])
+            save_checkpoint(partial, m, cfg, arch=extract_arch(m) if req.method == "structured" else ckpt.arch,
+                            history=prior + new + [entry], meta={"pruned_from": str(model_path)},
+                            extra={"prune_run": dict(state)})
+        new.append(entry)
+        if progress is not None:
+            progress(int(entry["step"]), int(entry["steps"]))
+
+    net, arch, history = prune_to_target(
+        net, cfg, target, req.method, steps, req.round_to, _finetune_fn(cfg, req), on_step,
+        attn_unit=req.attn_unit, fraction=req.fraction, history=prior, schedule=schedule, done=done)
+    arch = arch if arch is not None else ckpt.arch
+    net.cpu()
+    save_checkpoint(out, net, cfg, arch=arch, history=history, meta={"pruned_from": str(model_path)})
+    partial.unlink(missing_ok=True)
+    return PruneResult(out=out, method=req.method, model=net, arch=arch, history=history, new_steps=history[len(prior):], target=target,
+                       schedule=[int(t) for t in schedule], start_size=int(state["start_size"]), resumed_steps=done)
