@@ -70,6 +70,34 @@ def _metrics(result: Any) -> tuple[nn.Module | None, dict[str, Any]]:
     return model, metrics
 
 
+def _cut(model: nn.Module, method: str, step_target: int, masks: Masks | None, importance: Any, round_to: int,
+         attn_unit: str, fraction: float) -> tuple[Masks | None, dict[str, Any]]:
+    """One pruning cut down to `step_target`; returns the weight masks to keep (sparse methods) and the record."""
+    if method == "structured":
+        StructuredPruner(model, importance=importance, round_to=round_to, attn_unit=attn_unit).step(step_target)
+        return None, {"round_to": int(round_to), "attn_unit": attn_unit}
+    if method == "unstructured":
+        pruner = UnstructuredPruner(model, importance=importance, masks=masks)
+        pruner.step(embedding_params(model, nonzero=True) - step_target)
+        return pruner.masks, {"fraction": float(fraction)}
+    return SemiStructuredPruner(model, importance=importance).step(), {"pattern": "2:4"}
+
+
+def _finetune(model: nn.Module, method: str, step_target: int, masks: Masks | None, finetune_fn: FinetuneFn,
+              importance: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Finetune after a cut with the masks held (re-applied after every optimiser step); returns metrics."""
+    new_model, metrics = _metrics(finetune_fn(model, mask_hook(masks) if masks is not None else None))
+    if new_model is not None:
+        model = new_model
+    if masks is not None:
+        apply_masks(model, masks)
+    if method == "unstructured":  # finetuning may have revived zero-initialised biases: trim back
+        excess = embedding_params(model, nonzero=True) - step_target
+        if excess > 0:
+            UnstructuredPruner(model, importance=importance, masks=masks).step(excess)
+    return model, metrics
+
+
 def prune_to_target(
     model: nn.Module,
     cfg: Any = None,
@@ -126,37 +154,12 @@ def prune_to_target(
         target = int(schedule[-1])
     total = len(schedule)
     masks: Masks | None = masks_from_zeros(model) if method == "unstructured" else None
-
     for k in range(done, total):
         step_target = int(schedule[k])
-        hook: AfterStep | None = None
-        extra: dict[str, Any] = {}
-        if method == "structured":
-            StructuredPruner(model, importance=importance, round_to=round_to, attn_unit=attn_unit).step(step_target)
-            extra = {"round_to": int(round_to), "attn_unit": attn_unit}
-        elif method == "unstructured":
-            pruner = UnstructuredPruner(model, importance=importance, masks=masks)
-            pruner.step(embedding_params(model, nonzero=True) - step_target)
-            masks = pruner.masks
-            hook = mask_hook(masks)
-            extra = {"fraction": float(fraction)}
-        else:
-            pruner = SemiStructuredPruner(model, importance=importance)
-            masks = pruner.step()
-            hook = mask_hook(masks)
-            extra = {"pattern": "2:4"}
-
+        masks, extra = _cut(model, method, step_target, masks, importance, round_to, attn_unit, fraction)
         metrics: dict[str, Any] = {}
         if finetune_fn is not None:
-            new_model, metrics = _metrics(finetune_fn(model, hook))
-            if new_model is not None:
-                model = new_model
-            if masks is not None:
-                apply_masks(model, masks)
-            if method == "unstructured":  # finetuning may have revived zero-initialised biases: trim back
-                excess = embedding_params(model, nonzero=True) - step_target
-                if excess > 0:
-                    UnstructuredPruner(model, importance=importance, masks=masks).step(excess)
+            model, metrics = _finetune(model, method, step_target, masks, finetune_fn, importance)
         model.eval()
         if method == "2:4":
             bad = nm_violations(model)
