@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -278,17 +278,6 @@ def _loadavg() -> float | None:
         return None
 
 
-def busy_note(lat: dict[str, Any]) -> str:
-    """A warning when other processes competed for the CPU while timing (load average above the cores)."""
-    cores = (lat.get("machine") or {}).get("cores_usable") or 0
-    loads = [x for x in (lat.get("loadavg") or []) if x is not None]
-    if cores and loads and max(loads) > cores:
-        return (f"Warning: the machine was busy while timing (load average up to {max(loads):.1f} on {cores} cores); "
-                "latencies are inflated, multi-threaded eager PyTorch (OpenMP) most of all, which flatters p50 "
-                "speed-ups; compare with the best-of-N ratio (speedup_min).")
-    return ""
-
-
 def _measure_latency(state: dict[str, Any], out: Path, settings: FrontierSettings, progress: ProgressHook,
                      log: Log) -> bool:
     """Time every ok artefact side by side; returns True when it measured (False: state already has it)."""
@@ -327,101 +316,22 @@ def _measure_latency(state: dict[str, Any], out: Path, settings: FrontierSetting
     return True
 
 
-# ------------------------------------------------------------------------------------------ rows
-
-def frontier_rows(state: dict[str, Any], out: Path, formats: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], str]:
-    """One row per (variant, format) in variant order, with speed-up vs the dense PyTorch model; and a note."""
-    from graft_edge.profile.report import mark_pareto
-
-    lat = (state.get("latency") or {}).get("results", {})
-    batch = (state.get("latency") or {}).get("batch")
-    rows = []
-    for vname in state["order"]:
-        v = state["variants"].get(vname)
-        if v is None:
-            continue
-        for fmt in (formats or list(v.get("formats", {}))):
-            rec = v.get("formats", {}).get(fmt)
-            if rec is None:
-                continue
-            acc = rec.get("accuracy") or {}
-            stats = lat.get(f"{vname}/{fmt}")
-            rows.append({
-                "variant": v["label"], "target": v.get("target"), "params": v.get("params"),
-                "params_nonzero": v.get("params_nonzero"), "format": fmt, "artefact": rec.get("artefact"),
-                "size_bytes": rec.get("size_bytes"), "status": rec.get("status", "pending"),
-                "mAP": acc.get("mAP"), "R1": acc.get("R1"), "R5": acc.get("R5"), "R10": acc.get("R10"),
-                "batch": batch if stats else None, "latency_ms": stats["per_sample_ms"] if stats else None,
-                "min_ms": stats["min_ms"] / stats["batch"] if stats else None,
-                "p90_ms": stats["p90_ms"] if stats else None, "p99_ms": stats["p99_ms"] if stats else None,
-                "speedup": None, "speedup_min": None, "key": f"{vname}/{fmt}",
-            })
-    ref = lat.get("dense/torch")
-    note = ""
-    if ref:
-        for r in rows:
-            if r["latency_ms"]:
-                r["speedup"] = ref["per_sample_ms"] / r["latency_ms"]
-                r["speedup_min"] = (ref["min_ms"] / ref["batch"]) / r["min_ms"] if r["min_ms"] else None
-        note = (f"Speed-up: dense PyTorch eager per-sample latency / the artefact's, both p50 at batch {batch}, "
-                f"timed in one interleaved pass on the same machine (speedup_min in the CSV/JSON: the same ratio "
-                f"of the fastest calls).")
-        busy = busy_note(state.get("latency") or {})
-        if busy:
-            note += " " + busy
-    mark_pareto(rows)
-    return rows, note
-
-
-def write_reports(state: dict[str, Any], out: Path, formats: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Path], str]:
-    """frontier.csv / .json / .md / .png from the state."""
-    from graft_edge.profile import report
-
-    rows, note = frontier_rows(state, out, formats)
-    lat = state.get("latency") or {}
-    machine = lat.get("machine") or {}
-    sw = machine.get("software", {})
-    mline = (f"Measured on {machine.get('cpu', '?')} ({machine.get('cores_usable', '?')} cores), "
-             f"device {lat.get('device', '?')}, threads {lat.get('threads') or 'default'}; "
-             f"torch {sw.get('torch')}, onnxruntime {sw.get('onnxruntime')}." if machine else "")
-    files = {
-        "csv": report.write_csv(out / "frontier.csv", rows),
-        "json": report.write_json_report(out / "frontier.json", rows, {
-            "source": state["source"], "settings": state["settings"], "latency": {k: v for k, v in lat.items()
-                                                                                   if k != "results"},
-            "note": note}),
-        "md": report.write_markdown(out / "frontier.md", rows, title="GraFT frontier",
-                                    note=" ".join(x for x in (note, mline, "mAP/R1/R5/R10 in %, measured on the "
-                                                              "exported artefact; * = on the latency-mAP Pareto front.")
-                                                  if x)),
-    }
-    if any(r.get("mAP") is not None for r in rows):
-        files["png"] = report.write_plot(out / "frontier.png", rows)
-    return rows, files, note
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
-def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | Path, settings: FrontierSettings,
-                 overwrite: bool = False, progress: ProgressHook = _no_progress,
-                 log: Log | None = None) -> FrontierResult:
-    """Build (or resume) the frontier of `model_path` in `out_dir`; see the module docstring."""
+def _resolve_targets(model_path: Path, data_root: Path, settings: FrontierSettings) -> tuple[int, list[tuple[str, int]]]:
+    """The dense size the targets refer to and the targets as (text, count), largest first; all checked."""
     from graft_edge.checkpoint import load_model
-    from graft_edge.compress import counted_size
+    from graft_edge.compress import counted_size, method_floor
     from graft_edge.data import dataset_modalities
     from graft_edge.units import format_count, parse_size
 
-    log = log or (lambda msg: None)
-    settings = settings.validated()
-    model_path, data_root, out = Path(model_path), Path(data_root), Path(out_dir)
     if not model_path.is_file():
         raise GraftError(f"model {model_path} does not exist")
     if model_path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
         raise GraftError(f"model {model_path}: the frontier starts from a PyTorch checkpoint (.pt), not an exported file")
     model, ckpt = load_model(model_path)
     held = dataset_modalities(data_root)
-    missing = [m for m in ckpt.config.model.modalities if m not in held]
-    if missing:
+    if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
     dense_count = counted_size(model, settings.method)
@@ -434,15 +344,17 @@ def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | P
     targets.sort(key=lambda x: -x[1])
     if len({n for _, n in targets}) != len(targets):
         raise GraftError(f"--targets {','.join(settings.targets)}: two targets give the same size")
-    from graft_edge.compress import method_floor
-
     floor = method_floor(model, settings.method, round_to=settings.round_to)
     if targets and targets[-1][1] < floor:
         t, n = targets[-1]
         raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
                          f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
-    del model
+    return dense_count, targets
 
+
+def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_count: int,
+                overwrite: bool) -> dict[str, Any]:
+    """OUT's state for this model and settings (a fresh one for a new or overwritten OUT)."""
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {out} exists and is not a folder")
     if overwrite and (out / STATE_FILE).exists():
@@ -451,90 +363,126 @@ def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     sha = sha256_file(model_path)
     state = load_state(out)
-    if state is not None:
-        if state["source"]["sha256"] != sha:
-            raise GraftError(f"{out} holds a frontier of another model ({state['source']['path']}); "
-                             "use a new --out or pass --overwrite")
-        if state["settings"] != settings.identity():
-            diff = [k for k, v in settings.identity().items() if state["settings"].get(k) != v]
-            was = ", ".join(f"{k}={state['settings'].get(k)}" for k in diff)
-            raise GraftError(f"{out} was built with other settings ({was}); "
-                             "use a new --out or pass --overwrite")
-    else:
-        state = {"schema": STATE_SCHEMA, "version": STATE_VERSION, "created": _now(),
-                 "source": {"path": str(model_path.resolve()), "sha256": sha, "params": dense_count},
-                 "settings": settings.identity(), "variants": {}, "order": [], "latency": None}
-    result = FrontierResult(out_dir=out, rows=[], files={})
+    if state is None:
+        return {"schema": STATE_SCHEMA, "version": STATE_VERSION, "created": _now(),
+                "source": {"path": str(model_path.resolve()), "sha256": sha, "params": dense_count},
+                "settings": settings.identity(), "variants": {}, "order": [], "latency": None}
+    if state["source"]["sha256"] != sha:
+        raise GraftError(f"{out} holds a frontier of another model ({state['source']['path']}); "
+                         "use a new --out or pass --overwrite")
+    if state["settings"] != settings.identity():
+        diff = [k for k, v in settings.identity().items() if state["settings"].get(k) != v]
+        was = ", ".join(f"{k}={state['settings'].get(k)}" for k in diff)
+        raise GraftError(f"{out} was built with other settings ({was}); use a new --out or pass --overwrite")
+    return state
 
-    # the dense source is variant 0: its checkpoint is the source file itself (copied for a self-contained OUT)
+
+@dataclass(frozen=True)
+class _Job:
+    """What every piece of one frontier call needs."""
+
+    out: Path
+    model_path: Path
+    data_root: Path
+    settings: FrontierSettings
+    progress: ProgressHook
+    log: Log
+    result: FrontierResult
+
+
+def _ensure_variant(job: _Job, state: dict[str, Any], vname: str, label: str, target_text: str | None,
+                    target_n: int | None, prev_ckpt: Path) -> dict[str, Any]:
+    """The variant's record, pruning `prev_ckpt` to `target_n` first unless its checkpoint is there."""
+    from graft_edge.checkpoint import load_model
+    from graft_edge.model import embedding_params
+    from graft_edge.units import format_count
+
+    out, vdir = job.out, job.out / "variants" / vname
+    v = state["variants"].get(vname)
+    if v is not None and _abs(out, v["checkpoint"]).is_file():
+        job.result.skipped.append(f"{vname}: pruned")
+        return v
+    ckpt_path = vdir / "model.pt"
+    if vname == "dense":  # the source itself, copied for a self-contained OUT
+        vdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(job.model_path, ckpt_path)
+        m, _ = load_model(ckpt_path)
+        facts = {"params": embedding_params(m), "params_nonzero": embedding_params(m, nonzero=True),
+                 "seconds": 0.0, "finetune": [], "steps": 0}
+    else:
+        s = job.settings
+        job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
+                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step)")
+        facts = _prune_variant(prev_ckpt, ckpt_path, target_n, s, job.data_root, job.progress, label)
+        job.result.done.append(f"{vname}: pruned")
+    v = {"label": label, "target": target_text, "target_params": target_n, "checkpoint": _rel(out, ckpt_path),
+         **facts, "formats": {}}
+    state["variants"][vname] = v
+    save_state(out, state)
+    return v
+
+
+def _ensure_formats(job: _Job, state: dict[str, Any], vname: str, v: dict[str, Any]) -> None:
+    """Export the variant's missing (or failed) formats, then measure mAP on every artefact not yet evaluated."""
+    out, settings, label = job.out, job.settings, v["label"]
+    ckpt_path = _abs(out, v["checkpoint"])
+    todo = [f for f in settings.formats if v["formats"].get(f, {}).get("accuracy") is None]
+    need_export = [f for f in todo if FORMATS[f] is not None and
+                   not (v["formats"].get(f, {}).get("status") == "ok"
+                        and _abs(out, v["formats"][f].get("artefact", "")).is_file())]
+    if need_export:
+        job.log(f"{label}: exporting {','.join(need_export)}")
+        exported = _export_formats(ckpt_path, ckpt_path.parent / "export", need_export, settings, job.data_root,
+                                   job.progress, label)
+        for fmt, rec in exported.items():
+            if rec.get("artefact"):
+                rec["artefact"] = _rel(out, rec["artefact"])
+            v["formats"][fmt] = rec
+        save_state(out, state)
+    for fmt in settings.formats:
+        if fmt not in todo:
+            job.result.skipped.append(f"{vname}/{fmt}")
+            continue
+        if fmt == "torch":
+            v["formats"][fmt] = {"status": "ok", "error": None, "artefact": _rel(out, ckpt_path)}
+        rec = v["formats"].get(fmt)
+        if rec is None or rec.get("status") != "ok":
+            continue
+        path = _abs(out, rec["artefact"])
+        rec["size_bytes"] = size_on_disk(path)
+        try:
+            rec["accuracy"] = _evaluate(path, settings, job.data_root, job.progress, f"{label} {fmt}")
+            job.log(f"{label} {fmt}: mAP {100 * rec['accuracy']['mAP']:.1f}  R1 {100 * rec['accuracy']['R1']:.1f}")
+            job.result.done.append(f"{vname}/{fmt}")
+        except Exception as exc:
+            rec["status"], rec["error"] = f"error: {one_line(exc)}", one_line(exc)
+            job.log(f"{label} {fmt}: {rec['status']}")
+        save_state(out, state)
+
+
+def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | Path, settings: FrontierSettings,
+                 overwrite: bool = False, progress: ProgressHook = _no_progress,
+                 log: Log | None = None) -> FrontierResult:
+    """Build (or resume) the frontier of `model_path` in `out_dir`; see the module docstring."""
+    from graft_edge.profile.frontier_report import write_reports
+
+    settings = settings.validated()
+    model_path, data_root, out = Path(model_path), Path(data_root), Path(out_dir)
+    dense_count, targets = _resolve_targets(model_path, data_root, settings)  # everything checked: nothing written yet
+    state = _open_state(out, model_path, settings, dense_count, overwrite)
+    job = _Job(out, model_path, data_root, settings, progress, log or (lambda msg: None),
+               FrontierResult(out_dir=out, rows=[], files={}))
     plan = [("dense", "dense", None, None)] + [(_variant_name(n), t, t, n) for t, n in targets]
     state["order"] = sorted(set(state.get("order", [])) | {p[0] for p in plan}, key=_order_key)
     prev_ckpt = model_path
-    for vname, label, target_text, target_n in plan:
-        vdir = out / "variants" / vname
-        v = state["variants"].get(vname)
-        ckpt_path = vdir / "model.pt"
-        if v is None or not _abs(out, v["checkpoint"]).is_file():
-            if vname == "dense":
-                from graft_edge.model import embedding_params
-
-                vdir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(model_path, ckpt_path)
-                m, _ = load_model(ckpt_path)
-                facts = {"params": embedding_params(m), "params_nonzero": embedding_params(m, nonzero=True),
-                         "seconds": 0.0, "finetune": [], "steps": 0}
-                del m
-            else:
-                log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != model_path else 'dense'} to "
-                    f"{format_count(target_n)} ({settings.method}, finetune {settings.finetune_epochs} epoch(s) per step)")
-                facts = _prune_variant(prev_ckpt, ckpt_path, target_n, settings, data_root, progress, label)
-                result.done.append(f"{vname}: pruned")
-            v = {"label": label, "target": target_text, "target_params": target_n, "checkpoint": _rel(out, ckpt_path),
-                 **facts, "formats": {}}
-            state["variants"][vname] = v
-            save_state(out, state)
-        else:
-            result.skipped.append(f"{vname}: pruned")
-        prev_ckpt = ckpt_path
-
-        # formats: export what is missing (or failed), then evaluate each artefact
-        todo = [f for f in settings.formats if v["formats"].get(f, {}).get("accuracy") is None]
-        need_export = [f for f in todo if FORMATS[f] is not None and
-                       not (v["formats"].get(f, {}).get("status") == "ok"
-                            and _abs(out, v["formats"][f].get("artefact", "")).is_file())]
-        if need_export:
-            log(f"{label}: exporting {','.join(need_export)}")
-            exported = _export_formats(ckpt_path, vdir / "export", need_export, settings, data_root, progress, label)
-            for fmt, rec in exported.items():
-                if rec.get("artefact"):
-                    rec["artefact"] = _rel(out, rec["artefact"])
-                v["formats"][fmt] = rec
-            save_state(out, state)
-        for fmt in settings.formats:
-            if fmt not in todo:
-                result.skipped.append(f"{vname}/{fmt}")
-                continue
-            rec = v["formats"].get(fmt)
-            if fmt == "torch":
-                rec = {"status": "ok", "error": None, "artefact": _rel(out, ckpt_path)}
-                v["formats"][fmt] = rec
-            if rec is None or rec.get("status") != "ok":
-                continue
-            path = _abs(out, rec["artefact"])
-            rec["size_bytes"] = size_on_disk(path)
-            try:
-                rec["accuracy"] = _evaluate(path, settings, data_root, progress, f"{label} {fmt}")
-                log(f"{label} {fmt}: mAP {100 * rec['accuracy']['mAP']:.1f}  R1 {100 * rec['accuracy']['R1']:.1f}")
-                result.done.append(f"{vname}/{fmt}")
-            except Exception as exc:
-                rec["status"], rec["error"] = f"error: {one_line(exc)}", one_line(exc)
-                log(f"{label} {fmt}: {rec['status']}")
-            save_state(out, state)
-
-    if _measure_latency(state, out, settings, progress, log):
-        result.done.append("latency")
+    for vname, label, target_text, target_n in plan:  # each target is pruned from the previous one
+        v = _ensure_variant(job, state, vname, label, target_text, target_n, prev_ckpt)
+        prev_ckpt = _abs(out, v["checkpoint"])
+        _ensure_formats(job, state, vname, v)
+    if _measure_latency(state, out, settings, progress, job.log):
+        job.result.done.append("latency")
         save_state(out, state)
     else:
-        result.skipped.append("latency")
-    result.rows, result.files, result.speedup_note = write_reports(state, out, settings.formats)
-    return result
+        job.result.skipped.append("latency")
+    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, settings.formats)
+    return job.result
