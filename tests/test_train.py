@@ -327,3 +327,12 @@ def test_torchrun_command_lines(tmp_path: Path) -> None:
     args = _worker_args("synthetic", None, tmp_path, tmp_path / "r", ["a.b=1"], True, False, 5, 0, 1)
     assert args[0] == "train" and "--nproc" not in args and ["--set", "a.b=1"] == args[args.index("--set"):][:2]
     assert "--resume" in args and args[args.index("--max-steps") + 1] == "5"
+
+
+def test_more_ranks_than_gpus_is_one_clear_line(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    res = runner.invoke(app, ["train", "--preset", "synthetic", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
+                              "--nproc", "2"])
+    assert res.exit_code == 2 and "needs 2 GPUs on this node but 1 are visible" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "r").exists()

@@ -118,6 +118,13 @@ def broadcast_module(env: DistEnv, module: torch.nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def check_devices_per_node(nproc: int) -> None:
+    """With GPUs visible, every rank of a node needs its own (NCCL refuses two ranks on one GPU)."""
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise GraftError(f"--nproc {nproc} needs {nproc} GPUs on this node but {torch.cuda.device_count()} are visible: "
+                         "lower --nproc, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run the ranks on the CPU (gloo)")
+
+
 def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                   master_port: int = 29500) -> list[str]:
     """torchrun's launcher options for N processes per node (standalone rendezvous on one node)."""
