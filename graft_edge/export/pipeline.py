@@ -15,7 +15,6 @@ An artefact that fails its check is kept as `<file>.failed` for inspection and t
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
