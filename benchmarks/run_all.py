@@ -50,7 +50,8 @@ def _train_cmd(out: Path, quick: bool, threads: int | None) -> list[str]:
 def _train_ratios(doc: dict) -> list[str]:
     rows = {r["variant"]: r["samples_per_s"] for r in doc.get("rows", [])}
     one = rows.get("synthetic stage1, 1 proc x 1 thr")
-    lines = [f"{k}: {v:.1f} samples/s" + (f" ({v / one:.2f}x of 1 proc x 1 thr)" if one else "") for k, v in rows.items()]
+    lines = [f"{k}: {v:.2f} samples/s" + (f" ({v / one:.2f}x of 1 proc x 1 thr)" if one and k.startswith("synthetic")
+                                          else "") for k, v in rows.items()]
     return lines
 
 
@@ -107,10 +108,15 @@ def _demo_ratios(doc: dict) -> list[str]:
     h = doc.get("headline") or {}
     if not h:
         return ["no headline (see demo.log)"]
-    return [f"pruned INT8 {h['variant']} vs dense PyTorch eager: {h['speedup']:.2f}x p50"
-            + (f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else "")
-            + f" at batch {h['batch']}; mAP {100 * (h.get('mAP') or 0):.1f} vs {100 * (h.get('dense_mAP') or 0):.1f}",
-            "times: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc.get("seconds", {}).items())]
+    lines = [f"synthetic: pruned INT8 {h['variant']} vs dense PyTorch eager: {h['speedup']:.2f}x p50"
+             + (f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else "")
+             + f" at batch {h['batch']}; mAP {100 * (h.get('mAP') or 0):.1f} vs {100 * (h.get('dense_mAP') or 0):.1f}"]
+    s = doc.get("scale_headline") or {}
+    if s:
+        lines.append(f"rgbnt100 architecture (random weights): pruned INT8 {s['variant']} vs dense PyTorch eager: "
+                     f"{s['speedup']:.2f}x p50" + (f", {s['speedup_min']:.2f}x best-of-N" if s.get("speedup_min") else "")
+                     + f" at batch {s['batch']} ({s['int8_ms']:.0f} vs {s['dense_ms']:.0f} ms)")
+    return lines + ["times: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc.get("seconds", {}).items())]
 
 
 BENCHMARKS: dict[str, tuple[Callable[..., list[str]], Callable[[dict], list[str]], Callable[[Path], Path] | None]] = {

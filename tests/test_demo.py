@@ -32,9 +32,11 @@ def test_demo_fast_end_to_end(tmp_path, monkeypatch):
 
     from graft_edge.cli.main import app
 
+    # the scale check on the synthetic architecture instead of DeiT-B: the same code path, in seconds
     tiny = D.DemoSettings(ids=16, cameras=4, images_per_camera=2, max_steps=1, frontier=FrontierSettings(
         targets=("45%",), formats=("torch", "int8"), finetune_epochs=0, batch=8, iters=2, rounds=1, warmup=0,
-        calib_samples=16, eval_batch_size=64))
+        calib_samples=16, eval_batch_size=64), scale_preset="synthetic", scale=FrontierSettings(
+        targets=("45%",), formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=2, rounds=1, warmup=0))
     monkeypatch.setattr(D.DemoSettings, "fast", staticmethod(lambda: tiny))
     out = tmp_path / "demo"
     r = CliRunner().invoke(app, ["demo", "--fast", "--out", str(out)])
@@ -45,6 +47,11 @@ def test_demo_fast_end_to_end(tmp_path, monkeypatch):
     summary = json.loads((out / "demo.json").read_text())
     h = summary["headline"]
     assert h["variant"] == "45%" and h["speedup"] > 0 and 0 <= h["mAP"] <= 1
+    s = summary["scale_headline"]  # latency only: random weights, no dataset
+    assert s["variant"] == "45%" and s["speedup"] > 0 and s["mAP"] is None and s["batch"] == 1
+    assert "synthetic architecture (latency only): pruned INT8" in r.output
+    for f in ("frontier.csv", "frontier.md", "frontier.json"):
+        assert (out / "scale" / "frontier" / f).is_file()
     rows = json.loads((out / "frontier" / "frontier.json").read_text())["rows"]
     assert {(r["variant"], r["format"]) for r in rows} == {("dense", "torch"), ("dense", "int8"), ("45%", "torch"),
                                                            ("45%", "int8")}

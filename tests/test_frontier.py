@@ -199,3 +199,19 @@ def test_frontier_cli_with_fakes(fakes, tiny_checkpoint, tmp_path):
     assert "dense" in r.output and "45%" in r.output and "frontier.png" in r.output
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "reused" in r.output
+
+
+def test_latency_only_frontier_without_data(fakes, tiny_checkpoint, tmp_path):
+    out = tmp_path / "lat"
+    res = F.run_frontier(tiny_checkpoint, None, out, _settings())
+    assert fakes.eval == [] and len(fakes.prune) == 2
+    assert len(res.rows) == 9 and all(r["mAP"] is None and r["latency_ms"] > 0 for r in res.rows)
+    assert {"csv", "json", "md"} <= set(res.files) and "png" not in res.files
+    with pytest.raises(GraftError, match="needs --data"):
+        F.run_frontier(tiny_checkpoint, None, tmp_path / "x", _settings(finetune_epochs=1))
+    with pytest.raises(GraftError, match="int8-static needs --data"):
+        F.run_frontier(tiny_checkpoint, None, tmp_path / "y", _settings(formats=("torch", "int8-static")))
+    # with --data later, the same OUT gets its mAPs; nothing is pruned or exported again
+    res2 = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
+    assert len(fakes.eval) == 9 and len(fakes.prune) == 2 and all(r["mAP"] is not None for r in res2.rows)
+    assert "png" in res2.files

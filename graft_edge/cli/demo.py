@@ -1,8 +1,9 @@
 """`graft-edge demo`: the whole pipeline on the built-in synthetic set, on a CPU, in minutes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -17,15 +18,19 @@ def demo_cmd(
     formats: Optional[str] = typer.Option(None, "--formats", help="Frontier formats (default torch,onnx,int8)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Latency batch size; per-sample ms is reported (default 64: the tiny model needs a batch for compute, not framework overhead, to dominate; --fast: 16).", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for training, evaluation and timing (default: all cores, or 1 when the load average already exceeds the cores: multi-threaded OpenMP collapses on an oversubscribed machine).", min=1),
+    scale_check: bool = typer.Option(True, "--scale-check/--no-scale-check", help="Also prune the paper-size rgbnt100 architecture (DeiT-B x 3 modalities, random weights) to 60M and 46M and time dense PyTorch vs INT8 at batch 1: latency only, about 3 minutes on 2 cores. --fast skips it."),
 ) -> None:
     """Synthesise the dataset, train the `synthetic` preset (both stages), prune it to a few sizes with finetuning,
-    export ONNX FP32 and INT8, measure mAP on the exported files and latency side by side, print the frontier."""
+    export ONNX FP32 and INT8, measure mAP on the exported files and latency side by side, print the frontier;
+    then the same pruning + INT8 on the paper-size architecture (latency only)."""
     from graft_edge.cli.frontier import frontier_table
     from graft_edge.profile.demo import DemoSettings, auto_threads, run_demo, with_overrides
     from graft_edge.profile.frontier import parse_formats, parse_targets
     from graft_edge.profile.progress import rich_progress
 
     settings = DemoSettings.fast() if fast else DemoSettings()
+    if not scale_check:
+        settings = replace(settings, scale=None)
     err = err_console()
     if threads is None:
         threads, why = auto_threads()
@@ -40,17 +45,29 @@ def demo_cmd(
     con.print(frontier_table(result.frontier.rows, title="GraFT frontier (synthetic preset)", width=con.width))
     if result.frontier.speedup_note:
         con.print(result.frontier.speedup_note, soft_wrap=True)
-    h = result.headline
-    if h:
-        verdict = "[green]goal met[/]" if h["goal_met"] else "[yellow]below the 4x goal on this machine[/]"
-        best = f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else ""
-        con.print(f"pruned INT8 ({h['variant']}, {h['params']:,} params) runs {h['speedup']:.2f}x faster than the dense "
-                  f"PyTorch model ({h['int8_ms']:.3f} vs {h['dense_ms']:.3f} ms/sample p50 at batch {h['batch']}{best}): "
-                  f"{verdict}; "
-                  f"mAP {100 * (h['mAP'] or 0):.1f} vs dense {100 * (h['dense_mAP'] or 0):.1f}", soft_wrap=True)
+    if result.scale is not None:
+        con.print(frontier_table(result.scale.rows, title=f"{settings.scale_preset} architecture, random weights "
+                                 "(latency only)", width=con.width))
+    if result.headline:
+        con.print(headline_line("synthetic model", result.headline, "at this width"), soft_wrap=True)
+    if result.scale_headline:
+        con.print(headline_line(f"{settings.scale_preset} architecture (latency only)", result.scale_headline,
+                                "on this machine"), soft_wrap=True)
     total = sum(result.seconds.values())
     con.print(f"plot: {result.frontier.files.get('png', '-')}   table: {result.frontier.files.get('md')}   "
               f"time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")",
               soft_wrap=True)
-    if any(r["status"] != "ok" for r in result.frontier.rows):
+    rows = result.frontier.rows + (result.scale.rows if result.scale else [])
+    if any(r["status"] != "ok" for r in rows):
         raise typer.Exit(1)
+
+
+def headline_line(what: str, h: dict[str, Any], where: str) -> str:
+    """One line: the smallest pruned INT8 vs the dense PyTorch model, both ratios, the goal verdict, the mAPs."""
+    verdict = "[green]4x goal met[/]" if h["goal_met"] else f"[yellow]below the 4x goal {where}[/]"
+    best = f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else ""
+    acc = (f"; mAP {100 * h['mAP']:.1f} vs dense {100 * h['dense_mAP']:.1f}"
+           if h.get("mAP") is not None and h.get("dense_mAP") is not None else "")
+    return (f"{what}: pruned INT8 ({h['variant']}, {h['params']:,} params) runs {h['speedup']:.2f}x faster than the "
+            f"dense PyTorch model ({h['int8_ms']:.3f} vs {h['dense_ms']:.3f} ms/sample p50 at batch {h['batch']}{best}): "
+            f"{verdict}{acc}")

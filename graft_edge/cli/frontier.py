@@ -50,10 +50,10 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
 def frontier_cmd(
     model: Path = typer.Argument(..., help="Dense (or already pruned) checkpoint (.pt) to start from."),
     targets: str = typer.Option(..., "--targets", help="Comma-separated sizes, each pruned from the previous: fractions of MODEL's embedding parameters (80%,70%,60%,45%) or counts (76M,70M,60M,46M)."),
-    data: Path = typer.Option(..., "--data", help="Dataset root: train split for finetuning and INT8 calibration, query/gallery for mAP."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: train split for finetuning and INT8 calibration, query/gallery for mAP. Without it the frontier is latency only (no finetuning, no int8-static / trt-int8)."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: finished variants and formats are reused)."),
     formats: str = typer.Option(",".join(("torch", "onnx", "int8")), "--formats", help="Comma-separated: torch, onnx (FP32), int8 (ONNX Runtime dynamic), int8-static (QDQ), fp16, trt (TensorRT FP16), trt-fp32, trt-fp16, trt-int8."),
-    finetune_epochs: int = typer.Option(1, "--finetune-epochs", help="Finetuning epochs after every pruning step (0: none).", min=0),
+    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", help="Finetuning epochs after every pruning step (0: none). Default: 1 with --data, 0 without.", min=0),
     method: str = typer.Option("structured", "--method", help="Pruning method: structured (real speed-ups), unstructured (paper), 2:4."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Prune+finetune steps per target (default: about 20% of the remaining size per step).", min=1),
     batch: int = typer.Option(1, "--batch", help="Batch size for latency; per-sample ms (= batch ms / batch) is reported.", min=1),
@@ -71,7 +71,7 @@ def frontier_cmd(
     from graft_edge.profile.progress import rich_progress
 
     settings = FrontierSettings(targets=tuple(targets.split(",")), formats=parse_formats(formats), method=method,
-                               finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
+                               finetune_epochs=(1 if data is not None else 0) if finetune_epochs is None else finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),
                                eval_batch_size=eval_batch_size)
     err = err_console()

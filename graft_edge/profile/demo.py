@@ -1,4 +1,5 @@
-"""The end-to-end demo: synthetic data -> two-stage training -> frontier (prune, finetune, export, evaluate, time).
+"""The end-to-end demo: synthetic data -> two-stage training -> frontier (prune, finetune, export, evaluate, time)
+-> the same pruning + INT8 on the paper-size architecture (random weights, latency only).
 
 Everything runs through the public library functions (`write_synthetic`, `run_training`, `run_frontier`)
 with the built-in `synthetic` preset; nothing about the model or the results is special-cased here.
@@ -19,6 +20,8 @@ from graft_edge.profile.frontier import FrontierResult, FrontierSettings, run_fr
 DEFAULT_TARGETS = ("70%", "45%")
 DEFAULT_FORMATS = ("torch", "onnx", "int8")
 SPEEDUP_GOAL = 4.0  # pruned INT8 vs dense PyTorch eager (issue #6)
+SCALE_PRESET = "rgbnt100"
+SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,17 @@ class DemoSettings:
     frontier: FrontierSettings = field(default_factory=lambda: FrontierSettings(
         targets=DEFAULT_TARGETS, formats=DEFAULT_FORMATS, finetune_epochs=1, batch=64, iters=20, rounds=5,
         warmup=3))
+    # the same pruning + INT8 on the paper-size architecture (random weights: latency only, batch 1); None: skip
+    scale: FrontierSettings | None = field(default_factory=lambda: FrontierSettings(
+        targets=SCALE_TARGETS, formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
+    scale_preset: str = SCALE_PRESET
 
     @staticmethod
     def fast() -> "DemoSettings":
-        """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute."""
+        """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
         return DemoSettings(ids=16, cameras=4, images_per_camera=2, max_steps=4, frontier=FrontierSettings(
             targets=("45%",), formats=DEFAULT_FORMATS, finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
-            calib_samples=16))
+            calib_samples=16), scale=None)
 
 
 @dataclass
@@ -52,6 +59,8 @@ class DemoResult:
     train_metrics: dict[str, Any]
     headline: dict[str, Any] | None
     seconds: dict[str, float]
+    scale: FrontierResult | None = None  # latency-only frontier of the paper-size architecture
+    scale_headline: dict[str, Any] | None = None
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -95,10 +104,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     out.mkdir(parents=True, exist_ok=True)
     data, run_dir, fdir = out / "data", out / "run", out / "frontier"
     seconds: dict[str, float] = {}
+    phases = 4 if settings.scale is not None else 3
 
     t0 = time.perf_counter()
     if not (data / "rgbir").is_dir():
-        log(f"[1/3] writing the synthetic dataset to {data} ({settings.ids} ids, {settings.cameras} cameras)")
+        log(f"[1/{phases}] writing the synthetic dataset to {data} ({settings.ids} ids, {settings.cameras} cameras)")
         hook = progress("synthesising images", None) if progress else None
         summary = write_synthetic(data, ids=settings.ids, cameras=settings.cameras,
                                   images_per_camera=settings.images_per_camera)
@@ -106,7 +116,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
             hook(1)
         log(f"      {summary.counts} images in {summary.seconds:.1f} s")
     else:
-        log(f"[1/3] reusing the dataset in {data}")
+        log(f"[1/{phases}] reusing the dataset in {data}")
     seconds["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -114,13 +124,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     best = run_dir / "best.pt"
     done_marker = run_dir / "demo_done.json"
     if done_marker.is_file() and best.is_file():
-        log(f"[2/3] reusing the trained model {best}")
+        log(f"[2/{phases}] reusing the trained model {best}")
         import json
 
         train_metrics = json.loads(done_marker.read_text())
     else:
         resume = (run_dir / "last.pt").is_file()
-        log(f"[2/3] training the synthetic preset (stage 1: {cfg.train.stage1.epochs} epochs, stage 2: "
+        log(f"[2/{phases}] training the synthetic preset (stage 1: {cfg.train.stage1.epochs} epochs, stage 2: "
             f"{cfg.train.stage2.epochs} epochs" + (f", at most {settings.max_steps} steps each" if settings.max_steps else "")
             + (", resuming" if resume else "") + f") into {run_dir}")
         res = run_training(cfg, data, run_dir, resume=resume, overwrite=not resume and run_dir.exists(),
@@ -131,14 +141,45 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
 
     t0 = time.perf_counter()
     f = settings.frontier
-    log(f"[3/3] frontier at {','.join(f.targets)} in {','.join(f.formats)} (latency at batch {f.batch}) into {fdir}")
-    frontier = run_frontier(best, data, fdir, f, progress=progress or (lambda d, t: (lambda n: None)), log=log)
+    log(f"[3/{phases}] frontier at {','.join(f.targets)} in {','.join(f.formats)} (latency at batch {f.batch}) into {fdir}")
+    hook = progress or (lambda d, t: (lambda n: None))
+    frontier = run_frontier(best, data, fdir, f, progress=hook, log=log)
     seconds["frontier"] = time.perf_counter() - t0
-    head = headline(frontier.rows)
+    scale = None
+    if settings.scale is not None:
+        t0 = time.perf_counter()
+        scale = scale_check(out / "scale", settings.scale_preset,
+                            replace(settings.scale, threads=settings.scale.threads or f.threads), hook, log)
+        seconds["scale"] = time.perf_counter() - t0
+    head, scale_head = headline(frontier.rows), headline(scale.rows) if scale else None
     write_json(out / "demo.json", {"seconds": seconds, "train": train_metrics, "headline": head,
-                                   "frontier": {k: str(v) for k, v in frontier.files.items()}})
+                                   "scale_headline": scale_head,
+                                   "frontier": {k: str(v) for k, v in frontier.files.items()},
+                                   "scale": {k: str(v) for k, v in scale.files.items()} if scale else None})
     return DemoResult(out=out, data=data, run_dir=run_dir, frontier=frontier, train_metrics=train_metrics,
-                      headline=head, seconds=seconds)
+                      headline=head, seconds=seconds, scale=scale, scale_headline=scale_head)
+
+
+def scale_check(out: Path, preset: str, settings: FrontierSettings, progress: Any,
+                log: Callable[[str], None]) -> FrontierResult:
+    """Prune + INT8 on a preset's architecture (rgbnt100: DeiT-B x 3 modalities) with random weights: latency only.
+
+    The synthetic model is small enough to train on a CPU in minutes, and at that width eager dispatch,
+    LayerNorm and transposes cost as much as the matrix products that pruning and INT8 shrink; this
+    shows what the same pipeline does to the model people deploy, on this machine.
+    """
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.config import get_preset
+    from graft_edge.model import build_model
+
+    ckpt = out / f"{preset}.pt"
+    log(f"[4/4] the same pruning + INT8 on the {preset} architecture (random weights: latency only) at "
+        f"{','.join(settings.targets)}, batch {settings.batch}, into {out}")
+    if not ckpt.is_file():
+        cfg = get_preset(preset)
+        cfg = replace(cfg, model=replace(cfg.model, pretrained=False))
+        save_checkpoint(ckpt, build_model(cfg.model, pretrained=False), cfg)
+    return run_frontier(ckpt, None, out / "frontier", settings, progress=progress, log=log)
 
 
 def auto_threads() -> tuple[int | None, str]:

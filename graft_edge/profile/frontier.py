@@ -8,6 +8,9 @@ Layout of OUT::
     variants/<name>/export/      its exported artefacts (model.onnx, model.int8-dynamic.onnx, ...)
     frontier.csv / .json / .md / .png
 
+Without a dataset the frontier is latency only (sizes, files and speed of an architecture before it
+is trained): no finetuning, no calibrated INT8, no mAP.
+
 Resume rules: a variant whose checkpoint is recorded is not pruned again; a (variant, format) whose
 accuracy is recorded is not exported or evaluated again; failed pieces are retried.  Latencies are
 always measured in one interleaved pass over every artefact (so their ratios are comparable on a
@@ -216,7 +219,7 @@ def _prune_variant(prev_ckpt: Path, dest: Path, target: int, settings: FrontierS
 
 
 def _export_formats(ckpt: Path, export_dir: Path, formats: Sequence[str], settings: FrontierSettings,
-                    data_root: Path, progress: ProgressHook, label: str) -> dict[str, dict[str, Any]]:
+                    data_root: Path | None, progress: ProgressHook, label: str) -> dict[str, dict[str, Any]]:
     """Export `ckpt` to the (non-torch) `formats`; {format: {status, artefact, seconds, parity}}."""
     from graft_edge.export import ExportOptions, export_model
 
@@ -229,7 +232,8 @@ def _export_formats(ckpt: Path, export_dir: Path, formats: Sequence[str], settin
     trt = any(k.startswith("trt-") for k in wanted)
     hi = max(settings.batch, settings.eval_batch_size)
     opts = ExportOptions(onnx="onnx-fp32" in wanted, int8=int8, fp16=("onnx-fp16" in wanted or "trt-fp16" in wanted),
-                         trt=trt, batch=f"1:{settings.batch}:{hi}", calib_data=str(data_root),
+                         trt=trt, batch=f"1:{settings.batch}:{hi}",
+                         calib_data=str(data_root) if data_root is not None else None,
                          calib_samples=settings.calib_samples)
     advance = progress(f"{label}: export {','.join(formats)}", None)
     started = time.perf_counter()
@@ -318,7 +322,22 @@ def _measure_latency(state: dict[str, Any], out: Path, settings: FrontierSetting
 
 # ------------------------------------------------------------------------------------------ the loop
 
-def _resolve_targets(model_path: Path, data_root: Path, settings: FrontierSettings) -> tuple[int, list[tuple[str, int]]]:
+NEEDS_DATA = ("int8-static", "trt-int8")  # formats calibrated on real images
+
+
+def _check_latency_only(settings: FrontierSettings) -> None:
+    """Without --data nothing can be finetuned, calibrated or evaluated: say which option needs it."""
+    if settings.finetune_epochs > 0:
+        raise GraftError(f"--finetune-epochs {settings.finetune_epochs} needs --data ROOT (the dataset to finetune on); "
+                         "without --data the frontier measures latency only: pass --finetune-epochs 0")
+    static = [f for f in settings.formats if f in NEEDS_DATA]
+    if static:
+        raise GraftError(f"--formats {static[0]} needs --data ROOT (its calibration images); without --data use "
+                         "torch, onnx, int8, fp16, trt or trt-fp32")
+
+
+def _resolve_targets(model_path: Path, data_root: Path | None,
+                     settings: FrontierSettings) -> tuple[int, list[tuple[str, int]]]:
     """The dense size the targets refer to and the targets as (text, count), largest first; all checked."""
     from graft_edge.checkpoint import load_model
     from graft_edge.compress import counted_size, method_floor
@@ -330,7 +349,9 @@ def _resolve_targets(model_path: Path, data_root: Path, settings: FrontierSettin
     if model_path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
         raise GraftError(f"model {model_path}: the frontier starts from a PyTorch checkpoint (.pt), not an exported file")
     model, ckpt = load_model(model_path)
-    held = dataset_modalities(data_root)
+    held = dataset_modalities(data_root) if data_root is not None else ckpt.config.model.modalities
+    if data_root is None:
+        _check_latency_only(settings)
     if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
@@ -383,7 +404,7 @@ class _Job:
 
     out: Path
     model_path: Path
-    data_root: Path
+    data_root: Path | None  # None: latency only (no finetuning, calibration or mAP)
     settings: FrontierSettings
     progress: ProgressHook
     log: Log
@@ -422,11 +443,19 @@ def _ensure_variant(job: _Job, state: dict[str, Any], vname: str, label: str, ta
     return v
 
 
+LATENCY_ONLY = "no --data: latency only"
+
+
+def _needs_accuracy(accuracy: dict[str, Any] | None, data_root: Path | None) -> bool:
+    """Whether an artefact still has to be evaluated (a latency-only record is redone once --data is given)."""
+    return accuracy is None or (data_root is not None and accuracy.get("mAP") is None)
+
+
 def _ensure_formats(job: _Job, state: dict[str, Any], vname: str, v: dict[str, Any]) -> None:
     """Export the variant's missing (or failed) formats, then measure mAP on every artefact not yet evaluated."""
     out, settings, label = job.out, job.settings, v["label"]
     ckpt_path = _abs(out, v["checkpoint"])
-    todo = [f for f in settings.formats if v["formats"].get(f, {}).get("accuracy") is None]
+    todo = [f for f in settings.formats if _needs_accuracy(v["formats"].get(f, {}).get("accuracy"), job.data_root)]
     need_export = [f for f in todo if FORMATS[f] is not None and
                    not (v["formats"].get(f, {}).get("status") == "ok"
                         and _abs(out, v["formats"][f].get("artefact", "")).is_file())]
@@ -450,6 +479,11 @@ def _ensure_formats(job: _Job, state: dict[str, Any], vname: str, v: dict[str, A
             continue
         path = _abs(out, rec["artefact"])
         rec["size_bytes"] = size_on_disk(path)
+        if job.data_root is None:
+            rec["accuracy"] = {"skipped": LATENCY_ONLY}
+            job.result.done.append(f"{vname}/{fmt}")
+            save_state(out, state)
+            continue
         try:
             rec["accuracy"] = _evaluate(path, settings, job.data_root, job.progress, f"{label} {fmt}")
             job.log(f"{label} {fmt}: mAP {100 * rec['accuracy']['mAP']:.1f}  R1 {100 * rec['accuracy']['R1']:.1f}")
@@ -460,14 +494,19 @@ def _ensure_formats(job: _Job, state: dict[str, Any], vname: str, v: dict[str, A
         save_state(out, state)
 
 
-def run_frontier(model_path: str | Path, data_root: str | Path, out_dir: str | Path, settings: FrontierSettings,
+def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: str | Path, settings: FrontierSettings,
                  overwrite: bool = False, progress: ProgressHook = _no_progress,
                  log: Log | None = None) -> FrontierResult:
-    """Build (or resume) the frontier of `model_path` in `out_dir`; see the module docstring."""
+    """Build (or resume) the frontier of `model_path` in `out_dir`; see the module docstring.
+
+    `data_root` None gives a latency-only frontier (an architecture before training, say): no
+    finetuning, no calibrated formats, no mAP.
+    """
     from graft_edge.profile.frontier_report import write_reports
 
     settings = settings.validated()
-    model_path, data_root, out = Path(model_path), Path(data_root), Path(out_dir)
+    model_path, out = Path(model_path), Path(out_dir)
+    data_root = Path(data_root) if data_root is not None else None
     dense_count, targets = _resolve_targets(model_path, data_root, settings)  # everything checked: nothing written yet
     state = _open_state(out, model_path, settings, dense_count, overwrite)
     job = _Job(out, model_path, data_root, settings, progress, log or (lambda msg: None),
