@@ -57,3 +57,12 @@ def test_truncated_checkpoint_through_cli(tmp_path: Path, tiny_checkpoint: Path)
     bad.write_bytes(tiny_checkpoint.read_bytes()[:1000])
     res = runner.invoke(app, ["inspect", str(bad)])
     assert res.exit_code == 2 and "corrupt or truncated" in res.output
+
+
+def test_history_line_is_readable() -> None:
+    from graft_edge.cli.model_cmds import history_line
+
+    step = {"method": "structured", "step": 2, "steps": 3, "params_embedding": 224_128, "params_nonzero": 224_128,
+            "mAP": 0.2909, "R1": 0.3125}
+    assert history_line(step) == "structured 2/3: 224.13K params (224.13K nonzero), mAP 29.09, R1 31.25"
+    assert history_line({"odd": 1}) == '{"odd": 1}'

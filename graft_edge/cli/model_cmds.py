@@ -64,6 +64,20 @@ def describe_model(path: Path) -> dict:
     }
 
 
+def history_line(step: dict) -> str:
+    """One pruning step for people: 'structured 1/3: 265.47K params (265.47K nonzero), mAP 25.58, R1 21.88'."""
+    from graft_edge.units import format_count
+
+    if not isinstance(step, dict) or "method" not in step:
+        return json.dumps(step, default=str)
+    line = f"{step['method']} {step.get('step', '?')}/{step.get('steps', '?')}"
+    if isinstance(step.get("params_embedding"), int):
+        line += f": {format_count(step['params_embedding'])} params"
+    if isinstance(step.get("params_nonzero"), int):
+        line += f" ({format_count(step['params_nonzero'])} nonzero)"
+    return line + "".join(f", {k} {100 * step[k]:.2f}" for k in ("mAP", "R1") if isinstance(step.get(k), float))
+
+
 @guarded
 def inspect_cmd(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)."),
@@ -85,7 +99,7 @@ def inspect_cmd(
         elif key == "file_size":
             value = f"{value / 1e6:.1f} MB"
         elif key == "history":
-            value = "\n".join(json.dumps(h, default=str) for h in value) or "-"
+            value = "\n".join(history_line(h) for h in value) or "-"
         table.add_row(key, str(value))
     console().print(table)
 
