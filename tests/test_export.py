@@ -155,6 +155,19 @@ def test_fp16_keeps_layernorm_fp32_and_runs(exported):
     assert got.dtype == np.float32 and np.min(np.sum(got * ref, 1)) > 0.999
 
 
+def test_unique_node_names_renames_only_repeats():
+    from onnx import helper
+
+    from graft_edge.export.fp16 import unique_node_names
+
+    nodes = [helper.make_node("Cast", [f"w{i}"], [f"c{i}"], name=n, to=10)
+             for i, n in enumerate(["w_cast", "w_cast", "w_cast_1", "other", "w_cast"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert unique_node_names(graph) == 2
+    names = [n.name for n in graph.node]
+    assert len(set(names)) == 5 and names[:4] == ["w_cast", "w_cast_2", "w_cast_1", "other"]
+
+
 def test_export_fp32_only_with_external_data(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     ckpt = tiny_checkpoint_factory(("rgb", "nir"))
     result = export_model(ckpt, tmp_path, ExportOptions(external_data=True, opset=20))
@@ -175,7 +188,8 @@ def test_foreign_onnx_is_refused(tmp_path):
 
     x = helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [None, 3, 4, 4])
     y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, 3, 4, 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["rgb"], ["embedding"])], "g", [x], [y]))
+    graph = helper.make_graph([helper.make_node("Identity", ["rgb"], ["embedding"])], "g", [x], [y])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])  # any ORT loads it
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     from graft_edge.runtime import load_embedder
 

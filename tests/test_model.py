@@ -137,3 +137,30 @@ def test_distilled_deit_data_tokens_include_dist_token() -> None:
         tokens = model.backbone.forward_features(torch.randn(1, 3, 32, 64))
     assert tokens.shape[1] == 2 + (32 // 8) * (64 // 8)  # cls + dist + patches
     assert model.embed(_inputs(("rgb", "nir", "tir"), batch=2)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "safetensors"])
+def test_pretrained_file_forms_and_classifier_dropped(tmp_path, wrap) -> None:
+    src = build_model(tiny_config().model)
+    state = {**src.backbone.state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
+    if wrap == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "backbone.safetensors"
+        save_file(state, str(path))
+    else:
+        path = tmp_path / "backbone.pth"
+        torch.save(state if wrap == "plain" else {"state_dict": state, "epoch": 3}, path)
+    model = build_model(tiny_config(pretrained=True, pretrained_file=str(path)).model)
+    assert all(torch.equal(v, src.backbone.state_dict()[k]) for k, v in model.backbone.state_dict().items())
+
+
+def test_pretrained_file_that_does_not_fit(tmp_path) -> None:
+    other = build_model(tiny_config(backbone_args={"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 4}).model)
+    path = tmp_path / "other.pth"
+    torch.save(other.backbone.state_dict(), path)
+    with pytest.raises(GraftError, match="does not fit vit_tiny_patch16_224"):
+        build_model(tiny_config(pretrained=True, pretrained_file=str(path)).model)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(GraftError, match="cannot be read"):
+        build_model(tiny_config(pretrained=True, pretrained_file=str(tmp_path / "junk.pth")).model)

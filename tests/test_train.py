@@ -164,7 +164,7 @@ def test_run_training_two_stages_stage2_starts_from_stage1_best(tiny_data: Path,
 
     def spy_save(tr, run):
         if tr.pos.stage == 2 and run is None:  # the stage-1 -> stage-2 boundary: the final stage-1 weights
-            stage1_end.update({k: v.clone() for k, v in tr.model.state_dict().items()})
+            stage1_end.update({k: v.detach().to("cpu", copy=True) for k, v in tr.model.state_dict().items()})
         real_save(tr, run)
 
     monkeypatch.setattr(train_runner, "save_last", spy_save)
@@ -217,7 +217,7 @@ def test_ddp_two_ranks_gloo_end_with_identical_weights(tiny_data: Path, tmp_path
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "run"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPUs or not
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(tmp_path / "worker.py"), str(tmp_path / "cfg.yaml"), str(tiny_data), str(out)],
                           capture_output=True, text=True, timeout=240, env=env)
@@ -276,7 +276,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     (["--preset", "synthetic", "--nproc", "2", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
     (["--preset", "synthetic", "--nnodes", "2", "--node-rank", "2"], "--node-rank 2"),
 ])
-def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str) -> None:
+def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU (gloo) case, on GPU machines too
     res = runner.invoke(app, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), *extra])
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output

@@ -38,6 +38,23 @@ def tail_nodes(graph) -> list[str]:
     return names
 
 
+def unique_node_names(graph) -> int:
+    """Rename repeated node names (ONNX requires them unique); returns how many were renamed."""
+    taken = {node.name for node in graph.node}  # every original name stays reserved
+    seen: set[str] = set()
+    renamed = 0
+    for node in graph.node:
+        if node.name in seen:
+            k = 1
+            while f"{node.name}_{k}" in taken:
+                k += 1
+            node.name = f"{node.name}_{k}"
+            taken.add(node.name)
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def topological_sort(graph) -> None:
     """Reorder graph.node in place so every node comes after the producers of its inputs (Kahn's algorithm)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
@@ -85,6 +102,7 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
         raise GraftError(f"FP16 conversion failed ({type(exc).__name__}: {first})") from None
+    unique_node_names(converted.graph)  # some converter versions name one Cast per consumer of a shared weight alike
     topological_sort(converted.graph)  # the converter appends its input Casts at the end: TensorRT parses in order
     del converted.graph.value_info[:]  # stale FP32 hints of the original graph; re-inferred below
     try:

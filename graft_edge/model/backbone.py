@@ -18,13 +18,11 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Modu
         raise GraftError(f"unknown timm backbone {cfg.backbone!r}: expected a timm ViT name such as deit_base_patch16_224")
     kwargs = dict(cfg.backbone_args)
     kwargs.update(num_classes=0, img_size=tuple(cfg.img_size))
-    if use_pretrained and cfg.pretrained_file:
-        path = Path(cfg.pretrained_file)
-        if not path.is_file():
-            raise GraftError(f"pretrained weights file {path} does not exist")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    local = Path(cfg.pretrained_file) if use_pretrained and cfg.pretrained_file else None
+    if local is not None and not local.is_file():
+        raise GraftError(f"pretrained weights file {local} does not exist")
     try:
-        model = timm.create_model(cfg.backbone, pretrained=use_pretrained, **kwargs)
+        model = timm.create_model(cfg.backbone, pretrained=use_pretrained and local is None, **kwargs)
     except GraftError:
         raise
     except Exception as exc:  # hub unreachable, bad file, bad kwargs
@@ -38,7 +36,53 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Modu
         raise GraftError(f"cannot build backbone {cfg.backbone} with {dict(cfg.backbone_args)}: {exc}") from None
     if not hasattr(model, "forward_features") or not hasattr(model, "embed_dim"):
         raise GraftError(f"backbone {cfg.backbone!r} is not a timm ViT (no forward_features/embed_dim)")
+    if local is not None:
+        load_backbone_file(model, local, cfg.backbone)
     return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a torch checkpoint (weights_only: no pickled code runs)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+def load_backbone_file(model: nn.Module, path: Path, name: str) -> None:
+    """Local backbone weights: torch / safetensors checkpoints through timm's checkpoint filter, or timm's .npz.
+
+    The filter adapts an ImageNet checkpoint to this model (position embeddings resampled to the input
+    size, distillation tokens); the source's classifier heads are dropped; every backbone weight must be there.
+    """
+    import sys
+
+    try:
+        if path.suffix == ".npz":  # big_vision / JAX weights: timm's own ViT loader
+            model.load_pretrained(str(path))
+            return
+        state = _read_state_dict(path)
+        filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+    except Exception as exc:
+        raise GraftError(f"pretrained weights file {path} cannot be read as {name} weights "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise GraftError(f"pretrained weights file {path} does not fit {name}: no {missing[0]!r}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    wrong = next((k for k in own if tuple(state[k].shape) != tuple(own[k].shape)), None)
+    if wrong:
+        raise GraftError(f"pretrained weights file {path} does not fit {name}: {wrong} is "
+                         f"{tuple(state[wrong].shape)}, the model needs {tuple(own[wrong].shape)}")
+    model.load_state_dict({k: state[k] for k in own})
 
 
 def backbone_tokens(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
