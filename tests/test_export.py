@@ -168,6 +168,22 @@ def test_unique_node_names_renames_only_repeats():
     assert len(set(names)) == 5 and names[:4] == ["w_cast", "w_cast_2", "w_cast_1", "other"]
 
 
+def test_duplicate_casts_of_older_converters_are_dropped():
+    from onnx import helper
+
+    from graft_edge.export.fp16 import drop_duplicate_nodes
+
+    cast = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], name="w_cast_to_fp32_node", to=1)
+    twin = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], name="w_cast_to_fp32_node", to=1)
+    use = helper.make_node("LayerNormalization", ["x", "w_cast_to_fp32"], ["y"], name="ln")
+    graph = helper.make_graph([cast, use, twin], "g", [], [])
+    assert drop_duplicate_nodes(graph) == 1 and [n.name for n in graph.node] == ["w_cast_to_fp32_node", "ln"]
+    clash = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], name="other", to=10)  # same tensor, other type
+    graph.node.append(clash)
+    with pytest.raises(GraftError, match="defined tensor 'w_cast_to_fp32' twice"):
+        drop_duplicate_nodes(graph)
+
+
 def test_export_fp32_only_with_external_data(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     ckpt = tiny_checkpoint_factory(("rgb", "nir"))
     result = export_model(ckpt, tmp_path, ExportOptions(external_data=True, opset=20))

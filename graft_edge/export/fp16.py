@@ -38,6 +38,29 @@ def tail_nodes(graph) -> list[str]:
     return names
 
 
+def drop_duplicate_nodes(graph) -> int:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes); returns how many.
+
+    A node that redefines an earlier node's output differently is a real conflict: GraftError.
+    """
+    producers: dict[str, bytes] = {}
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if node.output and all(producers.get(o) == key for o in node.output):
+            continue  # the same computation of the same tensors: already in the graph
+        clash = next((o for o in node.output if o in producers), None)
+        if clash is not None:
+            raise GraftError(f"FP16 conversion defined tensor {clash!r} twice, differently")
+        producers.update({o: key for o in node.output})
+        keep.append(node)
+    dropped = len(graph.node) - len(keep)
+    if dropped:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return dropped
+
+
 def unique_node_names(graph) -> int:
     """Rename repeated node names (ONNX requires them unique); returns how many were renamed."""
     taken = {node.name for node in graph.node}  # every original name stays reserved
@@ -102,7 +125,9 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
         raise GraftError(f"FP16 conversion failed ({type(exc).__name__}: {first})") from None
-    unique_node_names(converted.graph)  # some converter versions name one Cast per consumer of a shared weight alike
+    # onnxruntime < 1.32 inserts one identical Cast per consumer of a weight that LayerNorm needs in FP32
+    drop_duplicate_nodes(converted.graph)
+    unique_node_names(converted.graph)
     topological_sort(converted.graph)  # the converter appends its input Casts at the end: TensorRT parses in order
     del converted.graph.value_info[:]  # stale FP32 hints of the original graph; re-inferred below
     try:
