@@ -133,11 +133,12 @@ def test_int8_models_are_valid_and_close(exported):
     meta = json.loads((out / "model.int8-static.json").read_text())
     assert meta["quantization"]["calibration_samples"] == 16 and meta["quantization"]["calibration_split"] == "train"
     assert meta["cosine_vs_fp32"]["real"]["min_cosine"] > 0.98
-    # matrix weights shrink 4x (the file less: norms, biases, embeddings and scales stay FP32; 0.23x with
-    # onnxruntime 1.32's quantiser, 0.53x with 1.30's, which keeps more FP32 initializers)
-    assert (out / "model.int8-static.onnx").stat().st_size < 0.6 * (out / "model.onnx").stat().st_size
-    assert any(i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2
-               for i in onnx.load(str(out / "model.int8-static.onnx")).graph.initializer)
+    # the weights shrink about 4x (norms, biases, embeddings and scales stay FP32). Compared as initializer
+    # bytes: a tiny model's file is mostly graph, and onnxruntime 1.30's quantiser writes a larger graph.
+    def weight_bytes(name: str) -> int:
+        return sum(onnx.numpy_helper.to_array(i).nbytes for i in onnx.load(str(out / name)).graph.initializer)
+
+    assert weight_bytes("model.int8-static.onnx") < 0.4 * weight_bytes("model.onnx")
 
 
 def test_fp16_keeps_layernorm_fp32_and_runs(exported):
