@@ -70,8 +70,10 @@ def frontier_cmd(
     from graft_edge.profile.frontier import FrontierSettings, parse_formats, run_frontier
     from graft_edge.profile.progress import rich_progress
 
+    if finetune_epochs is None:
+        finetune_epochs = 1 if data is not None else 0  # without data there is nothing to finetune on
     settings = FrontierSettings(targets=tuple(targets.split(",")), formats=parse_formats(formats), method=method,
-                               finetune_epochs=(1 if data is not None else 0) if finetune_epochs is None else finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
+                               finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),
                                eval_batch_size=eval_batch_size)
     err = err_console()
