@@ -10,7 +10,7 @@ checkpoint records the request, and a resume with another source or request is r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,7 +87,6 @@ class PruneResult:
     schedule: list[int]
     start_size: int
     resumed_steps: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _finetune_fn(cfg: Any, req: PruneRequest) -> Callable[[nn.Module, Any], Any] | None:
@@ -171,5 +170,6 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
     net.cpu()
     save_checkpoint(out, net, cfg, arch=arch, history=history, meta={"pruned_from": str(model_path)})
     partial.unlink(missing_ok=True)
-    return PruneResult(out=out, method=req.method, model=net, arch=arch, history=history, new_steps=history[len(prior):], target=target,
-                       schedule=[int(t) for t in schedule], start_size=int(state["start_size"]), resumed_steps=done)
+    return PruneResult(out=out, method=req.method, model=net, arch=arch, history=history,
+                       new_steps=history[len(prior):], target=target, schedule=[int(t) for t in schedule],
+                       start_size=int(state["start_size"]), resumed_steps=done)

@@ -332,8 +332,9 @@ def _check_latency_only(settings: FrontierSettings) -> None:
                          "without --data the frontier measures latency only: pass --finetune-epochs 0")
     static = [f for f in settings.formats if f in NEEDS_DATA]
     if static:
+        usable = ", ".join(f for f in FORMATS if f not in NEEDS_DATA)
         raise GraftError(f"--formats {static[0]} needs --data ROOT (its calibration images); without --data use "
-                         "torch, onnx, int8, fp16, trt or trt-fp32")
+                         f"any of {usable}")
 
 
 def _resolve_targets(model_path: Path, data_root: Path | None,
