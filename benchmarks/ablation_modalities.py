@@ -38,14 +38,14 @@ PAIRS: dict[str, list[str]] = {
 def untrained_metrics(cfg: GraftConfig, data: Path) -> dict:
     """mAP/R1 of the freshly initialised model (seed = cfg.train.seed)."""
     from graft_edge.data import build_eval_loaders, build_train_loader
+    from graft_edge.evaluation import evaluate_model
     from graft_edge.model import build_model
-    from graft_edge.train.loop import evaluate_model
 
     _, _, num_ids = build_train_loader(data, cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(replace(cfg.model, num_ids=num_ids))
     query, gallery = build_eval_loaders(data, cfg.model, cfg.data.eval_batch_size)
-    return evaluate_model(model, query, gallery, "cpu")
+    return evaluate_model(model, query, gallery)
 
 
 def train_variant(base: GraftConfig, sets: list[str], data: Path, out: Path) -> dict:

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     models = (args.models or ("synthetic" if args.quick else "synthetic,rgbnt100")).split(",")
+
     def batches_for(model: str) -> list[int]:
         text = args.batch or ("32" if args.quick else ("1,32" if model == "synthetic" else "1"))
         return [int(b) for b in text.split(",")]

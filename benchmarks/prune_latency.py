@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from graft_edge.checkpoint import load_model
-    from graft_edge.compress import arch_summary, prune_to_target, resolve_target
+    from graft_edge.compress import PruneSpec, prune_to_target, resolve_target
     from graft_edge.config import get_preset
     from graft_edge.model import build_model, embedding_params
+    from graft_edge.model.arch import arch_summary
     from graft_edge.profile.hardware import machine_info
     from graft_edge.profile.latency import interleaved_latency, synthetic_batch
     from graft_edge.profile.stats import summarize
@@ -63,13 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     structured = copy.deepcopy(dense)
-    structured, arch, _ = prune_to_target(structured, cfg, resolve_target(args.target, structured, "structured"),
-                                          "structured")
+    structured, arch, _ = prune_to_target(structured, resolve_target(args.target, structured, "structured"))
     t_struct = time.perf_counter() - t0
     t0 = time.perf_counter()
     unstructured = copy.deepcopy(dense)
-    unstructured, _, _ = prune_to_target(unstructured, cfg, resolve_target(args.target, unstructured, "unstructured"),
-                                         "unstructured")
+    unstructured, _, _ = prune_to_target(unstructured, resolve_target(args.target, unstructured, "unstructured"),
+                                         PruneSpec("unstructured"))
     t_unstruct = time.perf_counter() - t0
 
     variants = {"dense": dense, "structured": structured, "unstructured": unstructured}

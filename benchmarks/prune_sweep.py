@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from graft_edge.checkpoint import load_model
-    from graft_edge.compress import prune_to_target, resolve_target
+    from graft_edge.compress import PruneSpec, prune_to_target, resolve_target
     from graft_edge.errors import GraftError
     from graft_edge.evaluation import evaluate_embedder
     from graft_edge.model import embedding_params
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
             target = resolve_target(level, dense, method)
             metrics: dict = {}
 
-            def ft(m, after_step):
+            def ft(m, after_step, metrics=metrics):
                 if args.finetune_epochs > 0:
                     _, res = finetune(m, cfg, args.data, args.finetune_epochs, after_step=after_step)
                 else:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
                 return res
 
             try:
-                model, _, history = prune_to_target(model, cfg, target, method, steps=1, finetune_fn=ft,
+                model, _, history = prune_to_target(model, target, PruneSpec(method, steps=1), finetune_fn=ft,
                                                     history=history)
             except GraftError as exc:  # below what the method can reach on this model
                 print(f"{method} {level}: skipped ({exc})", flush=True)

@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
+from graft_edge import __version__
 from graft_edge.config import GraftConfig, config_from_dict, config_to_dict
-from graft_edge.errors import GraftError
+from graft_edge.errors import GraftError, one_line
 from graft_edge.fileio import atomic_write
+from graft_edge.model import build_model
+from graft_edge.model.arch import apply_arch
 
 FORMAT = "graft-edge-checkpoint"
 VERSION = 1
@@ -44,8 +47,6 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write a checkpoint (temp file + rename)."""
-    from graft_edge import __version__
-
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -69,10 +70,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            raise GraftError(f"checkpoint {path} contains a pickled object that is not plain weights; refusing to load it") from None
-        raise GraftError(f"checkpoint {path} is corrupt or truncated ({first[:120]})") from None
+            raise GraftError(f"checkpoint {path} contains a pickled object that is not plain weights; "
+                             "refusing to load it") from None
+        raise GraftError(f"checkpoint {path} is corrupt or truncated ({one_line(exc, 120)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise GraftError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__})") from None
     except Exception as exc:  # torch raises a variety of types on hostile payloads
@@ -93,17 +94,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def model_from_checkpoint(ckpt: Checkpoint, path: str | Path = "checkpoint") -> torch.nn.Module:
     """Rebuild the (possibly pruned) model of a checkpoint and load its weights."""
-    from graft_edge.model import build_model
-
     model = build_model(ckpt.config.model, pretrained=False)
     if ckpt.arch:
-        from graft_edge.compress.arch import apply_arch
-
         apply_arch(model, ckpt.arch)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
-        raise GraftError(f"checkpoint {path}: weights do not match its architecture ({str(exc).splitlines()[0][:160]})") from None
+        raise GraftError(f"checkpoint {path}: weights do not match its architecture ({one_line(exc, 160)})") from None
     return model.eval()
 
 

@@ -5,7 +5,6 @@ Configs are plain data passed explicitly; YAML is read only at the CLI edge
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Mapping
 
@@ -281,8 +280,3 @@ def apply_overrides(cfg: GraftConfig, sets: list[str] | tuple[str, ...]) -> Graf
             else:
                 node = node[part]
     return config_from_dict(data)
-
-
-def dataclass_replace(obj: Any, **changes: Any) -> Any:
-    """`dataclasses.replace` re-exported for callers that build variants of a config."""
-    return dataclasses.replace(obj, **changes)

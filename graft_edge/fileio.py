@@ -9,16 +9,39 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from graft_edge.errors import GraftError
+from graft_edge.errors import GraftError, one_line
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permission bits `open()` gives a new file here: 0666 less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A fresh hidden folder beside `path` (to build a tree, then rename it into place) with the user's mode."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+    return tmp
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temp file gets the user's normal file mode (umask), not mkstemp's private 0600, so the final
+    file is as readable as any other this process writes.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, new_file_mode())
     except OSError as exc:
         raise GraftError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -65,7 +88,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise GraftError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise GraftError(f"config file {path} is not valid YAML: {one_line(exc)}") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -50,7 +50,7 @@ def write_dataset(root: Path, modalities: tuple[str, ...], n_train: int = 24, n_
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, folder, n in (("train", "bounding_box_train", n_train), ("gallery", "bounding_box_test", n_gallery),
+    for _split, folder, n in (("train", "bounding_box_train", n_train), ("gallery", "bounding_box_test", n_gallery),
                              ("query", "query", n_query)):
         d = root / "rgbir" / folder
         d.mkdir(parents=True, exist_ok=True)

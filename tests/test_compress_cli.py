@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from graft_edge.checkpoint import read_checkpoint
 from graft_edge.cli.main import app
-from graft_edge.compress.run import partial_path
+from graft_edge.workflows.prune import partial_path
 
 runner = CliRunner()
 

@@ -7,12 +7,17 @@ from torch.nn.utils import parametrize
 
 from graft_edge.checkpoint import load_model, save_checkpoint
 from graft_edge.compress import (
-    SemiStructuredPruner, UnstructuredPruner, method_floor, nm_violations, prune_to_target, sparse_targets,
+    PruneSpec,
+    SemiStructuredPruner,
+    UnstructuredPruner,
+    method_floor,
+    nm_violations,
+    prune_to_target,
+    sparse_targets,
 )
 from graft_edge.config import get_preset
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model, embedding_params
-
 from tests.conftest import tiny_config
 
 
@@ -51,7 +56,7 @@ def test_unstructured_exact_nonzero_count(cfg_fn, frac: float, steps) -> None:
     dense_keys = {k: v.shape for k, v in model.state_dict().items()}
     n0 = embedding_params(model)
     target = int(frac * embedding_params(model, nonzero=True))
-    model, arch, history = prune_to_target(model, cfg, target, "unstructured", steps=steps)
+    model, arch, history = prune_to_target(model, target, PruneSpec("unstructured", steps=steps))
     assert embedding_params(model, nonzero=True) == target
     assert embedding_params(model) == n0 and arch is None  # same shapes: zeros shrink nothing
     assert {k: v.shape for k, v in model.state_dict().items()} == dense_keys
@@ -62,7 +67,7 @@ def test_unstructured_exact_nonzero_count(cfg_fn, frac: float, steps) -> None:
 def test_unstructured_is_global_magnitude() -> None:
     model, cfg = _model()
     before = {n: p.detach().abs().clone() for n, p in sparse_targets(model).items()}
-    model, _, _ = prune_to_target(model, cfg, int(0.6 * embedding_params(model, nonzero=True)), "unstructured")
+    model, _, _ = prune_to_target(model, int(0.6 * embedding_params(model, nonzero=True)), PruneSpec("unstructured"))
     after = sparse_targets(model)
     pruned = torch.cat([before[n][after[n] == 0] for n in before])
     kept = torch.cat([before[n][after[n] != 0] for n in before])
@@ -89,7 +94,7 @@ def test_unstructured_ties_still_exact() -> None:
 def test_unstructured_masks_survive_finetune_and_reload(tmp_path) -> None:
     model, cfg = _model()
     target = int(0.5 * embedding_params(model, nonzero=True))
-    model, arch, history = prune_to_target(model, cfg, target, "unstructured", steps=2, finetune_fn=_fake_finetune)
+    model, arch, history = prune_to_target(model, target, PruneSpec("unstructured", steps=2), finetune_fn=_fake_finetune)
     assert embedding_params(model, nonzero=True) <= target  # revived zero-init biases are trimmed back
     assert embedding_params(model, nonzero=True) >= 0.98 * target
     assert [e["step"] for e in history] == [1, 2] and history[-1]["mAP"] == 0.4
@@ -106,13 +111,13 @@ def test_unstructured_floor() -> None:
     floor = method_floor(model, "unstructured")
     assert floor == embedding_params(model, nonzero=True) - sum(p.numel() for p in sparse_targets(model).values())
     with pytest.raises(GraftError, match="smallest size unstructured"):
-        prune_to_target(model, cfg, floor - 1, "unstructured")
+        prune_to_target(model, floor - 1, PruneSpec("unstructured"))
 
 
 @pytest.mark.parametrize("finetune", [False, True])
 def test_two_four_pattern_holds_on_every_weight(finetune: bool) -> None:
     model, cfg = _model()
-    model, arch, history = prune_to_target(model, cfg, None, "2:4", finetune_fn=_fake_finetune if finetune else None)
+    model, arch, history = prune_to_target(model, None, PruneSpec("2:4"), finetune_fn=_fake_finetune if finetune else None)
     assert nm_violations(model) == {}
     for name, p in sparse_targets(model).items():
         groups = (p.detach().reshape(-1, 4) != 0).sum(1)
@@ -136,6 +141,6 @@ def test_two_four_target_checks() -> None:
     model, cfg = _model()
     size = method_floor(model, "2:4")
     with pytest.raises(GraftError, match="unreachable by 2:4"):
-        prune_to_target(model, cfg, size - 1, "2:4")
-    model, _, history = prune_to_target(model, cfg, size + 10, "2:4")
+        prune_to_target(model, size - 1, PruneSpec("2:4"))
+    model, _, history = prune_to_target(model, size + 10, PruneSpec("2:4"))
     assert embedding_params(model, nonzero=True) == size and history[0]["target"] == size + 10

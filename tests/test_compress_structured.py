@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from graft_edge.checkpoint import load_model, save_checkpoint
-from graft_edge.compress import (
-    StructuredPruner, apply_arch, extract_arch, method_floor, prune_to_target,
-)
+from graft_edge.compress import PruneSpec, StructuredPruner, method_floor, prune_to_target
 from graft_edge.config import get_preset
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model, embedding_params
-
+from graft_edge.model.arch import apply_arch, extract_arch
 from tests.conftest import tiny_config
 
 VARIANTS = {
@@ -49,7 +47,7 @@ def _check_attention(model) -> None:
 def test_reaches_target_window(variant: str, frac: float, steps: int) -> None:
     model, cfg = _model(variant)
     target = int(frac * embedding_params(model))
-    model, arch, history = prune_to_target(model, cfg, target, "structured", steps=steps)
+    model, arch, history = prune_to_target(model, target, PruneSpec(steps=steps))
     n = embedding_params(model)
     assert 0.98 * target <= n <= target
     assert history[-1]["params_embedding"] == n and history[-1]["step"] == steps == len(history)
@@ -63,7 +61,7 @@ def test_reaches_target_window(variant: str, frac: float, steps: int) -> None:
 def test_head_dims_unit_window_and_scale() -> None:
     model, cfg = _model()
     target = int(0.6 * embedding_params(model))
-    model, arch, _ = prune_to_target(model, cfg, target, "structured", steps=1, attn_unit="head_dims")
+    model, arch, _ = prune_to_target(model, target, PruneSpec(steps=1, attn_unit="head_dims"))
     assert 0.98 * target <= embedding_params(model) <= target
     assert all(b["num_heads"] == 4 for b in arch["blocks"])
     assert any(b["head_dim"] < 16 for b in arch["blocks"])
@@ -114,8 +112,7 @@ def test_dead_units_are_the_ones_cut_and_output_is_unchanged() -> None:
 @pytest.mark.parametrize("unit", ["heads", "head_dims"])
 def test_save_reload_weights_only_same_output(tmp_path, unit: str) -> None:
     model, cfg = _model()
-    model, arch, history = prune_to_target(model, cfg, int(0.5 * embedding_params(model)), "structured",
-                                           attn_unit=unit)
+    model, arch, history = prune_to_target(model, int(0.5 * embedding_params(model)), PruneSpec(attn_unit=unit))
     x = _inputs(model)
     with torch.no_grad():
         ref = model.embed(x)
@@ -149,9 +146,9 @@ def test_below_floor_is_refused_before_cutting() -> None:
     floor = method_floor(model, "structured")
     n0 = embedding_params(model)
     with pytest.raises(GraftError, match="smallest size structured"):
-        prune_to_target(model, cfg, floor - 1, "structured")
+        prune_to_target(model, floor - 1)
     assert embedding_params(model) == n0
-    model, _, _ = prune_to_target(model, cfg, floor, "structured", steps=1)
+    model, _, _ = prune_to_target(model, floor, PruneSpec(steps=1))
     assert embedding_params(model) == floor
 
 
@@ -164,7 +161,7 @@ def test_history_and_finetune_hook() -> None:
         return m, {"mAP": 0.5, "R1": 0.75, "loss": 1.0}
 
     seen = []
-    model, _, history = prune_to_target(model, cfg, int(0.7 * embedding_params(model)), "structured", steps=2,
+    model, _, history = prune_to_target(model, int(0.7 * embedding_params(model)), PruneSpec(steps=2),
                                         finetune_fn=finetune_fn, on_step=lambda m, e: seen.append(e["step"]),
                                         history=[{"note": "earlier"}])
     assert calls == [None, None] and seen == [1, 2]
@@ -181,7 +178,7 @@ def test_rgbnt100_to_60m(tmp_path) -> None:
     cfg = replace(cfg, model=replace(cfg.model, pretrained=False))
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    model, arch, history = prune_to_target(model, cfg, 60_000_000, "structured")  # one step without finetuning
+    model, arch, history = prune_to_target(model, 60_000_000)  # one step without finetuning
     n = embedding_params(model)
     assert 58_800_000 <= n <= 60_000_000
     x = {m: torch.randn(1, 3, 224, 224) for m in cfg.model.modalities}

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft_edge.config import (PRESETS, apply_overrides, config_from_dict, config_to_dict, get_preset,
-                               parse_modalities)
+from graft_edge.config import PRESETS, apply_overrides, config_from_dict, config_to_dict, get_preset, parse_modalities
 from graft_edge.errors import GraftError
 from graft_edge.units import format_count, parse_count, parse_int_list, parse_size
 

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 
 from graft_edge.config import get_preset
 from graft_edge.data import (
-    ReidDataset, build_eval_loaders, build_train_loader, dataset_modalities, detect_layout, parse_name, read_split, relabel,
+    ReidDataset,
+    build_eval_loaders,
+    build_train_loader,
+    dataset_modalities,
+    detect_layout,
+    parse_name,
+    read_split,
+    relabel,
 )
 from graft_edge.errors import GraftError
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from graft_edge.profile import demo as D
-from graft_edge.profile.frontier import FrontierSettings
+from graft_edge.workflows import demo as D
+from graft_edge.workflows.frontier import FrontierSettings
 
 
 def test_headline_picks_smallest_pruned_int8_and_is_conservative():

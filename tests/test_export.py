@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 from _export_fixtures import tiny_checkpoint_factory, tiny_dataset  # noqa: F401  (fixtures)
 
+from graft_edge.artefact import read_onnx_props, sidecar_path
 from graft_edge.errors import GraftError
-from graft_edge.export.metadata import read_onnx_props, sidecar_path
 from graft_edge.export.pipeline import ExportOptions, export_model
 
 SUBSETS = [("rgb",), ("rgb", "nir"), ("rgb", "nir", "tir")]
@@ -135,6 +135,7 @@ def test_int8_models_are_valid_and_close(exported):
     assert meta["cosine_vs_fp32"]["real"]["min_cosine"] > 0.98
     # the weights shrink about 4x (norms, biases, embeddings and scales stay FP32). Compared as initializer
     # bytes: a tiny model's file is mostly graph, and onnxruntime 1.30's quantiser writes a larger graph.
+
     def weight_bytes(name: str) -> int:
         return sum(onnx.numpy_helper.to_array(i).nbytes for i in onnx.load(str(out / name)).graph.initializer)
 

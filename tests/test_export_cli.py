@@ -95,10 +95,10 @@ def test_failed_parity_exits_1_and_quarantines(tmp_path, tiny_checkpoint_factory
 def test_trt_without_tensorrt_writes_onnx_and_says_what_is_missing(tmp_path, tiny_checkpoint_factory, monkeypatch):  # noqa: F811
     import sys
 
-    from graft_edge.export import tensorrt as T
+    from graft_edge.runtime import tensorrt_backend
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without the package
-    monkeypatch.setattr(T, "nvidia_gpu_available", lambda: False)
+    monkeypatch.setattr(tensorrt_backend, "nvidia_gpu_available", lambda: False)
     ckpt = tiny_checkpoint_factory(("rgb", "nir"))
     out = tmp_path / "out"
     result = _invoke(ckpt, "--out", out, "--trt", "--batch", "1:4:16")

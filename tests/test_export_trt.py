@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from _export_fixtures import tiny_checkpoint_factory  # noqa: F401  (fixture)
 
+from graft_edge import artefact
+from graft_edge.compress import previous_methods
 from graft_edge.errors import GraftError
 from graft_edge.export import tensorrt as T
+from graft_edge.runtime import tensorrt_backend as TB
 
 
 def _has_trt() -> bool:
@@ -18,7 +21,7 @@ def _has_trt() -> bool:
         import tensorrt  # noqa: F401
     except Exception:
         return False
-    return T.nvidia_gpu_available()
+    return TB.nvidia_gpu_available()
 
 
 needs_trt = pytest.mark.skipif(not _has_trt(), reason="needs the tensorrt package and an NVIDIA GPU")
@@ -30,7 +33,7 @@ needs_trt = pytest.mark.skipif(not _has_trt(), reason="needs the tensorrt packag
 @pytest.mark.parametrize("text, expected", [("1:8:64", (1, 8, 64)), ("4", (4, 4, 4)), (" 2 : 2 : 16 ", (2, 2, 16)),
                                             ("1:1:4096", (1, 1, 4096))])
 def test_parse_batch_range(text, expected):
-    r = T.parse_batch_range(text)
+    r = artefact.parse_batch_range(text)
     assert (r.min, r.opt, r.max) == expected
     assert str(r) == ":".join(map(str, expected))
 
@@ -40,12 +43,12 @@ def test_parse_batch_range(text, expected):
                                             ("1:1:5000", "at most 4096"), ("", "MIN:OPT:MAX")])
 def test_parse_batch_range_errors(text, fragment):
     with pytest.raises(GraftError, match="--batch") as exc:
-        T.parse_batch_range(text)
+        artefact.parse_batch_range(text)
     assert fragment in str(exc.value)
 
 
 def test_profile_shapes():
-    shapes = T.profile_shapes(T.BatchRange(1, 8, 32), {"rgb": (3, 224, 224), "nir": (3, 224, 224)})
+    shapes = T.profile_shapes(artefact.BatchRange(1, 8, 32), {"rgb": (3, 224, 224), "nir": (3, 224, 224)})
     assert shapes["rgb"] == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
     assert set(shapes) == {"rgb", "nir"}
 
@@ -83,10 +86,10 @@ def test_plan_sparse_and_errors():
 
 
 def test_two_four_history():
-    assert T.is_two_four([{"method": "2:4", "round": 1}])
-    assert T.is_two_four([{"method": "semi-structured"}])
-    assert not T.is_two_four([{"method": "structured", "target": "60M"}])
-    assert not T.is_two_four([])
+    """Export turns on TensorRT's SPARSE_WEIGHTS when the checkpoint's history says 2:4 (compress's own record)."""
+    assert "2:4" in previous_methods([{"method": "2:4", "step": 1}])
+    assert "2:4" not in previous_methods([{"method": "structured", "target": 60_000_000}])
+    assert "2:4" not in previous_methods([])
 
 
 # ------------------------------------------------------------------ build_engine against a fake tensorrt
@@ -218,7 +221,7 @@ def fake_trt(monkeypatch):
     def install(version):
         rec = _Recorder()
         monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, rec))
-        monkeypatch.setattr(T, "nvidia_gpu_available", lambda: True)
+        monkeypatch.setattr(TB, "nvidia_gpu_available", lambda: True)
         return rec
     return install
 
@@ -264,14 +267,14 @@ def test_build_engine_parse_error_and_old_version(fake_trt, tmp_path):
 
 def test_require_tensorrt_says_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    monkeypatch.setattr(T, "nvidia_gpu_available", lambda: False)
-    with pytest.raises(T.TensorRTUnavailable) as exc:
-        T.require_tensorrt()
+    monkeypatch.setattr(TB, "nvidia_gpu_available", lambda: False)
+    with pytest.raises(TB.TensorRTUnavailable) as exc:
+        TB.require_tensorrt()
     msg = str(exc.value)
     assert "tensorrt package is not installed" in msg and "no NVIDIA GPU" in msg and "\n" not in msg
-    monkeypatch.setattr(T, "nvidia_gpu_available", lambda: True)
-    with pytest.raises(T.TensorRTUnavailable, match="not installed") as exc:
-        T.require_tensorrt()
+    monkeypatch.setattr(TB, "nvidia_gpu_available", lambda: True)
+    with pytest.raises(TB.TensorRTUnavailable, match="not installed") as exc:
+        TB.require_tensorrt()
     assert "GPU" not in str(exc.value).split("(")[0]
 
 

@@ -1,16 +1,36 @@
-"""graft_edge.profile.frontier / report: resumable loop (with fakes for the heavy pieces), reports, Pareto."""
+"""graft_edge.workflows.frontier end to end on a tiny model and data set: real pruning, export, evaluation and
+timing; resume, verification of reused artefacts, units of the report rows, latency-only mode."""
 from __future__ import annotations
 
 import csv
 import json
-import shutil
+from pathlib import Path
 
-import numpy as np
 import pytest
 
+from graft_edge.checkpoint import load_model
+from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
-from graft_edge.profile import frontier as F
+from graft_edge.formats import parse_formats
+from graft_edge.model import embedding_params
 from graft_edge.profile.report import markdown_table, pareto_front
+from graft_edge.workflows import frontier as F
+from graft_edge.workflows.frontier_state import STATE_FILE, STATE_VERSION, load_state
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 ids x 2 cameras x 2 images of 16x32: query/gallery with matches, a train split to calibrate on."""
+    root = tmp_path_factory.mktemp("data") / "syn"
+    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    return root
+
+
+def _settings(**kw) -> F.FrontierSettings:
+    base = dict(targets=("45%",), formats=("torch", "int8"), finetune_epochs=0, batch=2, iters=2, rounds=1,
+                warmup=0, eval_batch_size=64, calib_samples=16)
+    base.update(kw)
+    return F.FrontierSettings(**base)
 
 
 def test_pareto_front():
@@ -20,150 +40,103 @@ def test_pareto_front():
 
 
 def test_parse_formats_and_targets():
-    assert F.parse_formats("torch, onnx,int8,onnx") == ("torch", "onnx", "int8")
+    assert parse_formats("torch, onnx,int8,onnx") == ("torch", "onnx", "int8")
     with pytest.raises(GraftError) as e:
-        F.parse_formats("torch,tflite")
+        parse_formats("torch,tflite")
     assert "tflite" in str(e.value) and "int8-static" in str(e.value) and "trt" in str(e.value)
     assert F.parse_targets("80%, 70%") == ("80%", "70%")
     with pytest.raises(GraftError):
         F.parse_targets(" , ")
 
 
-class Calls:
-    def __init__(self):
-        self.prune, self.export, self.eval, self.fail_export = [], [], [], set()
-
-
-@pytest.fixture
-def fakes(monkeypatch, tiny_checkpoint):
-    """Replace pruning, export, evaluation and model loading by fast fakes that record their calls."""
-    from graft_edge.runtime.base import EmbedderInfo
-
-    calls = Calls()
-
-    def prune(prev, dest, target, settings, data_root, progress, label):
-        calls.prune.append(target)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(prev, dest)
-        return {"params": target, "params_nonzero": target, "seconds": 0.0, "finetune": [], "steps": 1}
-
-    def export(ckpt, export_dir, formats, settings, data_root, progress, label):
-        calls.export.append((ckpt.parent.name, tuple(formats)))
-        export_dir.mkdir(parents=True, exist_ok=True)
-        out = {}
-        for f in formats:
-            if (ckpt.parent.name, f) in calls.fail_export:
-                out[f] = {"status": "error: parity check failed", "error": "parity check failed"}
-                continue
-            p = export_dir / f"model.{f}.onnx"
-            p.write_bytes(b"x" * 100)
-            out[f] = {"status": "ok", "error": None, "artefact": str(p), "parity": {}}
-        return out
-
-    def evaluate(path, settings, data_root, progress, label):
-        calls.eval.append(label)
-        size = path.stat().st_size
-        return {"mAP": 0.5 + 1e-7 * size, "R1": 0.6, "R5": 0.8, "R10": 0.9, "num_query": 1, "num_gallery": 2}
-
-    class Fake:
-        info = EmbedderInfo(format="onnx", path="x", modalities=("rgb",), img_size=(4, 4), mean=(0.5,) * 3,
-                            std=(0.5,) * 3, embed_dim=2, params_embedding=1, params_nonzero=1)
-
-        def __init__(self, path):
-            self.delay = 0.0005 if str(path).endswith(".pt") else 0.0001
-
-        def embed(self, batch):
-            import time
-
-            time.sleep(self.delay)
-            return np.zeros((next(iter(batch.values())).shape[0], 2), np.float32)
-
-    monkeypatch.setattr(F, "_prune_variant", prune)
-    monkeypatch.setattr(F, "_export_formats", export)
-    monkeypatch.setattr(F, "_evaluate", evaluate)
-    monkeypatch.setattr("graft_edge.runtime.load_embedder", lambda path, device="cpu", threads=None: Fake(path))
-    monkeypatch.setattr("graft_edge.data.dataset_modalities", lambda root: ("rgb", "nir", "tir"))
-    return calls
-
-
-def _settings(**kw):
-    base = dict(targets=("70%", "45%"), formats=("torch", "onnx", "int8"), finetune_epochs=0, batch=2, iters=2,
-                rounds=2, warmup=0)
-    base.update(kw)
-    return F.FrontierSettings(**base)
-
-
-def test_frontier_runs_then_resume_skips_finished(fakes, tiny_checkpoint, tmp_path):
+@pytest.mark.slow
+def test_frontier_runs_resumes_and_verifies_what_it_reuses(tiny_checkpoint, data, tmp_path):
     out = tmp_path / "fr"
-    res = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
-    from graft_edge.model import embedding_params
-    from graft_edge.checkpoint import load_model
-
+    settings = _settings(targets=("70%", "45%"), formats=("torch", "onnx", "int8"))
+    res = F.run_frontier(tiny_checkpoint, data, out, settings)
     dense = embedding_params(load_model(tiny_checkpoint)[0])
-    assert fakes.prune == [round(dense * 0.70), round(dense * 0.45)]  # largest first, each from the previous
-    assert len(fakes.eval) == 9 and len(fakes.export) == 3
-    assert [(r["variant"], r["format"]) for r in res.rows][:4] == [("dense", "torch"), ("dense", "onnx"),
-                                                                    ("dense", "int8"), ("70%", "torch")]
-    assert all(r["status"] == "ok" and r["latency_ms"] and r["speedup"] for r in res.rows)
-    assert res.rows[0]["speedup"] == pytest.approx(1.0)
-    for name in ("csv", "json", "md", "png"):
-        assert res.files[name].is_file()
-    state = json.loads((out / F.STATE_FILE).read_text())
-    assert state["latency"]["keys"] and len(state["latency"]["results"]) == 9
+    rows = {(r["variant"], r["format"]): r for r in res.rows}
+    assert list(rows)[:4] == [("dense", "torch"), ("dense", "onnx"), ("dense", "int8"), ("70%", "torch")]
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
+    assert rows[("70%", "torch")]["params"] <= round(0.70 * dense) and rows[("45%", "torch")]["params"] <= round(0.45 * dense)
+    for variant in ("dense", "70%", "45%"):  # the FP32 ONNX gives the checkpoint's ranking: the same mAP
+        assert rows[(variant, "onnx")]["mAP"] == pytest.approx(rows[(variant, "torch")]["mAP"], abs=1e-6)
+        assert abs(rows[(variant, "int8")]["mAP"] - rows[(variant, "torch")]["mAP"]) < 0.15
+    assert rows[("dense", "torch")]["speedup"] == pytest.approx(1.0)
 
-    # rerun: nothing is pruned, exported, evaluated or timed again
-    fakes.prune.clear(), fakes.export.clear(), fakes.eval.clear()
-    res2 = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
-    assert fakes.prune == [] and fakes.export == [] and fakes.eval == []
-    assert "latency" in res2.skipped and res2.done == []
+    state = load_state(out)
+    doc = json.loads((out / "frontier.json").read_text())
+    assert json.loads((out / STATE_FILE).read_text())["version"] == STATE_VERSION
+    assert doc["schema_version"] == 2 and "per sample" in doc["units"]["p99_ms"]
+    for r in doc["rows"]:  # every *_ms field of a row is per sample
+        stats = state.latency.results[r["key"]]
+        assert r["batch"] == stats["batch"] == 2
+        for field, key in (("latency_ms", "p50_ms"), ("min_ms", "min_ms"), ("p90_ms", "p90_ms"), ("p99_ms", "p99_ms")):
+            assert r[field] == pytest.approx(stats[key] / 2)
+    with open(res.files["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 9
+    assert "ms/sample (batch 2)" in res.files["md"].read_text()
+    assert res.files["png"].read_bytes()[:4] == b"\x89PNG"
+
+    # a rerun reuses everything: nothing is pruned, exported, evaluated or timed again
+    res2 = F.run_frontier(tiny_checkpoint, data, out, settings)
+    assert res2.done == [] and "latency" in res2.skipped
     assert [r["mAP"] for r in res2.rows] == [r["mAP"] for r in res.rows]
 
-    # a new format: only it is exported and evaluated; every artefact is re-timed side by side
-    res3 = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings(formats=("torch", "onnx", "int8", "fp16")))
-    assert fakes.prune == [] and [f for _, f in fakes.export] == [("fp16",)] * 3 and len(fakes.eval) == 3
-    assert "latency" in res3.done and len(res3.rows) == 12
+    # a truncated artefact is not trusted: it is exported and evaluated again, and everything re-timed
+    vname = next(k for k, v in state.variants.items() if v.label == "70%")
+    onnx = out / state.variants[vname].formats["onnx"].path
+    onnx.write_bytes(onnx.read_bytes()[:100])
+    res3 = F.run_frontier(tiny_checkpoint, data, out, settings)
+    assert f"{vname}/onnx" in res3.done and "latency" in res3.done and len(res3.done) == 2
+    assert next(r for r in res3.rows if r["key"] == f"{vname}/onnx")["size_bytes"] > 100
+
+    # a deleted variant checkpoint is pruned again and all of its formats are redone
+    (out / state.variants[vname].path).unlink()
+    res4 = F.run_frontier(tiny_checkpoint, data, out, settings)
+    assert f"{vname}: pruned" in res4.done and {f"{vname}/{f}" for f in ("torch", "onnx", "int8")} <= set(res4.done)
 
 
-def test_frontier_retries_failed_pieces_and_reports_them(fakes, tiny_checkpoint, tmp_path):
+def test_frontier_reports_failed_formats_and_retries_them(tiny_checkpoint, data, tmp_path):
+    """TensorRT is absent here: its format fails with one line in the report and is attempted again on rerun."""
     out = tmp_path / "fr"
-    fakes.fail_export.add(("t" + str(round(0.45 * 315072)), "int8"))
-    res = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
+    res = F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch", "trt-fp32")))
     bad = [r for r in res.rows if r["status"] != "ok"]
-    assert len(bad) == 1 and bad[0]["format"] == "int8" and bad[0]["variant"] == "45%"
-    assert "parity check failed" in (out / "frontier.md").read_text()
-    fakes.fail_export.clear(), fakes.export.clear(), fakes.eval.clear()
-    res2 = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
-    assert fakes.export == [(bad[0]["key"].split("/")[0], ("int8",))] and len(fakes.eval) == 1
-    assert all(r["status"] == "ok" for r in res2.rows)
+    assert [r["format"] for r in bad] == ["trt-fp32", "trt-fp32"] and "TensorRT" in bad[0]["status"]
+    assert all(r["status"] == "ok" and r["mAP"] is not None for r in res.rows if r["format"] == "torch")
+    res2 = F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch", "trt-fp32")))
+    assert not any("trt-fp32" in s for s in res2.skipped) and "dense/torch" in res2.skipped
 
 
-def test_frontier_refuses_other_settings_and_bad_targets(fakes, tiny_checkpoint, tmp_path):
+def test_frontier_refuses_other_settings_and_bad_targets(tiny_checkpoint, data, tmp_path):
     out = tmp_path / "fr"
-    F.run_frontier(tiny_checkpoint, tmp_path, out, _settings(targets=("45%",)))
+    F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch",)))
     with pytest.raises(GraftError, match="finetune_epochs"):
-        F.run_frontier(tiny_checkpoint, tmp_path, out, _settings(targets=("45%",), finetune_epochs=2))
-    F.run_frontier(tiny_checkpoint, tmp_path, out, _settings(targets=("45%",), finetune_epochs=2), overwrite=True)
+        F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch",), finetune_epochs=2))
     with pytest.raises(GraftError, match="not below"):
-        F.run_frontier(tiny_checkpoint, tmp_path, tmp_path / "b", _settings(targets=("100%",)))
+        F.run_frontier(tiny_checkpoint, data, tmp_path / "b", _settings(targets=("100%",)))
     with pytest.raises(GraftError, match="same size"):
-        F.run_frontier(tiny_checkpoint, tmp_path, tmp_path / "c", _settings(targets=("45%", "45.0%")))
+        F.run_frontier(tiny_checkpoint, data, tmp_path / "c", _settings(targets=("45%", "45.0%")))
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
     with pytest.raises(GraftError, match="PyTorch checkpoint"):
-        F.run_frontier(onnx, tmp_path, tmp_path / "d", _settings())
+        F.run_frontier(onnx, data, tmp_path / "d", _settings())
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before writing anything
 
 
-def test_reports_contents(fakes, tiny_checkpoint, tmp_path):
-    out = tmp_path / "fr"
-    res = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings(targets=("45%",)))
-    with open(res.files["csv"]) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and {"params", "mAP", "R1", "R5", "R10", "latency_ms", "speedup", "size_bytes"} <= set(rows[0])
-    md = res.files["md"].read_text()
-    assert "| Variant | Parameters | Format |" in md and "| mAP | R1 | R5 | R10 |" in md and "ms/sample (batch 2)" in md
-    doc = json.loads(res.files["json"].read_text())
-    assert doc["schema"] == "graft-edge/frontier" and len(doc["rows"]) == 6 and doc["settings"]["method"] == "structured"
-    assert res.files["png"].read_bytes()[:4] == b"\x89PNG"
+def test_latency_only_frontier_without_data_then_with_it(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "lat"
+    res = F.run_frontier(tiny_checkpoint, None, out, _settings())
+    assert len(res.rows) == 4 and all(r["mAP"] is None and r["latency_ms"] > 0 for r in res.rows)
+    assert {"csv", "json", "md"} <= set(res.files) and "png" not in res.files
+    with pytest.raises(GraftError, match="needs --data"):
+        F.run_frontier(tiny_checkpoint, None, tmp_path / "x", _settings(finetune_epochs=1))
+    with pytest.raises(GraftError, match="int8-static needs --data"):
+        F.run_frontier(tiny_checkpoint, None, tmp_path / "y", _settings(formats=("torch", "int8-static")))
+    # with --data later, the same OUT gets its mAPs; nothing is pruned or exported again
+    res2 = F.run_frontier(tiny_checkpoint, data, out, _settings())
+    assert not any(d.endswith(": pruned") for d in res2.done) and all(r["mAP"] is not None for r in res2.rows)
+    assert "png" in res2.files
 
 
 def test_markdown_table_formats_percent_and_errors():
@@ -187,31 +160,16 @@ def test_frontier_cli_unknown_format_one_line(tiny_checkpoint, tmp_path):
     assert "Traceback" not in r.output
 
 
-def test_frontier_cli_with_fakes(fakes, tiny_checkpoint, tmp_path):
+def test_frontier_cli_runs_and_reuses(tiny_checkpoint, data, tmp_path):
     from typer.testing import CliRunner
 
     from graft_edge.cli.main import app
 
-    args = ["frontier", str(tiny_checkpoint), "--targets", "45%", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-            "--batch", "2", "--iters", "2", "--rounds", "1", "--warmup", "0", "--finetune-epochs", "0"]
+    args = ["frontier", str(tiny_checkpoint), "--targets", "45%", "--data", str(data), "--out", str(tmp_path / "o"),
+            "--formats", "torch", "--batch", "2", "--iters", "2", "--rounds", "1", "--warmup", "0",
+            "--finetune-epochs", "0"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "dense" in r.output and "45%" in r.output and "frontier.png" in r.output
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "reused" in r.output
-
-
-def test_latency_only_frontier_without_data(fakes, tiny_checkpoint, tmp_path):
-    out = tmp_path / "lat"
-    res = F.run_frontier(tiny_checkpoint, None, out, _settings())
-    assert fakes.eval == [] and len(fakes.prune) == 2
-    assert len(res.rows) == 9 and all(r["mAP"] is None and r["latency_ms"] > 0 for r in res.rows)
-    assert {"csv", "json", "md"} <= set(res.files) and "png" not in res.files
-    with pytest.raises(GraftError, match="needs --data"):
-        F.run_frontier(tiny_checkpoint, None, tmp_path / "x", _settings(finetune_epochs=1))
-    with pytest.raises(GraftError, match="int8-static needs --data"):
-        F.run_frontier(tiny_checkpoint, None, tmp_path / "y", _settings(formats=("torch", "int8-static")))
-    # with --data later, the same OUT gets its mAPs; nothing is pruned or exported again
-    res2 = F.run_frontier(tiny_checkpoint, tmp_path, out, _settings())
-    assert len(fakes.eval) == 9 and len(fakes.prune) == 2 and all(r["mAP"] is not None for r in res2.rows)
-    assert "png" in res2.files

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from graft_edge.config import get_preset
 from graft_edge.errors import GraftError
 from graft_edge.model import GraftOutput, build_model, count_params, embedding_params
-
-from conftest import tiny_config
 
 
 def _inputs(modalities, batch=2, size=(32, 64), seed=0):

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from graft_edge.artefact import artefact_files, artefact_size
 from graft_edge.errors import GraftError
 from graft_edge.profile import stats
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch, time_embedder, warm_up
 
-
 # ------------------------------------------------------------------ percentiles
+
 
 @pytest.mark.parametrize("samples, q, expected", [
     ([1, 2, 3, 4], 50, 2.5),
@@ -62,7 +63,7 @@ class FakeEmbedder:
     """Counts calls; sleeps `delay` seconds per call."""
 
     def __init__(self, delay: float = 0.0, fail_batch: int | None = None):
-        from graft_edge.runtime.base import EmbedderInfo
+        from graft_edge.artefact import EmbedderInfo
 
         self.info = EmbedderInfo(format="onnx", path="fake.onnx", modalities=("rgb", "nir"), img_size=(8, 4),
                                  mean=(0.5,) * 3, std=(0.5,) * 3, embed_dim=4, params_embedding=10, params_nonzero=10)
@@ -154,9 +155,9 @@ def test_interleaved_switch_in_call_keeps_takeover_cost_out(switch_warmup, slow_
 # ------------------------------------------------------------------ telemetry / NVML fallbacks
 
 def test_memory_sampler_sees_allocation():
-    from graft_edge.profile.telemetry import MemorySampler
-
     import mmap
+
+    from graft_edge.profile.telemetry import MemorySampler
 
     size = 40 * 1024 * 1024
     with MemorySampler(interval=0.001) as mem:
@@ -303,7 +304,7 @@ def test_hardware_record():
 
 # ------------------------------------------------------------------ bench library + schema
 
-def test_model_files_counts_onnx_external_data(tmp_path):
+def test_artefact_files_count_onnx_external_data(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -314,11 +315,9 @@ def test_model_files_counts_onnx_external_data(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="m.onnx.data", size_threshold=0)
-    from graft_edge.profile.bench import model_files, size_on_disk
-
-    files = model_files(path)
+    files = artefact_files(path)
     assert [f.name for f in files] == ["m.onnx", "m.onnx.data"]
-    assert size_on_disk(path) == path.stat().st_size + (tmp_path / "m.onnx.data").stat().st_size >= 64 * 64 * 4
+    assert artefact_size(path) == path.stat().st_size + (tmp_path / "m.onnx.data").stat().st_size >= 64 * 64 * 4
 
 
 def test_bench_report_validates_and_reports_failures(tiny_checkpoint, tmp_path, monkeypatch):
@@ -340,7 +339,7 @@ def test_bench_batch_outside_profile_is_a_run_error(monkeypatch):
     from graft_edge.profile import bench
 
     fake = FakeEmbedder(fail_batch=8)
-    monkeypatch.setattr("graft_edge.runtime.load_embedder", lambda path, device="cpu", threads=None: fake)
+    monkeypatch.setattr(bench, "load_embedder", lambda path, device="cpu", threads=None: fake)
     monkeypatch.setattr(bench, "_preimport_backend", lambda p: None)
     res = bench.bench_model(Path("engine.plan"), bench.BenchSettings(batches=(1, 8, 2), warmup=0, iters=2))
     assert [r["status"] for r in res["runs"]][0::2] == ["ok", "ok"]

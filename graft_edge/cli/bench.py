@@ -7,6 +7,10 @@ from typing import Any, List, Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.errors import GraftError
+from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
+from graft_edge.profile.progress import rich_progress
+from graft_edge.units import format_count, parse_int_list
 
 
 def _fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -43,8 +47,6 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     left out (they are in the JSON).
     """
     from rich.table import Table
-
-    from graft_edge.units import format_count
 
     with_map = report["settings"].get("data") is not None
     power = any(run.get("power", {}).get("available") for r in report["results"] for run in r["runs"])
@@ -108,11 +110,6 @@ def bench_cmd(
     A model that is missing or fails (bad file, unsupported batch size, --data of other modalities) gets an
     "error: ..." status; the rest are still measured, and the exit code is 1.
     """
-    from graft_edge.errors import GraftError
-    from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
-    from graft_edge.profile.progress import rich_progress
-    from graft_edge.units import parse_int_list
-
     if iters is not None and seconds is not None:
         raise GraftError("give either --iters or --seconds, not both")
     if seconds is not None and not seconds > 0:

@@ -10,8 +10,10 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from graft_edge.errors import GraftError
+from graft_edge.errors import GraftError, one_line
+from graft_edge.fileio import write_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
@@ -45,9 +47,8 @@ def guarded(func: F) -> F:
         except Exception as exc:  # an unexpected failure: still one line unless debugging
             if os.environ.get("GRAFT_EDGE_DEBUG"):
                 raise
-            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             err_console().print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {msg} (set GRAFT_EDGE_DEBUG=1 for the traceback)",
+                f"[bold red]internal error:[/] {escape(one_line(exc, 300))} (set GRAFT_EDGE_DEBUG=1 for the traceback)",
                 soft_wrap=True, markup=True, emoji=False,
             )
             raise typer.Exit(1) from None
@@ -57,8 +58,6 @@ def guarded(func: F) -> F:
 
 def write_json_output(path: Path | None, data: Any) -> None:
     """Write JSON to a file atomically, or to stdout when path is '-'."""
-    from graft_edge.fileio import write_json
-
     if path is None:
         return
     if str(path) == "-":

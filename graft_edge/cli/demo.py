@@ -8,6 +8,11 @@ from typing import Any, Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.cli.frontier import frontier_table
+from graft_edge.formats import parse_formats
+from graft_edge.profile.progress import rich_progress
+from graft_edge.workflows.demo import DemoSettings, auto_threads, run_demo, with_overrides
+from graft_edge.workflows.frontier import parse_targets
 
 
 @guarded
@@ -23,11 +28,6 @@ def demo_cmd(
     """Synthesise the dataset, train the `synthetic` preset (both stages), prune it to a few sizes with finetuning,
     export ONNX FP32 and INT8, measure mAP on the exported files and latency side by side, print the frontier;
     then the same pruning + INT8 on the paper-size architecture (latency only)."""
-    from graft_edge.cli.frontier import frontier_table
-    from graft_edge.profile.demo import DemoSettings, auto_threads, run_demo, with_overrides
-    from graft_edge.profile.frontier import parse_formats, parse_targets
-    from graft_edge.profile.progress import rich_progress
-
     settings = DemoSettings.fast() if fast else DemoSettings()
     if not scale_check:
         settings = replace(settings, scale=None)

@@ -8,6 +8,11 @@ from typing import List, Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.export import ExportOptions, export_model
+from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
+from graft_edge.formats import FORMATS
+
+D = ExportOptions()  # the defaults shown and used by the options below
 
 EXIT_CHECK_FAILED = 1  # the export ran but an artefact failed its check (or TensorRT was unavailable)
 
@@ -60,20 +65,20 @@ def export_cmd(
     model: Path = typer.Argument(..., help="Checkpoint (.pt) written by graft-edge init/train/prune."),
     out: Path = typer.Option(..., "--out", help="Folder for the artefacts (created; existing files of the same names are replaced)."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT. It is always built and checked (INT8/FP16/TensorRT derive from it); --no-onnx only skips keeping it."),
-    int8: Optional[List[str]] = typer.Option(None, "--int8", help="INT8 ONNX Runtime models: 'dynamic' (NAME.int8-dynamic.onnx, no data needed) and/or 'static' (NAME.int8-static.onnx, Q/DQ calibrated on --calib-data; also TensorRT's INT8 source). Repeat, or give 'dynamic,static'."),
+    int8: Optional[List[str]] = typer.Option(None, "--int8", help=f"INT8 ONNX Runtime models: 'dynamic' (NAME{FORMATS['int8'].suffix}: {FORMATS['int8'].help}) and/or 'static' (NAME{FORMATS['int8-static'].suffix}: {FORMATS['int8-static'].help} from --calib-data; also TensorRT's INT8 source). Repeat, or give 'dynamic,static'."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 ONNX NAME.fp16.onnx: LayerNorm/Softmax/reductions kept FP32, FP32 inputs/outputs (TensorRT >= 11 FP16 source; GPU EPs)."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines NAME.trt-fp32.engine (+ -fp16 with --fp16, -int8 with --int8 static). Needs the tensorrt package (graft-edge's trt extra) and an NVIDIA GPU."),
-    batch: str = typer.Option("1:8:64", "--batch", help="TensorRT optimisation profile, batch sizes MIN:OPT:MAX (or one N): engines accept MIN..MAX images and are tuned for OPT."),
+    batch: str = typer.Option(str(D.batch), "--batch", help="TensorRT optimisation profile, batch sizes MIN:OPT:MAX (or one N): engines accept MIN..MAX images and are tuned for OPT."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset root (RGBNT100/RGBN300 layout) with the model's modalities: its train split calibrates --int8 static; its gallery split adds real-image parity checks."),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images taken evenly from the train split (minimum 16; all of them when the split is smaller)."),
-    calib_method: str = typer.Option("minmax", "--calib-method", help="Static INT8 activation ranges: minmax (fast, low memory), percentile (99.999th of |x|; ignores rare outliers) or entropy."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset, 18-25 with torch 2.14's exporter (18 is the most portable to TensorRT 10 / JetPack)."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", help="FP32 check: largest allowed absolute difference between ONNX Runtime and PyTorch embedding values (L2-normalised), batch 1 and 4."),
-    min_cosine_int8: float = typer.Option(0.98, "--min-cosine-int8", help="INT8 check: smallest allowed cosine between INT8 and FP32 embeddings of the same input (real images when --calib-data is given, else random ones)."),
-    min_cosine_fp16: float = typer.Option(0.999, "--min-cosine-fp16", help="FP16 check: smallest allowed cosine between FP16 and FP32 embeddings."),
-    workspace: int = typer.Option(4096, "--workspace", help="TensorRT builder workspace limit, MiB."),
+    calib_samples: int = typer.Option(D.calib_samples, "--calib-samples", help="Calibration images taken evenly from the train split (minimum 16; all of them when the split is smaller)."),
+    calib_method: str = typer.Option(D.calib_method, "--calib-method", help="Static INT8 activation ranges: minmax (fast, low memory), percentile (99.999th of |x|; ignores rare outliers) or entropy."),
+    opset: int = typer.Option(D.opset, "--opset", help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} with this torch's exporter (the default is the most portable to TensorRT 10 / JetPack)."),
+    tolerance: float = typer.Option(D.tolerance, "--tolerance", help="FP32 check: largest allowed absolute difference between ONNX Runtime and PyTorch embedding values (L2-normalised), batch 1 and 4."),
+    min_cosine_int8: float = typer.Option(D.min_cosine_int8, "--min-cosine-int8", help="INT8 check: smallest allowed cosine between INT8 and FP32 embeddings of the same input (real images when --calib-data is given, else random ones)."),
+    min_cosine_fp16: float = typer.Option(D.min_cosine_fp16, "--min-cosine-fp16", help="FP16 check: smallest allowed cosine between FP16 and FP32 embeddings."),
+    workspace: int = typer.Option(D.workspace_mb, "--workspace", help="TensorRT builder workspace limit, MiB."),
     sparse_weights: Optional[bool] = typer.Option(None, "--sparse-weights/--no-sparse-weights", help="TensorRT SPARSE_WEIGHTS (2:4 sparse tensor cores). Default: on when the checkpoint's pruning history says 2:4."),
-    name: str = typer.Option("model", "--name", help="File stem of the artefacts (NAME.onnx, NAME.json, ...)."),
+    name: str = typer.Option(D.name, "--name", help="File stem of the artefacts (NAME.onnx, NAME.json, ...)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of the table (progress stays on stderr)."),
 ) -> None:
     """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality, output `embedding`),
@@ -84,8 +89,6 @@ def export_cmd(
     checks pass, 1 when an artefact failed its check (kept as *.failed) or TensorRT was unavailable,
     2 on bad input (nothing written).
     """
-    from graft_edge.export.pipeline import ExportOptions, export_model
-
     options = ExportOptions(
         onnx=onnx, int8=_int8_modes(int8), fp16=fp16, trt=trt, batch=batch,
         calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,

@@ -7,6 +7,13 @@ from typing import Any, Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, help_text, parse_formats
+from graft_edge.profile.progress import rich_progress
+from graft_edge.units import format_count
+from graft_edge.workflows.frontier import FrontierSettings, run_frontier
+
+FORMAT_HELP = help_text()
+D = FrontierSettings(targets=())  # the defaults shown and used by the options below
 
 
 def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", width: int = 120) -> Any:
@@ -17,8 +24,6 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
     from rich import box
     from rich.markup import escape
     from rich.table import Table
-
-    from graft_edge.units import format_count
 
     wide = width >= 100
     batch = next((r["batch"] for r in rows if r.get("batch")), None)
@@ -52,26 +57,23 @@ def frontier_cmd(
     targets: str = typer.Option(..., "--targets", help="Comma-separated sizes, each pruned from the previous: fractions of MODEL's embedding parameters (80%,70%,60%,45%) or counts (76M,70M,60M,46M)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: train split for finetuning and INT8 calibration, query/gallery for mAP. Without it the frontier is latency only (no finetuning, no int8-static / trt-int8)."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: finished variants and formats are reused)."),
-    formats: str = typer.Option(",".join(("torch", "onnx", "int8")), "--formats", help="Comma-separated: torch, onnx (FP32), int8 (ONNX Runtime dynamic), int8-static (QDQ), fp16, trt (TensorRT FP16), trt-fp32, trt-fp16, trt-int8."),
+    formats: str = typer.Option(",".join(DEFAULT_FRONTIER_FORMATS), "--formats", help=f"Comma-separated formats ({FORMAT_HELP}; trt = trt-fp16)."),
     finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", help="Finetuning epochs after every pruning step (0: none). Default: 1 with --data, 0 without.", min=0),
-    method: str = typer.Option("structured", "--method", help="Pruning method: structured (real speed-ups), unstructured (paper), 2:4."),
+    method: str = typer.Option(D.method, "--method", help="Pruning method: structured (real speed-ups), unstructured (paper), 2:4."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Prune+finetune steps per target (default: about 20% of the remaining size per step).", min=1),
-    batch: int = typer.Option(1, "--batch", help="Batch size for latency; per-sample ms (= batch ms / batch) is reported.", min=1),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls per artefact.", min=0),
-    iters: int = typer.Option(20, "--iters", help="Timed calls per artefact, spread over --rounds interleaved rounds.", min=1),
-    rounds: int = typer.Option(5, "--rounds", help="Interleaved timing rounds (every artefact is timed in every round).", min=1),
+    batch: int = typer.Option(D.batch, "--batch", help="Batch size for latency; per-sample ms (= batch ms / batch) is reported.", min=1),
+    warmup: int = typer.Option(D.warmup, "--warmup", help="Untimed warm-up calls per artefact.", min=0),
+    iters: int = typer.Option(D.iters, "--iters", help="Timed calls per artefact, spread over --rounds interleaved rounds.", min=1),
+    rounds: int = typer.Option(D.rounds, "--rounds", help="Interleaved timing rounds (every artefact is timed in every round).", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] for evaluation and timing."),
-    eval_batch_size: int = typer.Option(128, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
+    device: str = typer.Option(D.device, "--device", help="cpu or cuda[:N] for evaluation and timing."),
+    eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
 ) -> None:
     """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
     measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
-    from graft_edge.profile.frontier import FrontierSettings, parse_formats, run_frontier
-    from graft_edge.profile.progress import rich_progress
-
     if finetune_epochs is None:
-        finetune_epochs = 1 if data is not None else 0  # without data there is nothing to finetune on
+        finetune_epochs = D.finetune_epochs if data is not None else 0  # without data there is nothing to finetune on
     settings = FrontierSettings(targets=tuple(targets.split(",")), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),

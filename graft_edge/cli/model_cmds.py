@@ -8,8 +8,14 @@ from typing import Optional
 
 import typer
 
+from graft_edge.checkpoint import save_checkpoint
 from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import evaluate_embedder
+from graft_edge.model import build_model, embedding_params
+from graft_edge.runtime import load_embedder
+from graft_edge.units import format_count
 
 
 @guarded
@@ -23,11 +29,6 @@ def init_cmd(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of rgb,nir,tir. Default: the preset's."),
 ) -> None:
     """Write a checkpoint of a preset's architecture (to inspect, benchmark or export before training)."""
-    from graft_edge.checkpoint import save_checkpoint
-    from graft_edge.config import get_preset, parse_modalities, validate
-    from graft_edge.model import build_model, embedding_params
-    from graft_edge.units import format_count
-
     cfg = get_preset(preset)
     mcfg = replace(cfg.model, pretrained=pretrained,
                    pretrained_file=str(pretrained_file) if pretrained_file else cfg.model.pretrained_file)
@@ -48,8 +49,6 @@ def init_cmd(
 
 def describe_model(path: Path) -> dict:
     """The facts `inspect` prints for any model file."""
-    from graft_edge.runtime import load_embedder
-
     info = load_embedder(path).info
     extra = dict(info.extra)
     return {
@@ -66,8 +65,6 @@ def describe_model(path: Path) -> dict:
 
 def history_line(step: dict) -> str:
     """One pruning step for people: 'structured 1/3: 265.47K params (265.47K nonzero), mAP 25.58, R1 21.88'."""
-    from graft_edge.units import format_count
-
     if not isinstance(step, dict) or "method" not in step:
         return json.dumps(step, default=str)
     line = f"{step['method']} {step.get('step', '?')}/{step.get('steps', '?')}"
@@ -85,8 +82,6 @@ def inspect_cmd(
 ) -> None:
     """Describe a model: parameters (total / embedding / nonzero), modalities, input size, pruning history."""
     from rich.table import Table
-
-    from graft_edge.units import format_count
 
     facts = describe_model(model)
     if as_json:
@@ -115,9 +110,6 @@ def eval_cmd(
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from graft_edge.evaluation import evaluate_embedder
-    from graft_edge.runtime import load_embedder
 
     embedder = load_embedder(model, device=device, threads=threads)
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -7,6 +7,10 @@ from typing import Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.model import embedding_params
+from graft_edge.model.arch import arch_summary
+from graft_edge.units import format_count
+from graft_edge.workflows.prune import PruneRequest, run_prune
 
 
 @guarded
@@ -37,11 +41,6 @@ def prune_cmd(
 ) -> None:
     """Prune a model to a parameter budget, optionally finetuning between steps; resumable with --resume."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from graft_edge.compress import arch_summary
-    from graft_edge.compress.run import PruneRequest, run_prune
-    from graft_edge.model import embedding_params
-    from graft_edge.units import format_count
 
     request = PruneRequest(target=target, method=method, steps=steps, round_to=round_to, attn_unit=attn_unit,
                            fraction=fraction, data=data, finetune_epochs=finetune_epochs, device=device)

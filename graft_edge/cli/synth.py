@@ -6,6 +6,8 @@ from pathlib import Path
 import typer
 
 from graft_edge.cli.common import console, guarded
+from graft_edge.config import parse_modalities
+from graft_edge.data.synthetic import write_synthetic
 
 
 @guarded
@@ -21,9 +23,6 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder (only once the new set is complete)."),
 ) -> None:
     """Write a synthetic vehicle ReID set where identity needs all modalities (colour in RGB, pattern in NIR, heat in TIR)."""
-    from graft_edge.config import parse_modalities
-    from graft_edge.data.synthetic import write_synthetic
-
     summary = write_synthetic(
         out, ids=ids, cameras=cameras, modalities=parse_modalities(modalities), seed=seed,
         images_per_camera=images_per_camera, size=(height, width), overwrite=overwrite,

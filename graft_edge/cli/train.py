@@ -5,18 +5,21 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 
 from graft_edge.cli.common import console, guarded
-from graft_edge.config import GraftConfig
+from graft_edge.config import GraftConfig, apply_overrides, config_from_dict, get_preset
 from graft_edge.errors import GraftError
+from graft_edge.fileio import read_yaml
+from graft_edge.train import run_training
+from graft_edge.train.distributed import check_devices_per_node, launch_module, torchrun_args
+from graft_edge.train.rundir import RunPaths, check_run_dir
+from graft_edge.train.runner import preflight
 
 
 def resolve_config(preset: str | None, config: Path | None, sets: list[str], resume: bool, out: Path) -> GraftConfig:
     """Exactly one of --preset/--config (with --resume, neither means RUN/config.yaml), then the --set overrides."""
-    from graft_edge.config import apply_overrides, config_from_dict, get_preset
-    from graft_edge.fileio import read_yaml
-
     if preset and config:
         raise GraftError("pass either --preset NAME or --config FILE, not both")
     if config is not None or (not preset and resume and (out / "config.yaml").is_file()):
@@ -80,10 +83,6 @@ def train_cmd(
     Evaluates mAP/R1 on query/gallery every train.eval_every epochs and at each stage's end; RUN/best.pt
     is the delivered model (stage 2's best by mAP), usable by `graft-edge eval`/`export`/`prune`.
     """
-    from graft_edge.train.distributed import check_devices_per_node, launch_module, torchrun_args
-    from graft_edge.train.rundir import RunPaths, check_run_dir
-    from graft_edge.train.runner import preflight
-
     cfg = resolve_config(preset, config, sets, resume, out)
     under_torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     if (nproc > 1 or nnodes > 1) and not under_torchrun:
@@ -95,10 +94,7 @@ def train_cmd(
                                              checkpoint_steps, threads))
         return
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
-    from graft_edge.train import run_training
 
     result = run_training(cfg, data, out, resume=resume, overwrite=overwrite, max_steps=max_steps, progress=True,
                           checkpoint_steps=checkpoint_steps)

@@ -1,22 +1,28 @@
 """The iterative prune (+ finetune) loop shared by the CLI, the frontier and the benchmarks."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from graft_edge.compress.arch import extract_arch
 from graft_edge.compress.sparse import (
-    Masks, SemiStructuredPruner, UnstructuredPruner, apply_masks, mask_hook, masks_from_zeros, nm_violations,
+    Masks,
+    SemiStructuredPruner,
+    UnstructuredPruner,
+    apply_masks,
+    mask_hook,
+    masks_from_zeros,
+    nm_violations,
     prunable_nonzero,
+    sparse_targets,
 )
 from graft_edge.compress.structured import StructuredPruner
-from graft_edge.compress.targets import (
-    DEFAULT_FRACTION, check_target, counted_size, normalize_method, plan_schedule,
-)
+from graft_edge.compress.targets import DEFAULT_FRACTION, check_target, counted_size, normalize_method, plan_schedule
 from graft_edge.errors import GraftError
 from graft_edge.model import embedding_params
+from graft_edge.model.arch import extract_arch
 
 AfterStep = Callable[[nn.Module], None]
 # finetune_fn(model, after_step) -> metrics dict, or (model, metrics), or None. It must call
@@ -62,6 +68,28 @@ def plan_prune(model: nn.Module, target: int | None, method: str = "structured",
     return plan_schedule(current, int(target), steps, fraction, prunable=prunable)
 
 
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to prune (everything but the target): method, schedule and structured-pruning choices.
+
+    method: "structured" (Torch-Pruning heads + MLP/FF channels), "unstructured" (global L1 over the
+        backbone qkv/proj/fc1/fc2 weights) or "2:4" (semi-structured on the same weights).
+    steps: prune(+finetune) steps on a geometric schedule; None: with finetuning, about `fraction` (20%)
+        of the remaining size per step (unstructured: of the remaining prunable weights, as in the paper);
+        without finetuning one step (magnitude rankings do not change when nothing is retrained). 2:4: one.
+    round_to: structured channel widths are multiples of this (fast kernels).
+    attn_unit: structured attention unit, "heads" (whole heads) or "head_dims".
+    importance: a Torch-Pruning importance (structured) or an `L1Importance`-like callable (None: L1).
+    """
+
+    method: str = "structured"
+    steps: int | None = None
+    round_to: int = 8
+    attn_unit: str = "heads"
+    fraction: float = DEFAULT_FRACTION
+    importance: Any = None
+
+
 def _metrics(result: Any) -> tuple[nn.Module | None, dict[str, Any]]:
     model = None
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
@@ -70,17 +98,18 @@ def _metrics(result: Any) -> tuple[nn.Module | None, dict[str, Any]]:
     return model, metrics
 
 
-def _cut(model: nn.Module, method: str, step_target: int, masks: Masks | None, importance: Any, round_to: int,
-         attn_unit: str, fraction: float) -> tuple[Masks | None, dict[str, Any]]:
+def _cut(model: nn.Module, spec: PruneSpec, method: str, step_target: int,
+         masks: Masks | None) -> tuple[Masks | None, dict[str, Any]]:
     """One pruning cut down to `step_target`; returns the weight masks to keep (sparse methods) and the record."""
     if method == "structured":
-        StructuredPruner(model, importance=importance, round_to=round_to, attn_unit=attn_unit).step(step_target)
-        return None, {"round_to": int(round_to), "attn_unit": attn_unit}
+        StructuredPruner(model, importance=spec.importance, round_to=spec.round_to,
+                         attn_unit=spec.attn_unit).step(step_target)
+        return None, {"round_to": int(spec.round_to), "attn_unit": spec.attn_unit}
     if method == "unstructured":
-        pruner = UnstructuredPruner(model, importance=importance, masks=masks)
+        pruner = UnstructuredPruner(model, importance=spec.importance, masks=masks)
         pruner.step(embedding_params(model, nonzero=True) - step_target)
-        return pruner.masks, {"fraction": float(fraction)}
-    return SemiStructuredPruner(model, importance=importance).step(), {"pattern": "2:4"}
+        return pruner.masks, {"fraction": float(spec.fraction)}
+    return SemiStructuredPruner(model, importance=spec.importance).step(), {"pattern": "2:4"}
 
 
 def _finetune(model: nn.Module, method: str, step_target: int, masks: Masks | None, finetune_fn: FinetuneFn,
@@ -100,17 +129,11 @@ def _finetune(model: nn.Module, method: str, step_target: int, masks: Masks | No
 
 def prune_to_target(
     model: nn.Module,
-    cfg: Any = None,
-    target: int | None = None,
-    method: str = "structured",
-    steps: int | None = None,
-    round_to: int = 8,
+    target: int | None,
+    spec: PruneSpec = PruneSpec(),
     finetune_fn: FinetuneFn | None = None,
     on_step: OnStep | None = None,
     *,
-    attn_unit: str = "heads",
-    fraction: float = DEFAULT_FRACTION,
-    importance: Any = None,
     history: list[dict[str, Any]] | None = None,
     schedule: list[int] | None = None,
     done: int = 0,
@@ -119,22 +142,13 @@ def prune_to_target(
 
     Args:
         model: a GraFT (dense, or already pruned by the same method).
-        cfg: the run's GraftConfig (kept for finetune closures and the record; optional).
         target: structured: real parameters; unstructured: nonzeros; 2:4: optional upper bound
             (the 2:4 size is implied; a target it cannot reach raises GraftError).
-        method: "structured" (Torch-Pruning heads + MLP/FF channels), "unstructured" (global L1 over the
-            backbone qkv/proj/fc1/fc2 weights) or "2:4" (semi-structured on the same weights).
-        steps: number of prune(+finetune) steps on a geometric schedule; None: with finetune_fn, about
-            `fraction` (20%) of the remaining size per step (unstructured: of the remaining prunable
-            weights, as in the paper); without finetune_fn one step (magnitude rankings do not change
-            between steps when nothing is retrained, so more steps would only cost time). 2:4: one step.
-        round_to: structured channel widths are multiples of this (fast kernels).
+        spec: method, schedule and pruning choices (see PruneSpec).
         finetune_fn: `finetune_fn(model, after_step)` run after every step; returns metrics
             ({"mAP", "R1", ...}), `(model, metrics)` or None. `after_step` re-applies weight masks and
             must be called after every optimiser step (None for structured).
         on_step: `on_step(model, entry)` after every finished step (progress, resumable checkpoints).
-        attn_unit: structured attention unit, "heads" (whole heads) or "head_dims".
-        importance: a Torch-Pruning importance (structured) or an `L1Importance`-like callable.
         history: earlier entries (from the checkpoint) to extend.
         schedule, done: resume support: the full per-step target list of an interrupted run and how
             many of its steps are finished (the model passed in is the one after step `done`).
@@ -144,22 +158,22 @@ def prune_to_target(
         history is `history` plus one dict per step: method, target, step, steps, step_target,
         params_embedding, params_nonzero, and mAP/R1/... when finetune_fn returned metrics.
     """
-    method = normalize_method(method)
+    method = normalize_method(spec.method)
     history = list(history or [])
     if schedule is None:
-        if steps is None and finetune_fn is None:
-            steps = 1  # magnitude rankings do not change between steps without finetuning: one cut is the same
-        schedule = plan_prune(model, target, method, steps, round_to, attn_unit, fraction)
+        # without finetuning magnitude rankings do not change between steps: one cut is the same
+        steps = 1 if spec.steps is None and finetune_fn is None else spec.steps
+        schedule = plan_prune(model, target, method, steps, spec.round_to, spec.attn_unit, spec.fraction)
     elif method != "2:4" and target is None:
         target = int(schedule[-1])
     total = len(schedule)
     masks: Masks | None = masks_from_zeros(model) if method == "unstructured" else None
     for k in range(done, total):
         step_target = int(schedule[k])
-        masks, extra = _cut(model, method, step_target, masks, importance, round_to, attn_unit, fraction)
+        masks, extra = _cut(model, spec, method, step_target, masks)
         metrics: dict[str, Any] = {}
         if finetune_fn is not None:
-            model, metrics = _finetune(model, method, step_target, masks, finetune_fn, importance)
+            model, metrics = _finetune(model, method, step_target, masks, finetune_fn, spec.importance)
         model.eval()
         if method == "2:4":
             bad = nm_violations(model)
@@ -181,8 +195,6 @@ def prune_to_target(
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
     """Nonzero/total of the prunable backbone weights, and the embedding counts."""
-    from graft_edge.compress.sparse import sparse_targets
-
     params = sparse_targets(model)
     total = sum(p.numel() for p in params.values())
     nz = sum(int(torch.count_nonzero(p)) for p in params.values())

@@ -16,8 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from graft_edge.compress.arch import backbone_blocks
 from graft_edge.errors import GraftError
+from graft_edge.model.arch import backbone_blocks
 
 Masks = dict[str, torch.Tensor]
 

@@ -18,7 +18,6 @@ about 12K parameters on DeiT-B) below it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,11 +25,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from graft_edge.compress.arch import (
-    backbone_blocks, check_attention, check_mlp, encoder_layers, extract_arch, set_attention_widths,
-)
 from graft_edge.errors import GraftError
 from graft_edge.model import embedding_params
+from graft_edge.model.arch import (
+    backbone_blocks,
+    check_attention,
+    check_mlp,
+    encoder_layers,
+    extract_arch,
+    set_attention_widths,
+)
 
 ATTN_UNITS = ("heads", "head_dims")
 _WRAPPED = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm,
@@ -295,16 +299,3 @@ class StructuredPruner:
         if got != expected:  # the analytic count and the real cut disagree: a bug, never ship it silently
             raise RuntimeError(f"structured pruning produced {got:,} parameters, planned {expected:,}")
         return extract_arch(self.model)
-
-
-def structured_floor(model: nn.Module, round_to: int = 8, attn_unit: str = "heads") -> int:
-    """Smallest size structured pruning can reach on this model."""
-    return StructuredPruner(model, round_to=round_to, attn_unit=attn_unit).floor()
-
-
-def ratio_of(pruner: StructuredPruner, widths: Mapping[str, int]) -> float:
-    """Mean fraction of width removed over the pruned layers (for reports)."""
-    fr = [1 - widths[layer.name] / layer.width for layer in pruner.layers]
-    return float(sum(fr) / max(1, len(fr))) if fr else math.nan
-
-

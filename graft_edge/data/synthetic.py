@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from graft_edge.config import MODALITIES, parse_modalities
 from graft_edge.data import render
 from graft_edge.data.layouts import META_FILE, SIDE_BY_SIDE, SIDE_BY_SIDE_DIR, SPLITS
 from graft_edge.errors import GraftError
-from graft_edge.fileio import write_json
+from graft_edge.fileio import temp_dir_beside, write_json
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 95
@@ -158,7 +157,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
         raise GraftError(f"output folder {out} is not empty: pass --overwrite to replace it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        return temp_dir_beside(out)
     except OSError as exc:
         raise GraftError(f"cannot write {out}: {exc.strerror or exc}") from None
 

@@ -11,18 +11,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from graft_edge.data.dataset import ReidDataset
+from graft_edge.data.layouts import detect_layout, read_split
+from graft_edge.data.transforms import PairedTransform
 from graft_edge.errors import GraftError
 
 MIN_CALIB_SAMPLES = 16  # fewer images than this give unreliable activation ranges
 DEFAULT_CALIB_SAMPLES = 256
 PARITY_SAMPLES = 16  # real images used to measure parity / cosines
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIB_METHOD = "minmax"
 
 
-def check_calib_root(root: str | Path, modalities: Sequence[str]) -> tuple[str, ...]:
-    """The dataset's modalities, when it has every modality the model needs; GraftError otherwise."""
-    from graft_edge.data.layouts import detect_layout
-
+def check_calib_root(root: str | Path, modalities: Sequence[str], calibrate: bool) -> int:
+    """Images in ROOT's train split, when it has every modality the model needs and, to `calibrate`,
+    at least MIN_CALIB_SAMPLES of them; GraftError otherwise."""
     layout = detect_layout(root)
     missing = [m for m in modalities if m not in layout.modalities]
     if missing:
@@ -30,7 +35,11 @@ def check_calib_root(root: str | Path, modalities: Sequence[str]) -> tuple[str, 
             f"--calib-data {root} holds modalities {','.join(layout.modalities)} but the model needs "
             f"{','.join(modalities)} (missing {','.join(missing)})"
         )
-    return tuple(layout.modalities)
+    available = len(read_split(root, "train", modalities))
+    if calibrate and available < MIN_CALIB_SAMPLES:
+        raise GraftError(f"--calib-data {root}: its train split has {available} image(s); static INT8 calibration "
+                         f"needs at least {MIN_CALIB_SAMPLES}")
+    return available
 
 
 def _evenly(n_total: int, n: int) -> list[int]:
@@ -43,12 +52,6 @@ def _evenly(n_total: int, n: int) -> list[int]:
 def load_split_images(root: str | Path, split: str, modalities: Sequence[str], img_size: Sequence[int],
                       mean: Sequence[float], std: Sequence[float], n: int) -> dict[str, np.ndarray]:
     """Up to n preprocessed samples of one split: {modality: float32 (n, 3, H, W)}."""
-    import torch
-
-    from graft_edge.data.dataset import ReidDataset
-    from graft_edge.data.layouts import read_split
-    from graft_edge.data.transforms import PairedTransform
-
     samples = read_split(root, split, modalities)
     if not samples:
         raise GraftError(f"--calib-data {root}: the {split} split holds no images")
@@ -60,19 +63,9 @@ def load_split_images(root: str | Path, split: str, modalities: Sequence[str], i
 
 
 def load_calibration(root: str | Path, modalities: Sequence[str], img_size: Sequence[int], mean: Sequence[float],
-                     std: Sequence[float], n: int = DEFAULT_CALIB_SAMPLES, minimum: int = MIN_CALIB_SAMPLES
-                     ) -> dict[str, np.ndarray]:
-    """n calibration samples from the train split; GraftError when the split has fewer than `minimum`."""
-    if n < minimum:
-        raise GraftError(f"--calib-samples {n}: at least {minimum} images are needed for reliable INT8 ranges")
-    from graft_edge.data.layouts import read_split
-
-    available = len(read_split(root, "train", modalities))
-    if available < minimum:
-        raise GraftError(
-            f"--calib-data {root}: its train split has {available} image(s); static INT8 calibration needs at least {minimum}"
-        )
-    return load_split_images(root, "train", modalities, img_size, mean, std, min(n, available))
+                     std: Sequence[float], n: int = DEFAULT_CALIB_SAMPLES) -> dict[str, np.ndarray]:
+    """Up to n calibration samples from the train split (checked first by `check_calib_root`)."""
+    return load_split_images(root, "train", modalities, img_size, mean, std, n)
 
 
 def load_parity_images(root: str | Path, modalities: Sequence[str], img_size: Sequence[int], mean: Sequence[float],

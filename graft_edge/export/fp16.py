@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft_edge.errors import GraftError
+from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD
+from graft_edge.errors import GraftError, one_line
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
             "LpNormalization", "Pow", "Sqrt")
@@ -123,8 +124,7 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...
             node_block_list=tail_nodes(proto.graph),
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
-        raise GraftError(f"FP16 conversion failed ({type(exc).__name__}: {first})") from None
+        raise GraftError(f"FP16 conversion failed ({one_line(exc)})") from None
     # onnxruntime < 1.32 inserts one identical Cast per consumer of a weight that LayerNorm needs in FP32
     drop_duplicate_nodes(converted.graph)
     unique_node_names(converted.graph)
@@ -133,9 +133,8 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...
     try:
         converted = onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
-        raise GraftError(f"FP16 conversion produced an inconsistent graph ({first})") from None
-    large = converted.ByteSize() > 1_800_000_000
+        raise GraftError(f"FP16 conversion produced an inconsistent graph ({one_line(exc)})") from None
+    large = converted.ByteSize() > EXTERNAL_DATA_THRESHOLD
     onnx.save(converted, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
               location=dst.name + ".data" if large else None)
     return dst

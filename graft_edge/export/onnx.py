@@ -17,22 +17,21 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, MAX_BATCH, OUTPUT_NAME, data_file
 from graft_edge.errors import GraftError
+from graft_edge.inputs import random_images
 
 # Opsets torch 2.14.1 + onnxscript 0.7.2 really produce (measured): below 18 the exporter silently
 # keeps 18 (its version converter cannot go down), above 25 it emits ops ONNX Runtime rejects.
 MIN_OPSET = 18
 MAX_OPSET = 25
 DEFAULT_OPSET = 18  # the most widely supported by TensorRT 10 / JetPack and ONNX Runtime
-OUTPUT_NAME = "embedding"
 EXAMPLE_BATCH = 2  # >= 2, or the exporter specialises the batch dimension to 1
-MAX_BATCH = 4096  # upper bound of the symbolic batch dimension (any batch up to this runs)
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which they go to NAME.onnx.data
 
 
 class EmbedWrapper(nn.Module):
@@ -58,25 +57,6 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def data_file(onnx_path: str | Path) -> Path:
-    """Where the external weights of `onnx_path` live when it has them: NAME.onnx.data beside it."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name + ".data")
-
-
-def onnx_files(onnx_path: str | Path) -> list[Path]:
-    """The files making up one ONNX artefact: the .onnx and, when present, its NAME.onnx.data."""
-    files = [Path(onnx_path)]
-    if data_file(onnx_path).exists():
-        files.append(data_file(onnx_path))
-    return files
-
-
-def artefact_size(onnx_path: str | Path) -> int:
-    """Bytes on disk of an ONNX artefact (graph + external data)."""
-    return sum(p.stat().st_size for p in onnx_files(onnx_path))
-
-
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of all parameters and buffers (what the ONNX initialisers will hold)."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
@@ -94,10 +74,10 @@ def _summary_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> None:
-    """Silence the exporter's progress prints, warnings and torch logging (we report our own lines)."""
+def quiet() -> Iterator[None]:
+    """Silence exporters' and quantisers' prints, warnings and logging (graft-edge reports its own lines)."""
     buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -110,12 +90,9 @@ def _quiet() -> None:
             lg.setLevel(level)
 
 
-def example_inputs(modalities: Sequence[str], img_size: tuple[int, int], batch: int = EXAMPLE_BATCH,
-                   seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Deterministic normalised-image-like inputs, one (batch, 3, H, W) tensor per modality."""
-    gen = torch.Generator().manual_seed(seed)
-    H, W = img_size
-    return tuple(torch.randn(batch, 3, H, W, generator=gen) for _ in modalities)
+def _example(modalities: Sequence[str], img_size: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The example inputs the exporter traces with: one (EXAMPLE_BATCH, 3, H, W) tensor per modality."""
+    return tuple(torch.from_numpy(x) for x in random_images(modalities, img_size, EXAMPLE_BATCH).values())
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
@@ -140,9 +117,9 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
         if stale.exists():
             stale.unlink()
     try:
-        with _quiet(), torch.inference_mode(False), torch.no_grad():
+        with quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                wrapper, example_inputs(modalities, img_size), str(path), dynamo=True,
+                wrapper, _example(modalities, img_size), str(path), dynamo=True,
                 input_names=list(modalities), output_names=[OUTPUT_NAME], opset_version=opset,
                 dynamic_shapes=dynamic_shapes, external_data=bool(external_data), optimize=True, verbose=False,
             )

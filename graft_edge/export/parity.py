@@ -13,9 +13,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from graft_edge.errors import GraftError
+from graft_edge.inputs import random_images
+
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
 PARITY_BATCHES = (1, 4)
+PARITY_SEED = 1234
 
 
 @dataclass
@@ -69,8 +73,6 @@ def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:
-        from graft_edge.errors import GraftError
-
         raise GraftError(f"exported model returned shape {got.shape}, PyTorch {ref.shape}")
     if not np.all(np.isfinite(got)):
         return float("inf"), float("-inf"), float("-inf")
@@ -79,13 +81,6 @@ def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
     cos = num / np.maximum(den, 1e-12)
     return diff, float(np.min(cos)), float(np.mean(cos))
-
-
-def random_batch(modalities: Sequence[str], img_size: Sequence[int], batch: int, seed: int = 1234) -> Batch:
-    """Normalised-image-like inputs: standard normal, one (batch, 3, H, W) array per modality."""
-    rng = np.random.default_rng(seed)
-    H, W = int(img_size[0]), int(img_size[1])
-    return {m: rng.standard_normal((batch, 3, H, W), dtype=np.float32) for m in modalities}
 
 
 def slice_batch(batch: Mapping[str, np.ndarray], n: int) -> Batch:
@@ -108,7 +103,7 @@ def parity_inputs(modalities: Sequence[str], img_size: Sequence[int], real: Batc
     """(kind, batch size, inputs) for every check: random at each of `batches`; real (when given) at
     batch 1 and at all of its samples (two sizes, and enough samples for cosine statistics)."""
     big = max(batches)
-    rand = random_batch(modalities, img_size, big)
+    rand = random_images(modalities, img_size, big, seed=PARITY_SEED)
     out = [("random", b, slice_batch(rand, b)) for b in batches]
     if real:
         n = len(next(iter(real.values())))
@@ -129,16 +124,3 @@ def measure(reference: Mapping[tuple[str, int], np.ndarray], candidate: EmbedFn,
 def reference_embeddings(ref: EmbedFn, inputs: Sequence[tuple[str, int, Batch]]) -> dict[tuple[str, int], np.ndarray]:
     """The reference's embeddings of every parity input, computed once and shared by all artefacts."""
     return {(kind, b): ref(batch) for kind, b, batch in inputs}
-
-
-def embed_in_chunks(fn: EmbedFn, batch: Mapping[str, np.ndarray], chunk: int = 16) -> np.ndarray:
-    """Embeddings of many samples, `chunk` at a time."""
-    n = len(next(iter(batch.values())))
-    return np.concatenate([fn({m: np.ascontiguousarray(x[i:i + chunk]) for m, x in batch.items()})
-                           for i in range(0, n, chunk)])
-
-
-def cosine_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Mean and min cosine (and max abs diff) over many samples."""
-    diff, cmin, cmean = compare(ref, got)
-    return {"mean_cosine": cmean, "min_cosine": cmin, "max_abs_diff": diff, "samples": int(len(ref))}

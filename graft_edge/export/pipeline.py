@@ -1,6 +1,6 @@
 """`export_model`: checkpoint -> checked, self-describing deployment artefacts in one folder.
 
-Files written to OUT (NAME defaults to "model"):
+Files written to OUT (NAME defaults to "model"; one per row of graft_edge.formats that was asked for):
   NAME.onnx                 FP32 ONNX (+ NAME.onnx.data when the weights exceed ~1.8 GB)
   NAME.int8-dynamic.onnx    INT8 dynamic quantisation (ONNX Runtime)
   NAME.int8-static.onnx     INT8 static Q/DQ, calibrated on --calib-data (ONNX Runtime, TensorRT)
@@ -19,77 +19,35 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
+import onnxruntime as ort
 
-from graft_edge.errors import GraftError
-from graft_edge.export import parity as P
-from graft_edge.export.calibration import DEFAULT_CALIB_SAMPLES, MIN_CALIB_SAMPLES, PARITY_SAMPLES
-from graft_edge.export.onnx import DEFAULT_OPSET, check_opset
-from graft_edge.export.quantize import CALIB_METHODS, DEFAULT_CALIB_METHOD
-from graft_edge.export.tensorrt import (DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, TIMING_CACHE, BatchRange,
-                                        TensorRTUnavailable, parse_batch_range)
+from graft_edge.artefact import ArtefactMeta, BatchRange, artefact_files, data_file, write_onnx_metadata, write_sidecar
+from graft_edge.checkpoint import Checkpoint, load_model
+from graft_edge.compress.targets import previous_methods
+from graft_edge.errors import GraftError, one_line
+from graft_edge.export import parity
+from graft_edge.export.builders import ONNX_BUILDERS, BuildInputs
+from graft_edge.export.calibration import PARITY_SAMPLES, check_calib_root, load_calibration, load_parity_images
+from graft_edge.export.metadata import model_metadata
+from graft_edge.export.options import ExportOptions
+from graft_edge.export.tensorrt import TIMING_CACHE, build_engine, require_tensorrt, trt_major, trt_plan
+from graft_edge.fileio import sha256_file, write_json
+from graft_edge.formats import FORMATS, Format
+from graft_edge.runtime.onnx_backend import session_options
+from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
 
-INT8_MODES = ("dynamic", "static")
-DEFAULT_TOLERANCE = 1e-4
-DEFAULT_MIN_COSINE_FP16 = 0.999
-DEFAULT_MIN_COSINE_INT8 = 0.98
 SUMMARY_FILE = "export.json"
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What to export and how strictly to check it (the CLI's options, as data)."""
-
-    onnx: bool = True  # keep the FP32 ONNX in OUT (it is always built: everything else derives from it)
-    int8: tuple[str, ...] = ()  # subset of ("dynamic", "static")
-    fp16: bool = False
-    trt: bool = False
-    batch: str | BatchRange = DEFAULT_BATCH  # TensorRT optimisation profile MIN:OPT:MAX
-    calib_data: str | Path | None = None
-    calib_samples: int = DEFAULT_CALIB_SAMPLES
-    calib_method: str = DEFAULT_CALIB_METHOD
-    opset: int = DEFAULT_OPSET
-    tolerance: float = DEFAULT_TOLERANCE  # FP32 max abs diff allowed vs PyTorch
-    min_cosine_fp16: float = DEFAULT_MIN_COSINE_FP16
-    min_cosine_int8: float = DEFAULT_MIN_COSINE_INT8
-    workspace_mb: int = DEFAULT_WORKSPACE_MB
-    sparse_weights: bool | None = None  # None: on when the pruning history says 2:4
-    external_data: bool | None = None  # None: only when the weights exceed ~1.8 GB
-    name: str = "model"
-
-    def validated(self) -> "ExportOptions":
-        """Options checked and normalised; GraftError (one line) on the first bad one."""
-        check_opset(self.opset)
-        int8 = tuple(dict.fromkeys(str(m).strip().lower() for m in self.int8 if str(m).strip()))
-        bad = [m for m in int8 if m not in INT8_MODES]
-        if bad:
-            raise GraftError(f"--int8 {bad[0]!r}: expected dynamic or static")
-        if "static" in int8 and not self.calib_data:
-            raise GraftError("--int8 static needs --calib-data ROOT (a dataset whose train split calibrates the activation ranges)")
-        if self.calib_method not in CALIB_METHODS:
-            raise GraftError(f"--calib-method {self.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
-        if self.calib_samples < MIN_CALIB_SAMPLES:
-            raise GraftError(f"--calib-samples {self.calib_samples}: at least {MIN_CALIB_SAMPLES} images are needed for reliable INT8 ranges")
-        if not (self.tolerance > 0 and np.isfinite(self.tolerance)):
-            raise GraftError(f"--tolerance {self.tolerance}: expected a positive number (max abs diff of FP32 embeddings)")
-        for flag, value in (("--min-cosine-fp16", self.min_cosine_fp16), ("--min-cosine-int8", self.min_cosine_int8)):
-            if not -1.0 <= value <= 1.0:
-                raise GraftError(f"{flag} {value}: a cosine lies in [-1, 1]")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise GraftError(f"--name {self.name!r}: expected a plain file stem such as 'model'")
-        if not (self.onnx or int8 or self.fp16 or self.trt):
-            raise GraftError("nothing to export: --no-onnx without --int8, --fp16 or --trt")
-        return replace(self, int8=int8, batch=parse_batch_range(self.batch))
 
 
 @dataclass
 class Artefact:
     """One exported file (and its companions) with its check."""
 
-    kind: str  # onnx-fp32 | onnx-int8-dynamic | onnx-int8-static | onnx-fp16 | trt-fp32 | trt-fp16 | trt-int8
+    kind: str  # formats.Format.kind: onnx-fp32 | onnx-int8-dynamic | ... | trt-int8
     precision: str
     path: Path
     files: list[Path] = field(default_factory=list)
@@ -128,7 +86,8 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": str(self.out_dir), "source": str(self.source), "ok": self.ok, "seconds": self.seconds,
-                "artefacts": [a.to_dict() for a in self.artefacts], "failures": list(self.failures), "notes": list(self.notes)}
+                "artefacts": [a.to_dict() for a in self.artefacts], "failures": list(self.failures),
+                "notes": list(self.notes)}
 
 
 class ExportFailed(GraftError):
@@ -139,7 +98,21 @@ class ExportFailed(GraftError):
         self.result = result
 
 
-# ------------------------------------------------------------------------------------------ helpers
+@dataclass
+class Candidate:
+    """One artefact on its way into OUT: where it is staged and lands, and how its check went."""
+
+    fmt: Format
+    staged: Path
+    dest: Path
+    started: float
+    meta: dict[str, Any] = field(default_factory=dict)  # what the builder and the check add to the record
+    report: parity.ParityReport | None = None
+    failure: str = ""  # why it failed its check ("" = passed)
+    keep: bool = True  # False: built and checked as the source of others, not kept (--no-onnx)
+
+
+# ------------------------------------------------------------------------------------------ files
 
 def _prepare_out(out_dir: str | Path) -> Path:
     """Create OUT and prove it is writable (GraftError otherwise), before any work is done."""
@@ -156,16 +129,8 @@ def _prepare_out(out_dir: str | Path) -> Path:
     return out
 
 
-def _files_of(path: Path) -> list[Path]:
-    from graft_edge.export.onnx import onnx_files
-
-    return onnx_files(path) if path.suffix == ".onnx" else [path]
-
-
 def _commit(staged: Path, dest: Path) -> list[Path]:
     """Move a staged artefact (and its .data) into place; remove a stale .data of an older export."""
-    from graft_edge.export.onnx import data_file
-
     moved = []
     if staged.suffix == ".onnx":
         if data_file(staged).exists():
@@ -180,31 +145,14 @@ def _commit(staged: Path, dest: Path) -> list[Path]:
 def _quarantine(staged: Path, dest: Path) -> list[Path]:
     """Keep a failed artefact as `<name>.failed` (and its data as `<name>.data.failed`) for inspection."""
     kept = []
-    for f in _files_of(staged):
+    for f in artefact_files(staged):
         target = dest.parent / (dest.name + f.name[len(staged.name):] + ".failed")
         os.replace(f, target)
         kept.append(target)
     return kept
 
 
-def _file_facts(files: list[Path]) -> list[dict[str, Any]]:
-    from graft_edge.fileio import sha256_file
-
-    return [{"name": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    """Atomic JSON write, readable like any file this process creates (atomic temp files start 0600)."""
-    from graft_edge.fileio import write_json
-
-    write_json(path, data)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-    return path
-
-
-def _fmt(report: P.ParityReport) -> str:
+def _describe(report: parity.ParityReport) -> str:
     parts = [f"max|diff| {report.max_abs_diff:.2e}"]
     for kind in ("real", "random"):
         worst = report.worst(kind)
@@ -213,217 +161,196 @@ def _fmt(report: P.ParityReport) -> str:
     return ", ".join(parts)
 
 
-# ------------------------------------------------------------------------------------------ the run
+def _judge(opt: ExportOptions, fmt: Format, report: parity.ParityReport) -> tuple[str, dict[str, Any]]:
+    """(why the artefact fails its check or "", the judgement for its metadata)."""
+    if fmt.precision == "fp32":
+        if report.max_abs_diff <= opt.tolerance:
+            return "", {}
+        return f"max abs diff {report.max_abs_diff:.3e} vs PyTorch exceeds --tolerance {opt.tolerance:g}", {}
+    # judged on real images when there are some: a calibrated model is only meant for that input range
+    # (random N(0,1) "images" exceed the calibrated range of the first layer and are clipped)
+    real = report.worst("real")
+    judged_on = "real" if real else "random"
+    judged = (real or report.worst("random"))["min_cosine"]
+    need = opt.min_cosine(fmt.precision)
+    meta = {"min_cosine_required": need, "judged_on": judged_on,
+            "cosine_vs_fp32": {"random": report.worst("random"), "real": real}}
+    if judged >= need:
+        return "", meta
+    return f"min cosine {judged:.5f} vs FP32 on {judged_on} inputs is below {need:g}", meta
 
-class _Run:
-    """State shared by the steps of one export."""
 
-    def __init__(self, model_path: Path, out: Path, options: ExportOptions, log: Log) -> None:
-        self.model_path, self.out, self.opt, self.log = model_path, out, options, log
-        self.result = ExportResult(out_dir=out, source=model_path)
+# ------------------------------------------------------------------------------------------ the job
 
-    # --- setup
-    def load(self) -> None:
-        from graft_edge.checkpoint import load_model
-        from graft_edge.export.calibration import check_calib_root
-        from graft_edge.export.metadata import model_metadata, tool_versions
-        from graft_edge.fileio import sha256_file
+@dataclass
+class ExportJob:
+    """Everything the steps of one export share."""
 
-        self.model, self.ckpt = load_model(self.model_path)
-        self.model.eval()
-        self.modalities = tuple(self.model.modalities)
-        self.img_size = tuple(self.model.cfg.img_size)
-        if self.opt.calib_data:
-            check_calib_root(self.opt.calib_data, self.modalities)
-            if "static" in self.opt.int8:
-                from graft_edge.data.layouts import read_split
+    model_path: Path
+    out: Path
+    opt: ExportOptions
+    log: Log
+    model: Any
+    ckpt: Checkpoint
+    base: ArtefactMeta  # the FP32 record every artefact's metadata starts from
+    calib: dict[str, np.ndarray] | None
+    inputs: list[tuple[str, int, parity.Batch]]  # parity inputs
+    reference: dict[tuple[str, int], np.ndarray]  # PyTorch embeddings of the parity inputs
+    result: ExportResult
 
-                available = len(read_split(self.opt.calib_data, "train", self.modalities))
-                if available < MIN_CALIB_SAMPLES:
-                    raise GraftError(f"--calib-data {self.opt.calib_data}: its train split has {available} image(s); "
-                                     f"static INT8 calibration needs at least {MIN_CALIB_SAMPLES}")
-        self.base_meta = model_metadata(self.model, self.ckpt, self.model_path, sha256_file(self.model_path))
-        self.base_meta["tool_versions"] = tool_versions()
-        self.base_meta["opset"] = self.opt.opset
-
-    def load_images(self) -> None:
-        from graft_edge.export.calibration import load_calibration, load_parity_images
-
-        cfg = self.model.cfg
-        self.calib = None
-        self.real = None
-        if self.opt.calib_data:
-            t = time.perf_counter()
-            self.real = load_parity_images(self.opt.calib_data, self.modalities, cfg.img_size, cfg.mean, cfg.std, PARITY_SAMPLES)
-            if "static" in self.opt.int8:
-                self.calib = load_calibration(self.opt.calib_data, self.modalities, cfg.img_size, cfg.mean, cfg.std,
-                                              self.opt.calib_samples)
-                n = len(next(iter(self.calib.values())))
-                if n < self.opt.calib_samples:
-                    self.result.notes.append(f"calibrated on all {n} train images (fewer than --calib-samples {self.opt.calib_samples})")
-            self.log(f"read {len(next(iter(self.real.values())))} real images for parity"
-                     + (f" and {len(next(iter(self.calib.values())))} for calibration" if self.calib else "")
-                     + f" from {self.opt.calib_data} ({time.perf_counter() - t:.1f} s)")
-        self.inputs = P.parity_inputs(self.modalities, self.img_size, self.real)
-        t = time.perf_counter()
-        self.reference = P.reference_embeddings(P.torch_reference(self.model), self.inputs)
-        self.log(f"PyTorch reference embeddings computed ({time.perf_counter() - t:.1f} s)")
-
-    # --- generic artefact handling
-    def metadata(self, precision: str, report: P.ParityReport | None, **more: Any) -> dict[str, Any]:
-        meta = dict(self.base_meta)
-        meta["precision"] = precision
-        meta["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def record(self, fmt: Format, cand_meta: dict[str, Any], report: parity.ParityReport | None) -> dict[str, Any]:
+        """The flat metadata of one artefact."""
+        extra = {**self.base.extra, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **cand_meta}
         if report is not None:
-            meta["parity"] = report.to_dict()
-        meta.update(more)
-        return meta
+            extra["parity"] = report.to_dict()
+        batch = self.opt.batch if fmt.runtime == "tensorrt" else None
+        return replace(self.base, precision=fmt.precision, batch=batch, extra=extra).to_dict()
 
-    def check_onnx(self, path: Path) -> P.ParityReport:
+    def check_onnx(self, path: Path) -> parity.ParityReport:
         """Parity of an ONNX file (run by ONNX Runtime on CPU) with the PyTorch reference."""
-        import onnxruntime as ort
-
-        from graft_edge.runtime.onnx_backend import session_options
-
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), sess_options=session_options(),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-            raise GraftError(f"ONNX Runtime cannot load the exported {path.name}: {first}") from None
+            raise GraftError(f"ONNX Runtime cannot load the exported {path.name}: {one_line(exc)}") from None
 
-        def run(batch: P.Batch) -> np.ndarray:
+        def run(batch: parity.Batch) -> np.ndarray:
             return session.run(None, {m: np.ascontiguousarray(x) for m, x in batch.items()})[0]
 
-        return P.measure(self.reference, run, self.inputs)
+        return parity.measure(self.reference, run, self.inputs)
 
-    def finish(self, kind: str, precision: str, staged: Path, dest: Path, report: P.ParityReport | None,
-               passed: bool, why: str, started: float, meta_more: Mapping[str, Any], keep: bool = True) -> Artefact:
+    def finish(self, cand: Candidate) -> Artefact:
         """Quarantine a failed artefact, or write its metadata and move it into place."""
-        from graft_edge.export.metadata import sidecar_path, write_onnx_metadata
-
-        art = Artefact(kind=kind, precision=precision, path=dest, parity=report.to_dict() if report else {})
-        if not passed:
-            art.status, art.message = "failed", why
-            art.files = _quarantine(staged, dest)
-            art.size_bytes = sum(f.stat().st_size for f in art.files)
-            art.seconds = time.perf_counter() - started
-            self.result.failures.append(f"{dest.name}: {why}")
-            self.result.artefacts.append(art)
-            self.log(f"FAILED {dest.name}: {why} (kept as {art.files[0].name})")
-            return art
-        meta = self.metadata(precision, report, **dict(meta_more))
-        if staged.suffix == ".onnx":
-            write_onnx_metadata(staged, meta)
-        if keep:
-            art.files = _commit(staged, dest)
-            art.sidecar = sidecar_path(dest)
-            _write_json(art.sidecar, {**meta, "artefact": {"file": dest.name, "files": _file_facts(art.files)}})
-        else:  # built and checked as the source of the others, deleted with the staging folder
-            art.status = "staged"
-            art.size_bytes = sum(f.stat().st_size for f in _files_of(staged))
-        art.size_bytes = sum(f.stat().st_size for f in art.files) if art.files else art.size_bytes
-        art.seconds = time.perf_counter() - started
+        art = Artefact(kind=cand.fmt.kind, precision=cand.fmt.precision, path=cand.dest,
+                       parity=cand.report.to_dict() if cand.report else {})
+        if cand.failure:
+            art.status, art.message = "failed", cand.failure
+            art.files = _quarantine(cand.staged, cand.dest)
+            self.result.failures.append(f"{cand.dest.name}: {cand.failure}")
+            self.log(f"FAILED {cand.dest.name}: {cand.failure} (kept as {art.files[0].name})")
+        else:
+            meta = self.record(cand.fmt, cand.meta, cand.report)
+            if cand.staged.suffix == ".onnx":
+                write_onnx_metadata(cand.staged, meta)
+            if cand.keep:
+                art.files = _commit(cand.staged, cand.dest)
+                art.sidecar = write_sidecar(cand.dest, meta, art.files)
+            else:  # built and checked as the source of the others, deleted with the staging folder
+                art.status = "staged"
+        art.size_bytes = sum(f.stat().st_size for f in (art.files or artefact_files(cand.staged)))
+        art.seconds = time.perf_counter() - cand.started
         self.result.artefacts.append(art)
-        where = dest.name if keep else f"{dest.name} (checked, not kept: --no-onnx)"
-        self.log(f"ok {where}: {art.size_bytes / 1e6:.1f} MB, "
-                 + (_fmt(report) if report else "no parity check") + f" ({art.seconds:.1f} s)")
+        if not cand.failure:
+            where = cand.dest.name if cand.keep else f"{cand.dest.name} (checked, not kept: --no-onnx)"
+            self.log(f"ok {where}: {art.size_bytes / 1e6:.1f} MB, "
+                     + (_describe(cand.report) if cand.report else "no parity check") + f" ({art.seconds:.1f} s)")
         return art
 
-    # --- steps
-    def fp32(self, stage: Path) -> Path | None:
-        from graft_edge.export.onnx import check_exported, export_onnx
 
-        started = time.perf_counter()
-        dest = self.out / f"{self.opt.name}.onnx"
-        staged = stage / dest.name
-        self.log(f"exporting FP32 ONNX (opset {self.opt.opset}) ...")
-        export_onnx(self.model, staged, opset=self.opt.opset, external_data=self.opt.external_data)
-        check_exported(staged, self.modalities, self.opt.opset)
-        report = self.check_onnx(staged)
-        passed = report.max_abs_diff <= self.opt.tolerance
-        why = f"max abs diff {report.max_abs_diff:.3e} vs PyTorch exceeds --tolerance {self.opt.tolerance:g}"
-        art = self.finish("onnx-fp32", "fp32", staged, dest, report, passed, why, started,
-                          {"tolerance": self.opt.tolerance}, keep=self.opt.onnx)
-        return {"ok": art.path, "staged": staged}.get(art.status)
+def _load(model_path: Path, opt: ExportOptions) -> tuple[Any, Checkpoint, ArtefactMeta]:
+    """The model, its checkpoint and base record; --calib-data checked. Nothing is written yet."""
+    model, ckpt = load_model(model_path)
+    model.eval()
+    if opt.calib_data:
+        check_calib_root(opt.calib_data, tuple(model.modalities), calibrate="static" in opt.int8)
+    return model, ckpt, model_metadata(model, ckpt, model_path, sha256_file(model_path), opt.opset)
 
-    def reduced(self, kind: str, precision: str, src: Path, stage: Path, build: Callable[[Path], Any],
-                threshold: float, meta_more: dict[str, Any]) -> Path | None:
-        started = time.perf_counter()
-        dest = self.out / f"{self.opt.name}.{precision}.onnx"
-        staged = stage / dest.name
-        self.log(f"building {precision} ONNX ...")
-        build(staged)
-        report = self.check_onnx(staged)
-        real = report.worst("real")
-        # judged on real images when there are some: a calibrated model is only meant for that input range
-        # (random N(0,1) "images" exceed the calibrated range of the first layer and are clipped)
-        judged_on = "real" if real else "random"
-        judged = (real or report.worst("random"))["min_cosine"]
-        meta_more = {**meta_more, "min_cosine_required": threshold, "judged_on": judged_on,
-                     "cosine_vs_fp32": {"random": report.worst("random"), "real": real}}
-        passed = judged >= threshold
-        why = f"min cosine {judged:.5f} vs FP32 on {judged_on} inputs is below {threshold:g}"
-        art = self.finish(kind, precision, staged, dest, report, passed, why, started, meta_more)
-        return art.path if art.status == "ok" else None
 
-    def trt(self, sources: Mapping[str, Path | None]) -> None:
-        from graft_edge.export.metadata import sidecar_path
-        from graft_edge.export.tensorrt import build_engine, is_two_four, require_tensorrt, trt_major, trt_plan
+def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
+    """(calibration images or None, parity inputs, PyTorch reference embeddings of them)."""
+    cfg, mods = model.cfg, tuple(model.modalities)
+    calib = real = None
+    if opt.calib_data:
+        t = time.perf_counter()
+        real = load_parity_images(opt.calib_data, mods, cfg.img_size, cfg.mean, cfg.std, PARITY_SAMPLES)
+        if "static" in opt.int8:
+            calib = load_calibration(opt.calib_data, mods, cfg.img_size, cfg.mean, cfg.std, opt.calib_samples)
+            n = len(next(iter(calib.values())))
+            if n < opt.calib_samples:
+                result.notes.append(f"calibrated on all {n} train images (fewer than --calib-samples "
+                                    f"{opt.calib_samples})")
+        log(f"read {len(next(iter(real.values())))} real images for parity"
+            + (f" and {len(next(iter(calib.values())))} for calibration" if calib else "")
+            + f" from {opt.calib_data} ({time.perf_counter() - t:.1f} s)")
+    inputs = parity.parity_inputs(mods, tuple(cfg.img_size), real)
+    t = time.perf_counter()
+    reference = parity.reference_embeddings(parity.torch_reference(model), inputs)
+    log(f"PyTorch reference embeddings computed ({time.perf_counter() - t:.1f} s)")
+    return calib, inputs, reference
 
-        trt = require_tensorrt()  # TensorRTUnavailable: the caller reports it after the ONNX results
-        major = trt_major(trt.__version__)
-        sparse = self.opt.sparse_weights if self.opt.sparse_weights is not None else is_two_four(self.ckpt.history)
-        wanted = ["fp32"] + (["fp16"] if self.opt.fp16 else []) + (["int8"] if "static" in self.opt.int8 else [])
-        if "dynamic" in self.opt.int8 and "static" not in self.opt.int8:
-            self.result.notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
-        for precision in wanted:
-            plan = trt_plan(major, precision, sparse)
-            src = sources.get(plan.onnx_variant)
-            if src is None:
-                self.result.failures.append(f"trt-{precision}: its source ONNX ({plan.onnx_variant}) was not produced")
-                continue
-            started = time.perf_counter()
-            dest = self.out / f"{self.opt.name}.trt-{precision}.engine"
-            facts = build_engine(src, dest, precision=precision, batch=self.opt.batch, workspace_mb=self.opt.workspace_mb,
-                                 timing_cache=self.out / TIMING_CACHE, sparse=sparse, log=self.log)
-            art = Artefact(kind=f"trt-{precision}", precision=precision, path=dest, files=[dest])
-            meta = self.metadata(precision, None, **facts)
-            art.sidecar = sidecar_path(dest)
-            _write_json(art.sidecar, {**meta, "artefact": {"file": dest.name, "files": _file_facts([dest])}})
-            report, why = self.check_engine(dest, precision)
-            art.parity = report.to_dict() if report else {}
-            if report is not None:
-                meta["parity"] = art.parity
-                _write_json(art.sidecar, {**meta, "artefact": {"file": dest.name, "files": _file_facts([dest])}})
-            if why:
-                art.status, art.message = "failed", why
-                art.files = _quarantine(dest, dest)
-                art.sidecar.unlink(missing_ok=True)
-                self.result.failures.append(f"{dest.name}: {why}")
-            art.size_bytes = sum(f.stat().st_size for f in art.files)
-            art.seconds = time.perf_counter() - started
-            self.result.artefacts.append(art)
-            self.log(("ok " if not why else "FAILED ") + f"{dest.name}: {art.size_bytes / 1e6:.1f} MB"
-                     + (f", {_fmt(report)}" if report else "") + (f" - {why}" if why else "") + f" ({art.seconds:.1f} s)")
 
-    def check_engine(self, path: Path, precision: str) -> tuple[P.ParityReport | None, str]:
-        """Run the engine on the parity inputs its profile admits; (report, failure reason or '')."""
-        from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder
+# ------------------------------------------------------------------------------------------ the steps
 
-        emb = TensorRTEmbedder(path)
-        inputs = [(k, b, x) for k, b, x in self.inputs if emb.batch_range.contains(b)]
-        if not inputs:
-            return None, ""
-        report = P.measure(self.reference, emb.embed, inputs)
-        need = {"fp32": 0.9999, "fp16": self.opt.min_cosine_fp16, "int8": self.opt.min_cosine_int8}[precision]
-        if report.min_cosine < need:
-            return report, f"min cosine {report.min_cosine:.5f} vs PyTorch FP32 is below {need:g}"
-        return report, ""
+def _build_onnx(job: ExportJob, fmt: Format, src: Path | None, stage: Path, keep: bool = True) -> Path | None:
+    """Build one ONNX format from `src`, check it, commit it; its path (staged when not kept), None on failure."""
+    name = f"{job.opt.name}{fmt.suffix}"
+    cand = Candidate(fmt, stage / name, job.out / name, time.perf_counter(), keep=keep)
+    job.log(f"building {fmt.name} ONNX ({fmt.help}) ...")
+    cand.meta = ONNX_BUILDERS[fmt.name](BuildInputs(job.model, job.opt, job.calib), src, cand.staged)
+    cand.report = job.check_onnx(cand.staged)
+    cand.failure, judgement = _judge(job.opt, fmt, cand.report)
+    cand.meta.update(judgement)
+    art = job.finish(cand)
+    return {"ok": art.path, "staged": cand.staged}.get(art.status)
+
+
+def _check_engine(job: ExportJob, path: Path, fmt: Format) -> tuple[parity.ParityReport | None, str]:
+    """Run the engine on the parity inputs its profile admits; (report, failure reason or '')."""
+    emb = TensorRTEmbedder(path)
+    inputs = [(k, b, x) for k, b, x in job.inputs if emb.batch_range.contains(b)]
+    if not inputs:
+        return None, ""
+    report = parity.measure(job.reference, emb.embed, inputs)
+    need = 0.9999 if fmt.precision == "fp32" else job.opt.min_cosine(fmt.precision)
+    if report.min_cosine < need:
+        return report, f"min cosine {report.min_cosine:.5f} vs PyTorch FP32 is below {need:g}"
+    return report, ""
+
+
+def _build_engine(job: ExportJob, fmt: Format, major: int, sparse: bool, sources: dict[str, Path | None]) -> None:
+    """One TensorRT engine from the ONNX variant this TensorRT needs; checked, or quarantined."""
+    plan = trt_plan(major, fmt.precision, sparse)
+    src = sources.get(plan.onnx_variant)
+    if src is None:
+        job.result.failures.append(f"{fmt.kind}: its source ONNX ({plan.onnx_variant}) was not produced")
+        return
+    started = time.perf_counter()
+    dest = job.out / f"{job.opt.name}{fmt.suffix}"
+    facts = build_engine(src, dest, precision=fmt.precision, batch=job.opt.batch, workspace_mb=job.opt.workspace_mb,
+                         timing_cache=job.out / TIMING_CACHE, sparse=sparse, log=job.log)
+    art = Artefact(kind=fmt.kind, precision=fmt.precision, path=dest, files=[dest])
+    art.sidecar = write_sidecar(dest, job.record(fmt, facts, None), [dest])
+    report, why = _check_engine(job, dest, fmt)
+    if report is not None:
+        art.parity = report.to_dict()
+        write_sidecar(dest, job.record(fmt, facts, report), [dest])
+    if why:
+        art.status, art.message = "failed", why
+        art.files = _quarantine(dest, dest)
+        art.sidecar.unlink(missing_ok=True)
+        job.result.failures.append(f"{dest.name}: {why}")
+    art.size_bytes = sum(f.stat().st_size for f in art.files)
+    art.seconds = time.perf_counter() - started
+    job.result.artefacts.append(art)
+    job.log(("ok " if not why else "FAILED ") + f"{dest.name}: {art.size_bytes / 1e6:.1f} MB"
+            + (f", {_describe(report)}" if report else "") + (f" - {why}" if why else "") + f" ({art.seconds:.1f} s)")
+
+
+def _build_engines(job: ExportJob, rows: list[Format], sources: dict[str, Path | None]) -> None:
+    """Every requested TensorRT engine; TensorRTUnavailable when TensorRT or a GPU is missing."""
+    trt = require_tensorrt()
+    major = trt_major(trt.__version__)
+    sparse = job.opt.sparse_weights if job.opt.sparse_weights is not None else \
+        "2:4" in previous_methods(job.ckpt.history)
+    if "dynamic" in job.opt.int8 and "static" not in job.opt.int8:
+        job.result.notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
+    for fmt in rows:
+        _build_engine(job, fmt, major, sparse, sources)
 
 
 def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
                  log: Log | None = None, raise_on_failure: bool = True) -> ExportResult:
-    """Export a checkpoint to OUT: FP32 ONNX (always built and checked), INT8 / FP16 ONNX, TensorRT engines.
+    """Export a checkpoint to OUT: the FP32 ONNX (always built and checked) and every format the options ask for.
 
     Bad input raises GraftError before anything is written. A failed check (or TensorRT missing
     with options.trt) raises ExportFailed carrying the result, unless raise_on_failure=False:
@@ -433,53 +360,33 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
     opt = (options or ExportOptions()).validated()
     log = log or (lambda msg: None)
     model_path = Path(model_path)
-    run = _Run(model_path, Path(out_dir), opt, log)
-    run.load()  # bad checkpoint / mismatched --calib-data: fails before OUT is touched
-    run.out = _prepare_out(out_dir)
-    run.result.out_dir = run.out
-    run.load_images()
+    model, ckpt, base = _load(model_path, opt)  # bad checkpoint / mismatched --calib-data: fails before OUT exists
+    out = _prepare_out(out_dir)
+    result = ExportResult(out_dir=out, source=model_path)
+    calib, inputs, reference = _images(model, opt, result, log)
+    job = ExportJob(model_path, out, opt, log, model, ckpt, base, calib, inputs, reference, result)
+    wanted = opt.formats()
     trt_error: str | None = None
-    from graft_edge.export import fp16 as F
-    from graft_edge.export import quantize as Q
-
-    with tempfile.TemporaryDirectory(prefix=".graft-export-", dir=run.out) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".graft-export-", dir=out) as tmp:
         stage = Path(tmp)
-        src = run.fp32(stage)
-        sources: dict[str, Path | None] = {"fp32": src}
-        if src is not None:
-            if "dynamic" in opt.int8:
-                sources["int8-dynamic"] = run.reduced(
-                    "onnx-int8-dynamic", "int8-dynamic", src, stage, lambda dst: Q.quantize_dynamic_int8(src, dst),
-                    opt.min_cosine_int8, {"quantization": {"mode": "dynamic", "weights": "int8 symmetric per-channel",
-                                                           "activations": "uint8 per-batch at run time",
-                                                           "ops": "MatMul with constant weights"}})
-            if "static" in opt.int8:
-                n_cal = len(next(iter(run.calib.values())))
-                sources["int8-static"] = run.reduced(
-                    "onnx-int8-static", "int8-static", src, stage,
-                    lambda dst: Q.quantize_static_int8(src, dst, run.calib, method=opt.calib_method),
-                    opt.min_cosine_int8, {"quantization": {
-                        "mode": "static", "format": "QDQ", "weights": "int8 symmetric per-channel",
-                        "activations": "int8 symmetric per-tensor", "calibration": opt.calib_method,
-                        "calibration_samples": n_cal, "calibration_split": "train",
-                        "calibration_data": str(opt.calib_data),
-                        "ops": "MatMul/Gemm with constant weights, Conv"}})
-            if opt.fp16:
-                sources["fp16"] = run.reduced(
-                    "onnx-fp16", "fp16", src, stage, lambda dst: F.convert_fp16(src, dst), opt.min_cosine_fp16,
-                    {"fp32_ops": list(F.FP32_OPS) + ["output tail (fusion-token mean, L2 normalisation)"],
-                     "io_types": "float32"})
-            if opt.trt:
+        fp32 = _build_onnx(job, FORMATS["onnx"], None, stage, keep=opt.onnx)
+        sources: dict[str, Path | None] = {"fp32": fp32}
+        if fp32 is not None:
+            for fmt in (f for f in wanted if f.runtime == "onnx" and f.name != "onnx"):
+                sources[fmt.precision] = _build_onnx(job, fmt, fp32, stage)
+            engines = [f for f in wanted if f.runtime == "tensorrt"]
+            if engines:
                 try:
-                    run.trt(sources)
+                    _build_engines(job, engines, sources)
                 except TensorRTUnavailable as exc:
-                    kept = [a.path.name for a in run.result.artefacts if a.status == "ok"]
-                    trt_error = (f"--trt: {exc}; " + (f"the ONNX artefacts were still written to {run.out} ({', '.join(kept)})"
-                                                       if kept else "no ONNX artefact was kept (--no-onnx)"))
-                    run.result.failures.append(trt_error)
-    run.result.seconds = time.perf_counter() - started
-    _write_json(run.out / SUMMARY_FILE, {**run.result.to_dict(), "options": {
+                    kept = [a.path.name for a in result.artefacts if a.status == "ok"]
+                    trt_error = f"--trt: {exc}; " + (f"the ONNX artefacts were still written to {out} "
+                                                     f"({', '.join(kept)})" if kept else
+                                                     "no ONNX artefact was kept (--no-onnx)")
+                    result.failures.append(trt_error)
+    result.seconds = time.perf_counter() - started
+    write_json(out / SUMMARY_FILE, {**result.to_dict(), "options": {
         k: (str(v) if isinstance(v, (Path, BatchRange)) else v) for k, v in asdict(opt).items()}})
-    if run.result.failures and raise_on_failure:
-        raise ExportFailed(trt_error or "; ".join(run.result.failures), run.result)
-    return run.result
+    if result.failures and raise_on_failure:
+        raise ExportFailed(trt_error or "; ".join(result.failures), result)
+    return result

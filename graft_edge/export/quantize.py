@@ -19,50 +19,28 @@ Choices (measured on GraFT, see benchmarks/README.md "Export"):
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from graft_edge.errors import GraftError
+from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, artefact_size
+from graft_edge.errors import GraftError, one_line
+from graft_edge.export.calibration import CALIB_METHODS, DEFAULT_CALIB_METHOD
+from graft_edge.export.onnx import quiet
 
-CALIB_METHODS = ("minmax", "percentile", "entropy")
-DEFAULT_CALIB_METHOD = "minmax"
 DEFAULT_PERCENTILE = 99.999
 CALIB_BATCH = 4  # samples per calibration run (calibration memory grows with it)
-LARGE_MODEL_BYTES = 1_800_000_000  # above this, quantised models are written with external data
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep ORT quantisation's logging/warnings/prints off the console."""
-    buf = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    try:
-        root.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def _large(path: str | Path) -> bool:
-    from graft_edge.export.onnx import artefact_size
-
-    return artefact_size(path) > LARGE_MODEL_BYTES
+    return artefact_size(path) > EXTERNAL_DATA_THRESHOLD
 
 
 def _fail(what: str, exc: BaseException) -> GraftError:
-    first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
-    return GraftError(f"{what} failed ({type(exc).__name__}: {first})")
+    return GraftError(f"{what} failed ({one_line(exc)})")
 
 
 def preprocess(src: str | Path, dst: str | Path) -> Path:
@@ -72,7 +50,7 @@ def preprocess(src: str | Path, dst: str | Path) -> Path:
     big = _large(src)
     kwargs = dict(save_as_external_data=big, all_tensors_to_one_file=True,
                   external_data_location=Path(dst).name + ".data" if big else None)
-    with _quiet():
+    with quiet():
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
         except Exception:  # symbolic shape inference does not know every op: ONNX shape inference only
@@ -113,7 +91,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = 
         prepped = preprocess(src, Path(tmp) / "prep.onnx")
         weighted, other = weight_matmuls(prepped)
         try:
-            with _quiet():
+            with quiet():
                 quantize_dynamic(
                     str(prepped), str(dst), op_types_to_quantize=["MatMul"], per_channel=per_channel,
                     reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=other,
@@ -181,7 +159,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
         weighted, other = weight_matmuls(prepped)
         ops = ["MatMul", "Gemm"] + (["Conv"] if quantize_conv else [])
         try:
-            with _quiet():
+            with quiet():
                 quantize_static(
                     str(prepped), str(dst), ArrayCalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=ops, per_channel=per_channel, reduce_range=False,

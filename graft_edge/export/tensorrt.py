@@ -17,55 +17,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from graft_edge.artefact import DEFAULT_BATCH, BatchRange, parse_batch_range
 from graft_edge.errors import GraftError
+from graft_edge.fileio import atomic_write
+from graft_edge.formats import FORMATS
+from graft_edge.runtime.tensorrt_backend import TensorRTUnavailable, require_tensorrt
 
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_BATCH = "1:8:64"
-MAX_BATCH = 4096
+TRT_PRECISIONS = tuple(f.precision for f in FORMATS.values() if f.runtime == "tensorrt")  # fp32, fp16, int8
 DEFAULT_WORKSPACE_MB = 4096
 TIMING_CACHE = "timing.cache"
-INSTALL_HINT = "install graft-edge's trt extra (pip install tensorrt) on a machine with an NVIDIA GPU"
 
 
-class TensorRTUnavailable(GraftError):
-    """TensorRT or an NVIDIA GPU is missing (the ONNX artefacts are unaffected)."""
-
-
-@dataclass(frozen=True)
-class BatchRange:
-    """The batch sizes an engine accepts (min, max) and is tuned for (opt)."""
-
-    min: int
-    opt: int
-    max: int
-
-    def __str__(self) -> str:
-        return f"{self.min}:{self.opt}:{self.max}"
-
-    def contains(self, batch: int) -> bool:
-        return self.min <= batch <= self.max
-
-
-def parse_batch_range(text: str | BatchRange) -> BatchRange:
-    """'MIN:OPT:MAX' (e.g. 1:8:64) or a single 'N' (N:N:N) -> BatchRange; GraftError on anything else."""
-    if isinstance(text, BatchRange):
-        values = [text.min, text.opt, text.max]
-    else:
-        raw = str(text).strip()
-        parts = raw.split(":")
-        if len(parts) == 1:
-            parts = parts * 3
-        if len(parts) != 3 or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
-            raise GraftError(f"--batch {raw!r}: expected MIN:OPT:MAX of positive integers, e.g. {DEFAULT_BATCH}, or one batch size N")
-        values = [int(p) for p in parts]
-    lo, opt, hi = values
-    if lo < 1:
-        raise GraftError(f"--batch {lo}:{opt}:{hi}: batch sizes start at 1")
-    if not lo <= opt <= hi:
-        raise GraftError(f"--batch {lo}:{opt}:{hi}: expected MIN <= OPT <= MAX")
-    if hi > MAX_BATCH:
-        raise GraftError(f"--batch {lo}:{opt}:{hi}: MAX is at most {MAX_BATCH} (the ONNX batch dimension's bound)")
-    return BatchRange(lo, opt, hi)
+def check_workspace(workspace_mb: int) -> int:
+    """The TensorRT workspace in MiB if it is usable; GraftError otherwise."""
+    if workspace_mb < 64:
+        raise GraftError(f"--workspace {workspace_mb} MiB: give TensorRT at least 64 MiB")
+    return workspace_mb
 
 
 def profile_shapes(batch: BatchRange, inputs: Mapping[str, Sequence[int]]) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -116,57 +83,6 @@ def trt_plan(major: int, precision: str, sparse: bool = False) -> TrtPlan:
     return TrtPlan(major, precision, variant, True, (), sparse_flags, cleared, False)
 
 
-def is_two_four(history: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a checkpoint's pruning history says its weights are 2:4 semi-structured sparse."""
-    for step in history or []:
-        text = " ".join(str(v) for v in (step or {}).values()).lower()
-        if "2:4" in text or "2_4" in text or "semi-structured" in text or "semistructured" in text:
-            return True
-    return False
-
-
-def nvidia_gpu_available() -> bool:
-    """An NVIDIA GPU is visible (through PyTorch CUDA or NVML)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return True
-    except Exception:
-        pass
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount() > 0
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return False
-
-
-def require_tensorrt() -> Any:
-    """The `tensorrt` module when it and an NVIDIA GPU are present; TensorRTUnavailable saying what is missing."""
-    problems = []
-    trt = None
-    try:
-        import tensorrt as trt  # noqa: F811
-    except ImportError:
-        problems.append("the tensorrt package is not installed")
-    except Exception as exc:  # a broken install: CUDA libraries missing, ...
-        problems.append(f"the tensorrt package cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
-    if not nvidia_gpu_available():
-        problems.append("no NVIDIA GPU is available")
-    if problems:
-        raise TensorRTUnavailable(f"TensorRT engines cannot be built here: {' and '.join(problems)} ({INSTALL_HINT})")
-    return trt
-
-
-def _trt_logger(trt: Any) -> Any:
-    return trt.Logger(trt.Logger.WARNING)
-
-
 def _pin_fp32(trt: Any, network: Any) -> int:
     """Pin LayerNorm / Softmax / reduction layers (and their outputs) to FP32; returns how many."""
     kinds = [getattr(trt.LayerType, n) for n in ("NORMALIZATION", "SOFTMAX", "REDUCE") if hasattr(trt.LayerType, n)]
@@ -197,15 +113,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
     The ONNX must already be the variant `trt_plan` names for this TensorRT (FP16 ONNX for FP16 on
     TensorRT >= 11, the Q/DQ ONNX for INT8). Returns build facts for the metadata.
     """
-    from graft_edge.fileio import atomic_write
-
     trt = require_tensorrt()
     batch = parse_batch_range(batch)
     major = trt_major(trt.__version__)
     plan = trt_plan(major, precision, sparse)
-    if workspace_mb < 64:
-        raise GraftError(f"--workspace {workspace_mb} MiB: give TensorRT at least 64 MiB")
-    logger = _trt_logger(trt)
+    check_workspace(workspace_mb)
+    logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
     except Exception as exc:  # no CUDA driver / device: TensorRT fails at builder creation

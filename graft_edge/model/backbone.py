@@ -1,6 +1,7 @@
 """The shared timm ViT backbone: creation, pretrained weights (hub or local file), token output."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import timm
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from graft_edge.config import ModelConfig
-from graft_edge.errors import GraftError
+from graft_edge.errors import GraftError, one_line
 
 
 def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Module:
@@ -30,7 +31,7 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Modu
             source = cfg.pretrained_file or "the timm hub"
             raise GraftError(
                 f"could not load pretrained weights for {cfg.backbone} from {source} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                f"({one_line(exc, 160)}); "
                 "pass --pretrained-file FILE or use --no-pretrained"
             ) from None
         raise GraftError(f"cannot build backbone {cfg.backbone} with {dict(cfg.backbone_args)}: {exc}") from None
@@ -60,8 +61,6 @@ def load_backbone_file(model: nn.Module, path: Path, name: str) -> None:
     The filter adapts an ImageNet checkpoint to this model (position embeddings resampled to the input
     size, distillation tokens); the source's classifier heads are dropped; every backbone weight must be there.
     """
-    import sys
-
     try:
         if path.suffix == ".npz":  # big_vision / JAX weights: timm's own ViT loader
             model.load_pretrained(str(path))
@@ -72,7 +71,7 @@ def load_backbone_file(model: nn.Module, path: Path, name: str) -> None:
             state = filter_fn(state, model)
     except Exception as exc:
         raise GraftError(f"pretrained weights file {path} cannot be read as {name} weights "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                         f"({one_line(exc, 160)})") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
@@ -83,8 +82,3 @@ def load_backbone_file(model: nn.Module, path: Path, name: str) -> None:
         raise GraftError(f"pretrained weights file {path} does not fit {name}: {wrong} is "
                          f"{tuple(state[wrong].shape)}, the model needs {tuple(own[wrong].shape)}")
     model.load_state_dict({k: state[k] for k in own})
-
-
-def backbone_tokens(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """All output tokens after the final norm: (B, 3, H, W) -> (B, N, D) (cls [+dist] + patches)."""
-    return backbone.forward_features(x)

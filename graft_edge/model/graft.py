@@ -9,7 +9,7 @@ from torch import nn
 
 from graft_edge.config import ModelConfig
 from graft_edge.errors import GraftError
-from graft_edge.model.backbone import backbone_tokens, create_backbone
+from graft_edge.model.backbone import create_backbone
 from graft_edge.model.fusion import create_fusion
 from graft_edge.model.head import BNNeck
 
@@ -52,7 +52,7 @@ class GraFT(nn.Module):
         present = self.present(inputs)
         x = torch.stack([inputs[m] for m in present])  # (M, B, 3, H, W)
         M, B = x.shape[:2]
-        tokens = backbone_tokens(self.backbone, x.flatten(0, 1))  # (M*B, N, D), one shared pass
+        tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
         tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
         fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
         embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present

@@ -1,37 +1,18 @@
-"""Measurement: latency statistics, telemetry (RSS, NVML power/energy), hardware records, bench, frontier, demo.
+"""Measurement only: latency statistics, telemetry (RSS, NVML power/energy), hardware records, FLOPs, bench, reports.
 
     from graft_edge.profile import BenchSettings, bench_models, validate_bench_result
     report = bench_models(["best.pt", "model.onnx"], BenchSettings(batches=(1, 32), iters=50))
 
-    from graft_edge.profile import FrontierSettings, run_frontier
-    result = run_frontier("best.pt", "data/", "frontier/", FrontierSettings(targets=("70%", "45%"), batch=64))
-
 Modules: stats (percentile, summarize), latency (time_embedder, interleaved_latency), telemetry
 (MemorySampler, GpuMonitor), hardware (machine_info), flops (count_flops, matmul_gflops), bench,
-frontier, report (csv/json/md/png, Pareto), demo.  Names are imported lazily (no torch at import).
+report (csv/json/md/png, Pareto), progress (hooks). Multi-stage recipes that use these (frontier,
+demo, the prune run) live in graft_edge.workflows.
 """
-from __future__ import annotations
+from graft_edge.profile.bench import BenchSettings, any_failed, bench_model, bench_models, validate_bench_result
+from graft_edge.profile.hardware import machine_info, software_versions
+from graft_edge.profile.latency import interleaved_latency, synthetic_batch, time_embedder, warm_up
+from graft_edge.profile.stats import LatencyStats, percentile, summarize
 
-import importlib
-from typing import Any
-
-_WHERE = {
-    "percentile": "stats", "summarize": "stats", "LatencyStats": "stats",
-    "time_embedder": "latency", "interleaved_latency": "latency", "synthetic_batch": "latency", "warm_up": "latency",
-    "MemorySampler": "telemetry", "GpuMonitor": "telemetry",
-    "machine_info": "hardware", "software_versions": "hardware",
-    "count_flops": "flops", "model_flops_per_sample": "flops", "matmul_gflops": "flops", "share_of_peak": "flops",
-    "BenchSettings": "bench", "bench_model": "bench", "bench_models": "bench", "validate_bench_result": "bench",
-    "any_failed": "bench", "size_on_disk": "bench", "model_files": "bench",
-    "FrontierSettings": "frontier", "FrontierResult": "frontier", "run_frontier": "frontier",
-    "parse_formats": "frontier", "FORMATS": "frontier",
-    "pareto_front": "report", "markdown_table": "report", "write_plot": "report",
-    "DemoSettings": "demo", "run_demo": "demo",
-}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"graft_edge.profile.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'graft_edge.profile' has no attribute {name!r}")
+__all__ = ["BenchSettings", "LatencyStats", "any_failed", "bench_model", "bench_models", "interleaved_latency",
+           "machine_info", "percentile", "software_versions", "summarize", "synthetic_batch", "time_embedder",
+           "validate_bench_result", "warm_up"]

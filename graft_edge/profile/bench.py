@@ -38,25 +38,28 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from graft_edge.errors import GraftError
+import torch
+
+from graft_edge.artefact import artefact_files, artefact_size
+from graft_edge.data import dataset_modalities
+from graft_edge.errors import GraftError, one_line
+from graft_edge.evaluation import evaluate_embedder
+from graft_edge.formats import runtime_of
+from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, synthetic_batch, time_embedder, warm_up
+from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.profile.telemetry import GpuMonitor, MemorySampler, not_available, rss_mb
+from graft_edge.runtime import load_embedder
 
 SCHEMA = "graft-edge/bench"
 SCHEMA_VERSION = 1
-
-# A progress hook: called with (description, total or None) when a phase starts; returns advance(n).
-ProgressHook = Callable[[str, "int | None"], Callable[[int], None]]
-
-
-def _no_progress(description: str, total: int | None) -> Callable[[int], None]:
-    return lambda n: None
 
 
 @dataclass(frozen=True)
@@ -78,47 +81,8 @@ class BenchSettings:
                 "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data}
 
 
-def one_line(exc: BaseException) -> str:
-    """A single line describing an exception (GraftError text as is, others with their type)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, GraftError):
-        return text or "failed"
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-
-def model_files(path: str | Path) -> list[Path]:
-    """The files a model consists of: the model file plus ONNX external-data files (or NAME.data)."""
-    path = Path(path)
-    files = [path]
-    if path.suffix.lower() == ".onnx" and path.is_file():
-        locations: set[str] = set()
-        try:
-            import onnx
-
-            proto = onnx.load(str(path), load_external_data=False)
-            for init in proto.graph.initializer:
-                if init.data_location == onnx.TensorProto.EXTERNAL:
-                    for entry in init.external_data:
-                        if entry.key == "location":
-                            locations.add(entry.value)
-        except Exception:
-            locations = {p.name for p in (path.with_name(path.name + ".data"), path.with_suffix(".data"))}
-        for loc in sorted(locations):
-            f = path.parent / loc
-            if f.is_file() and f not in files:
-                files.append(f)
-    return files
-
-
-def size_on_disk(path: str | Path) -> int:
-    """Bytes of the model file and its external-data files."""
-    return sum(f.stat().st_size for f in model_files(path) if f.is_file())
-
-
 def check_data_modalities(info_modalities: Sequence[str], data_root: str | Path) -> None:
     """GraftError unless the dataset holds every modality the model takes."""
-    from graft_edge.data import dataset_modalities
-
     held = dataset_modalities(data_root)
     missing = [m for m in info_modalities if m not in held]
     if missing:
@@ -131,7 +95,6 @@ def _gpu_torch_memory(embedder: Any) -> tuple[Callable[[], None], Callable[[], d
     dev = getattr(embedder, "device", None)
     if getattr(dev, "type", None) != "cuda":
         return (lambda: None), (lambda: {})
-    import torch
 
     def reset() -> None:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -186,23 +149,15 @@ def _error_run(batch: int, message: str) -> dict[str, Any]:
 
 def _preimport_backend(path: Path) -> None:
     """Import the runtime of `path`'s format (torch, onnxruntime, tensorrt) before the RSS baseline."""
-    import importlib
-
-    from graft_edge.runtime.base import model_format
-
     try:
-        module = {"torch": "graft_edge.runtime.torch_backend", "onnx": "graft_edge.runtime.onnx_backend",
-                  "tensorrt": "graft_edge.runtime.tensorrt_backend"}[model_format(path)]
-        importlib.import_module(module)
+        importlib.import_module(f"graft_edge.runtime.{runtime_of(path)}_backend")
     except Exception:  # load_embedder reports the real problem with a proper message
         pass
 
 
 def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | None = None,
-                progress: ProgressHook = _no_progress) -> dict[str, Any]:
+                progress: ProgressHook = no_progress) -> dict[str, Any]:
     """Benchmark one model file; never raises for a bad model (the status says what went wrong)."""
-    from graft_edge.runtime import load_embedder
-
     path = Path(path)
     res: dict[str, Any] = {
         "model": str(path), "status": "ok", "error": None, "format": None, "precision": None,
@@ -216,8 +171,8 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
     embedder = None
     try:
         if path.is_file():
-            res["files"] = [str(f) for f in model_files(path)]
-            res["size_bytes"] = size_on_disk(path)
+            res["files"] = [str(f) for f in artefact_files(path)]
+            res["size_bytes"] = artefact_size(path)
         t0 = time.perf_counter()
         embedder = load_embedder(path, device=settings.device, threads=settings.threads)
         res["load_s"] = time.perf_counter() - t0
@@ -227,8 +182,6 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
                    modalities=list(info.modalities), img_size=list(info.img_size))
         if settings.data:
             check_data_modalities(info.modalities, settings.data)
-            from graft_edge.evaluation import evaluate_embedder
-
             advance = progress(f"{path.name} mAP", None)
             res["accuracy"] = evaluate_embedder(embedder, settings.data, batch_size=settings.eval_batch_size,
                                                 progress=advance)
@@ -254,10 +207,8 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
 
 
 def bench_models(paths: Sequence[str | Path], settings: BenchSettings,
-                 progress: ProgressHook = _no_progress) -> dict[str, Any]:
+                 progress: ProgressHook = no_progress) -> dict[str, Any]:
     """Benchmark every model in turn (same settings, same process) and return the schema-v1 dict."""
-    from graft_edge.profile.hardware import machine_info
-
     if not paths:
         raise GraftError("no MODEL given: pass one or more checkpoints, .onnx files or TensorRT engines")
     if settings.data and not Path(settings.data).is_dir():

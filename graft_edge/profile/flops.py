@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from graft_edge.errors import GraftError
+from graft_edge.inputs import random_images
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,8 +30,7 @@ def count_flops(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> i
 def model_flops_per_sample(model: torch.nn.Module, batch: int = 2) -> int:
     """FLOPs per sample of a GraFT model on random inputs of its configured size (all modalities)."""
     cfg = model.cfg
-    h, w = cfg.img_size
-    x = {m: torch.randn(batch, 3, h, w) for m in cfg.modalities}
+    x = {m: torch.from_numpy(a) for m, a in random_images(cfg.modalities, cfg.img_size, batch).items()}
     return count_flops(model, x) // batch
 
 

@@ -5,8 +5,11 @@ import functools
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
+
+import torch
+
+from graft_edge.artefact import software_versions as artefact_software_versions
 
 
 def cpu_model() -> str:
@@ -37,30 +40,11 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def software_versions() -> dict[str, Any]:
-    """python, torch (+CUDA), onnxruntime, tensorrt, timm, numpy, graft-edge versions (None if absent)."""
-    from graft_edge import __version__
-
-    out: dict[str, Any] = {"python": platform.python_version(), "graft_edge": __version__}
-    try:
-        import torch
-
-        out["torch"] = str(torch.__version__)
-        out["torch_cuda"] = torch.version.cuda
-        out["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        out["torch"] = None
-    out["onnxruntime"] = _version("onnxruntime") or _version("onnxruntime-gpu")
-    out["tensorrt"] = _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt_lean")
-    for dist in ("onnx", "timm", "numpy", "torch-pruning"):
-        out[dist.replace("-", "_")] = _version(dist)
+    """The artefact record's software versions plus torch's CUDA build and thread count."""
+    out = dict(artefact_software_versions())
+    out["torch_cuda"] = torch.version.cuda
+    out["torch_threads"] = torch.get_num_threads()
     return out
 
 
@@ -103,8 +87,6 @@ def gpu_info() -> list[dict[str, Any]]:
 def _gpu_info_torch() -> list[dict[str, Any]]:
     """GPUs as torch sees them (Jetson without NVML, ROCm); driver unknown there."""
     try:
-        import torch
-
         if not torch.cuda.is_available():
             return []
         return [{"index": i, "name": torch.cuda.get_device_name(i), "driver": None,

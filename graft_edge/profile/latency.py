@@ -11,8 +11,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from graft_edge.artefact import Embedder, EmbedderInfo
 from graft_edge.errors import GraftError
-from graft_edge.runtime.base import Embedder, EmbedderInfo
+from graft_edge.inputs import random_images
 
 DEFAULT_WARMUP = 3
 DEFAULT_SECONDS = 5.0
@@ -23,12 +24,7 @@ MAX_ITERS = 100_000  # with --seconds: a safety stop for microsecond-fast models
 def synthetic_batch(info: EmbedderInfo, batch: int, modalities: Sequence[str] | None = None,
                     seed: int = 0) -> dict[str, np.ndarray]:
     """Random normalised inputs of the embedder's shape: {modality: float32 (B, 3, H, W)}."""
-    if batch < 1:
-        raise GraftError(f"batch {batch}: expected a positive integer")
-    rng = np.random.default_rng(seed)
-    h, w = info.img_size
-    mods = tuple(modalities) if modalities else tuple(info.modalities)
-    return {m: rng.standard_normal((batch, 3, h, w), dtype=np.float32) for m in mods}
+    return random_images(tuple(modalities) if modalities else tuple(info.modalities), info.img_size, batch, seed)
 
 
 def _sync(embedder: Any) -> Callable[[], None]:

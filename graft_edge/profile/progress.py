@@ -1,16 +1,31 @@
-"""Rich progress bars for the profile commands (stderr, transient), adapted to `ProgressHook`."""
+"""Progress hooks for long measurements and workflows: the protocol, a silent one, and rich bars."""
 from __future__ import annotations
 
 import contextlib
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# A progress hook: called with (description, total or None) when a phase starts; returns advance(n).
+ProgressHook = Callable[[str, "int | None"], Callable[[int], None]]
+
+
+def no_progress(description: str, total: int | None) -> Callable[[int], None]:
+    """The silent hook (library calls without a display)."""
+    return lambda n: None
 
 
 @contextlib.contextmanager
-def rich_progress(console: Console | None = None) -> Iterator[Callable[[str, "int | None"], Callable[[int], None]]]:
+def rich_progress(console: Console | None = None) -> Iterator[ProgressHook]:
     """Yield a hook `(description, total) -> advance(n)`; each phase gets its own bar, finished ones hide."""
     console = console or Console(stderr=True, highlight=False)
     bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -5,8 +5,9 @@ A frontier row is one (variant, format) artefact::
     {"variant": "p70", "target": "70%", "params": int, "params_nonzero": int, "format": "onnx",
      "artefact": str, "size_bytes": int, "status": "ok" | "error: ...",
      "mAP", "R1", "R5", "R10": fractions or None,
-     "latency_ms": per-sample p50 ms or None, "min_ms": per-sample fastest call, "batch": int,
-     "p90_ms", "p99_ms": per-batch ms or None,
+     "batch": the timing batch,
+     "latency_ms", "min_ms", "p90_ms", "p99_ms": ms PER SAMPLE (the call's p50 / fastest / p90 / p99 divided by
+                                                 the batch) or None,
      "speedup": dense-torch per-sample p50 / this per-sample p50, or None,
      "speedup_min": the same ratio of the fastest calls (robust to other load on the machine),
      "pareto": bool}
@@ -20,10 +21,18 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from graft_edge.fileio import atomic_write, write_json, write_text
+from graft_edge.formats import markers
+from graft_edge.units import format_count
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
                "R10", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto",
                "artefact")
+
+
+ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": "ms per sample (fastest call / batch)",
+             "p90_ms": "ms per sample (p90 of the call / batch)", "p99_ms": "ms per sample (p99 of the call / batch)",
+             "mAP": "fraction", "R1": "fraction", "R5": "fraction", "R10": "fraction", "size_bytes": "bytes",
+             "params": "parameters of the embedding model"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -83,8 +92,6 @@ def _num(v: Any, spec: str) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, note: str | None = None) -> str:
     """The frontier as Markdown: Parameters, mAP, R1, R5, R10 (%, paper Tables 3-4) + format, size, latency."""
-    from graft_edge.units import format_count
-
     lines = []
     if title:
         lines += [f"### {title}", ""]
@@ -114,12 +121,12 @@ def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str 
 
 
 def write_json_report(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """frontier.json: {"schema": "graft-edge/frontier", "schema_version": 1, **meta, "rows": rows}."""
-    return write_json(path, {"schema": "graft-edge/frontier", "schema_version": 1, **meta, "rows": list(rows)})
+    """frontier.json: {"schema": "graft-edge/frontier", "schema_version": 2, "units", **meta, "rows": rows}.
 
-
-_MARKERS = {"torch": "o", "onnx": "s", "int8": "^", "int8-static": "v", "fp16": "D", "trt": "P", "trt-fp16": "P",
-            "trt-int8": "X"}
+    Version 2: every `*_ms` field of a row is per sample (version 1 had p90_ms / p99_ms per call).
+    """
+    return write_json(path, {"schema": "graft-edge/frontier", "schema_version": 2, "units": ROW_UNITS, **meta,
+                             "rows": list(rows)})
 
 
 def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "GraFT accuracy-efficiency frontier") -> Path:
@@ -141,7 +148,7 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
             if not pts:
                 continue
             ax.scatter([r[key] * scale for r in pts], [100 * r["mAP"] for r in pts], label=fmt,
-                       marker=_MARKERS.get(fmt, "o"), color=colours[k % len(colours)], s=40, zorder=3)
+                       marker=markers().get(fmt, "o"), color=colours[k % len(colours)], s=40, zorder=3)
         labelled: set[tuple[str, float, float]] = set()
         for r in ok:  # one label per variant and (rounded) position: formats of one variant often coincide
             if r.get(key) is None:

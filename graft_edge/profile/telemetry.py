@@ -58,7 +58,7 @@ class MemorySampler:
     process-lifetime peak) is reported and labelled as such.
     """
 
-    def __init__(self, interval: float = 0.005, gpu: "GpuMonitor | None" = None) -> None:
+    def __init__(self, interval: float = 0.005, gpu: GpuMonitor | None = None) -> None:
         self.interval = interval
         self.gpu = gpu
         self._stop = threading.Event()
@@ -78,7 +78,7 @@ class MemorySampler:
                 self.gpu.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.hwm_reset = reset_peak_rss()
         self.start_kb = read_status_kb("VmRSS")
         self.peak_kb = self.start_kb or 0

@@ -3,6 +3,7 @@
 eval, bench and frontier all go through `load_embedder`, so accuracy and speed are measured on
 exactly what ships.
 """
-from graft_edge.runtime.base import Embedder, EmbedderInfo, load_embedder
+from graft_edge.artefact import Embedder, EmbedderInfo
+from graft_edge.runtime.base import RUNTIMES, load_embedder
 
-__all__ = ["Embedder", "EmbedderInfo", "load_embedder"]
+__all__ = ["Embedder", "EmbedderInfo", "RUNTIMES", "load_embedder"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from graft_edge.errors import GraftError
-from graft_edge.runtime.base import EmbedderInfo
+from graft_edge.artefact import EmbedderInfo, artefact_size, data_file, decode_props, embedder_info, read_metadata
+from graft_edge.errors import GraftError, one_line
 
 
 def session_options(threads: int | None = None):
@@ -47,16 +47,10 @@ def providers_for(device: str) -> list[str]:
 
 def onnx_info(path: str | Path, session=None) -> EmbedderInfo:
     """EmbedderInfo of an exported ONNX: metadata_props first, the JSON sidecar as fallback."""
-    from graft_edge.export.metadata import FORMAT, decode_props, embedder_info, read_onnx_props, read_sidecar
-    from graft_edge.export.onnx import artefact_size
-
     path = Path(path)
-    if session is not None:
-        meta = decode_props(session.get_modelmeta().custom_metadata_map)
-    else:
-        meta = read_onnx_props(path)
-    if meta.get("format") != FORMAT:
-        meta = read_sidecar(path) or meta
+    meta = decode_props(session.get_modelmeta().custom_metadata_map) if session is not None else {}
+    if not meta.get("format"):
+        meta = read_metadata(path)
     extra = {"file_size": artefact_size(path)}
     return embedder_info(meta, path, "onnx", extra)
 
@@ -74,9 +68,7 @@ class OnnxEmbedder:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads), providers=providers)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NoSuchFile types
-            msg = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-            from graft_edge.export.onnx import data_file
-
+            msg = one_line(exc)
             hint = ""
             if not data_file(self.path).exists() and ("external" in msg.lower() or ".data" in msg):
                 hint = f" (its weights file {data_file(self.path).name} must sit beside it)"

@@ -12,8 +12,52 @@ from typing import Any
 
 import numpy as np
 
-from graft_edge.errors import GraftError
-from graft_edge.runtime.base import EmbedderInfo
+from graft_edge.artefact import BatchRange, EmbedderInfo, embedder_info, read_sidecar, sidecar_path
+from graft_edge.errors import GraftError, one_line
+
+INSTALL_HINT = "install graft-edge's trt extra (pip install tensorrt) on a machine with an NVIDIA GPU"
+
+
+class TensorRTUnavailable(GraftError):
+    """TensorRT or an NVIDIA GPU is missing (the ONNX artefacts are unaffected)."""
+
+
+def nvidia_gpu_available() -> bool:
+    """An NVIDIA GPU is visible (through PyTorch CUDA or NVML)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except Exception:
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def require_tensorrt() -> Any:
+    """The `tensorrt` module when it and an NVIDIA GPU are present; TensorRTUnavailable saying what is missing."""
+    problems = []
+    trt = None
+    try:
+        import tensorrt as trt  # noqa: F811
+    except ImportError:
+        problems.append("the tensorrt package is not installed")
+    except Exception as exc:  # a broken install: CUDA libraries missing, ...
+        problems.append(f"the tensorrt package cannot be imported ({one_line(exc, 120)})")
+    if not nvidia_gpu_available():
+        problems.append("no NVIDIA GPU is available")
+    if problems:
+        raise TensorRTUnavailable(f"TensorRT engines cannot be built here: {' and '.join(problems)} ({INSTALL_HINT})")
+    return trt
 
 
 def _torch_dtype(trt: Any, dtype: Any):
@@ -27,9 +71,6 @@ class TensorRTEmbedder:
     """Runs a TensorRT engine on an NVIDIA GPU: {modality: (B, 3, H, W)} -> (B, D) float32."""
 
     def __init__(self, path: str | Path, device: str = "cuda") -> None:
-        from graft_edge.export.metadata import embedder_info, read_sidecar, sidecar_path
-        from graft_edge.export.tensorrt import BatchRange, require_tensorrt
-
         self.path = Path(path)
         if not self.path.is_file():
             raise GraftError(f"engine {self.path} does not exist")

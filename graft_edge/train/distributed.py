@@ -100,15 +100,6 @@ def gather_objects(env: DistEnv, obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(env: DistEnv, obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if not env.distributed:
-        return obj
-    box = [obj if env.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def broadcast_module(env: DistEnv, module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (e.g. BN running stats after the last step)."""
     if not env.distributed:

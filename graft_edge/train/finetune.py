@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from graft_edge.config import GraftConfig, StageConfig
+from graft_edge.data import build_eval_loaders, build_train_loader
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import evaluate_model
 from graft_edge.model.graft import GraFT
 from graft_edge.train.distributed import DistEnv
-from graft_edge.train.loop import AfterStep, evaluate_model, make_stage, run_epoch, set_train_mode
+from graft_edge.train.loop import AfterStep, make_stage, run_epoch, set_train_mode
 
 
 def finetune(
@@ -33,8 +35,6 @@ def finetune(
     with its original requires_grad flags. Metrics: epochs, steps, loss parts (last epoch), seconds,
     and mAP/R1/R5/R10 (fractions) when eval_at_end.
     """
-    from graft_edge.data import build_eval_loaders, build_train_loader
-
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
@@ -66,5 +66,5 @@ def finetune(
     if eval_at_end:
         query, gallery = build_eval_loaders(data_root, model.cfg, cfg.data.eval_batch_size, cfg.data.num_workers)
         with torch.no_grad():
-            metrics.update(evaluate_model(model, query, gallery, env.device))
+            metrics.update(evaluate_model(model, query, gallery))
     return model, metrics

@@ -178,25 +178,6 @@ def run_epoch(run: StageRun, loader: Iterable, start_batch: int = 0, on_step: On
     return stats
 
 
-def evaluate_model(model: GraFT, query_loader: Iterable, gallery_loader: Iterable, device: str) -> dict[str, Any]:
-    """mAP/R1/R5/R10 (fractions) of a live model on query/gallery loaders; restores its train/eval mode."""
-    from graft_edge.evaluation import extract_features
-    from graft_edge.metrics import evaluate_rank, pairwise_distance
-    from graft_edge.runtime.torch_backend import TorchEmbedder
-
-    modes = {name: m.training for name, m in model.named_modules()}
-    model.eval()
-    try:
-        embedder = TorchEmbedder.from_model(model, device=device)
-        qf, qi, qc = extract_features(embedder, query_loader)  # (Nq, D)
-        gf, gi, gc = extract_features(embedder, gallery_loader)  # (Ng, D)
-    finally:
-        for name, m in model.named_modules():
-            m.training = modes[name]
-    result = evaluate_rank(pairwise_distance(qf, gf), qi, gi, qc, gc)
-    return {**result.summary(), "num_query": int(len(qi)), "num_gallery": int(len(gi))}
-
-
 def stage_state(run: StageRun) -> dict[str, Any]:
     """Optimiser, center optimiser, scheduler and criterion states (weights_only-loadable)."""
     state: dict[str, Any] = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),

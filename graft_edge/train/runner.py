@@ -6,6 +6,7 @@ barrier (query/gallery sets are small next to training). Only rank 0 writes file
 """
 from __future__ import annotations
 
+import functools
 import gc
 import shutil
 import time
@@ -17,12 +18,21 @@ import torch
 
 from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
+from graft_edge.data import build_eval_loaders, build_train_loader
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import evaluate_model
 from graft_edge.fileio import atomic_write, read_yaml, write_yaml
 from graft_edge.model.graft import GraFT, build_model
-from graft_edge.train import distributed as D
-from graft_edge.train.loop import (StageRun, StepInfo, evaluate_model, load_stage_state, make_stage, run_epoch,
-                                   set_train_mode, stage_state)
+from graft_edge.train import distributed
+from graft_edge.train.loop import (
+    StageRun,
+    StepInfo,
+    load_stage_state,
+    make_stage,
+    run_epoch,
+    set_train_mode,
+    stage_state,
+)
 from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clear_run_dir, truncate_metrics
 from graft_edge.train.state import require_same_config, rng_state, seed_everything, set_rng_state
 
@@ -58,7 +68,7 @@ class Trainer:
     """The state of one run shared by the stage functions."""
 
     cfg: GraftConfig
-    env: D.DistEnv
+    env: distributed.DistEnv
     paths: RunPaths
     loader: Any
     sampler: Any
@@ -92,7 +102,7 @@ def save_last(tr: Trainer, run: StageRun | None) -> None:
     """RUN/last.pt: model + position + optimiser/scheduler/criterion + sampler + every rank's RNG (collective)."""
     gen = getattr(tr.loader, "generator", None)
     mine = {"process": rng_state(), **({"loader": gen.get_state()} if gen is not None else {})}
-    rngs = D.gather_objects(tr.env, mine)
+    rngs = distributed.gather_objects(tr.env, mine)
     if not tr.env.is_main:
         return
     sampler = tr.sampler.state_dict(batches_done=tr.pos.batch)
@@ -113,8 +123,8 @@ def _evaluate(tr: Trainer) -> dict[str, Any] | None:
     """Rank 0 evaluates on query/gallery while the others wait."""
     metrics = None
     if tr.env.is_main and tr.eval_loaders is not None:
-        metrics = evaluate_model(tr.model, *tr.eval_loaders, tr.env.device)
-    D.barrier(tr.env)
+        metrics = evaluate_model(tr.model, *tr.eval_loaders)
+    distributed.barrier(tr.env)
     return metrics
 
 
@@ -170,7 +180,7 @@ def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float
     epoch, bpe = tr.pos.epoch, tr.sampler.batches_per_epoch
     epoch_done, stage_done = tr.pos.batch >= bpe, run.stage_step >= run.total_steps
     if stage_done:
-        D.broadcast_module(tr.env, tr.model)  # BN running stats drift per rank after the last step
+        distributed.broadcast_module(tr.env, tr.model)  # BN running stats drift per rank after the last step
     every = cfg.train.eval_every
     metrics = _evaluate(tr) if stage_done or (epoch_done and every > 0 and (epoch + 1) % every == 0) else None
     row = _epoch_row(tr, stage, epoch, run, losses, metrics, seconds)
@@ -216,7 +226,7 @@ def run_stage(tr: Trainer, stage: int) -> None:
         tr.sampler.set_epoch(_sampler_epoch(stage, tr.pos.epoch), start_batch=tr.pos.batch)
     while run.stage_step < total:
         tr.logger.start_epoch(f"stage {stage} epoch {tr.pos.epoch + 1}/{st.epochs}", bpe, tr.pos.batch)
-        stats = run_epoch(run, tr.loader, tr.pos.batch, lambda info: _on_step(tr, run, info))
+        stats = run_epoch(run, tr.loader, tr.pos.batch, functools.partial(_on_step, tr, run))
         tr.logger.end_epoch()
         _after_epoch(tr, stage, run, stats.reduced(tr.env), stats.seconds)
         if run.stage_step < total:
@@ -227,14 +237,12 @@ def run_stage(tr: Trainer, stage: int) -> None:
 
 def preflight(cfg: GraftConfig, data_root: str | Path, world_size: int = 1) -> int:
     """Check the data before launching workers (train ids vs the sampler, query/gallery present); returns num_ids."""
-    from graft_edge.data import build_eval_loaders, build_train_loader
-
     _, _, num_ids = build_train_loader(data_root, cfg, 0, world_size)
     build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, 0)
     return num_ids
 
 
-def _read_resume(paths: RunPaths, env: D.DistEnv, max_steps: int | None) -> tuple[Checkpoint, int | None]:
+def _read_resume(paths: RunPaths, env: distributed.DistEnv, max_steps: int | None) -> tuple[Checkpoint, int | None]:
     """last.pt of the run being resumed, checked against this launch; returns it and the run's max_steps."""
     ck = read_checkpoint(paths.last)
     if ck.extra.get("format") != STATE_FORMAT:
@@ -255,10 +263,10 @@ def _best_map(paths: RunPaths, stage: int, fallback: float) -> float:
     return float(read_checkpoint(path).meta.get("mAP", fallback)) if path.is_file() else fallback
 
 
-def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: D.DistEnv, resume: Checkpoint | None,
+def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: distributed.DistEnv, resume: Checkpoint | None,
                  overwrite: bool) -> None:
     """Rank 0 clears (--overwrite) or trims (--resume) the run folder and writes config.yaml; all ranks sync."""
-    D.barrier(env)
+    distributed.barrier(env)
     if env.is_main:
         if overwrite:
             clear_run_dir(paths)
@@ -267,7 +275,7 @@ def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: D.DistEnv, resume: Chec
             truncate_metrics(paths, int(resume.extra["metrics_lines"]))
         else:
             write_yaml(paths.config, config_to_dict(cfg))
-    D.barrier(env)
+    distributed.barrier(env)
 
 
 def _finish(tr: Trainer) -> dict[str, Any]:
@@ -284,11 +292,9 @@ def _finish(tr: Trainer) -> dict[str, Any]:
     return {k: meta[k] for k in ("stage", "epoch", "step", "mAP", "R1", "R5", "R10") if k in meta}
 
 
-def _build_trainer(env: D.DistEnv, cfg: GraftConfig, data_root: str | Path, paths: RunPaths, resume: bool,
+def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | Path, paths: RunPaths, resume: bool,
                    overwrite: bool, max_steps: int | None, progress: bool, checkpoint_steps: int) -> Trainer:
     """Check the run folder, read the data, fix num_ids, build the model, restore a resumed position."""
-    from graft_edge.data import build_eval_loaders, build_train_loader
-
     check_run_dir(paths, resume, overwrite)
     ck, max_steps = _read_resume(paths, env, max_steps) if resume else (None, max_steps)
     seed_everything(cfg.train.seed + env.rank)
@@ -332,7 +338,7 @@ def run_training(
     if max_steps is not None and max_steps < 1:
         raise GraftError(f"--max-steps {max_steps}: expected a positive integer")
     owns_group = not torch.distributed.is_initialized()
-    env = D.init_distributed()
+    env = distributed.init_distributed()
     start = time.perf_counter()
     try:
         tr = _build_trainer(env, validate(cfg), data_root, RunPaths(Path(run_dir)), resume, overwrite, max_steps,
@@ -345,10 +351,10 @@ def run_training(
             if tr.pos.stage <= stage:
                 run_stage(tr, stage)
         metrics = _finish(tr)
-        D.barrier(env)
+        distributed.barrier(env)
         tr.logger.close()
         return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
                            steps=tr.pos.step, seconds=time.perf_counter() - start, num_ids=tr.cfg.model.num_ids)
     finally:
         if owns_group:
-            D.shutdown_distributed()
+            distributed.shutdown_distributed()

@@ -2,7 +2,7 @@
 
 What `graft-edge prune` does, as a library call::
 
-    from graft_edge.compress.run import PruneRequest, run_prune
+    from graft_edge.workflows.prune import PruneRequest, run_prune
     result = run_prune("best.pt", "pruned.pt", PruneRequest(target="60M", data="data/", finetune_epochs=1))
 
 A run killed between steps continues from its last finished step with `resume=True`; the partial
@@ -14,10 +14,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method
+from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted_size, plan_prune, prune_to_target
+from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import evaluate_embedder
+from graft_edge.fileio import sha256_file
+from graft_edge.model.arch import extract_arch
+from graft_edge.model.embedder import ModelEmbedder
+from graft_edge.train import finetune
 
 # identity of a run: a partial checkpoint is only resumed when these match
 RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit")
@@ -42,11 +50,10 @@ class PruneRequest:
     data: str | Path | None = None  # finetune (finetune_epochs > 0) or just evaluate after every step
     finetune_epochs: int = 0
     device: str = "cpu"  # finetuning device
+    evaluate: bool = True  # mAP after every step on --data (recorded in the history); False: finetune only
 
-    def validated(self) -> "PruneRequest":
+    def validated(self) -> PruneRequest:
         """A checked copy with normalised names; GraftError naming the first bad option."""
-        from graft_edge.compress.structured import ATTN_UNITS
-
         method = normalize_method(self.method)
         if self.target is None and method != "2:4":
             raise GraftError(f"--target is required for {method} pruning (e.g. --target 60M or --target 60%)")
@@ -66,8 +73,6 @@ class PruneRequest:
         if unit not in ATTN_UNITS:
             raise GraftError(f"--attn-unit {self.attn_unit!r}: expected heads or head-dims")
         if self.device.startswith("cuda"):
-            import torch
-
             if not torch.cuda.is_available():
                 raise GraftError(f"--device {self.device}: no CUDA GPU is available to PyTorch here")
         return replace(self, method=method, attn_unit=unit)
@@ -90,20 +95,15 @@ class PruneResult:
 
 
 def _finetune_fn(cfg: Any, req: PruneRequest) -> Callable[[nn.Module, Any], Any] | None:
-    """Finetune (and evaluate) after every step when --data is given; evaluate only with 0 epochs."""
-    if req.data is None:
+    """Finetune (and evaluate, unless told not to) after every step when --data is given."""
+    if req.data is None or (req.finetune_epochs == 0 and not req.evaluate):
         return None
 
     def finetune_fn(m: nn.Module, after_step: Any) -> Any:
         if req.finetune_epochs > 0:
-            from graft_edge.train import finetune
-
-            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step)
-        from graft_edge.evaluation import evaluate_embedder
-        from graft_edge.runtime.torch_backend import TorchEmbedder
-
+            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step, eval_at_end=req.evaluate)
         m.eval()
-        return evaluate_embedder(TorchEmbedder.from_model(m), req.data, batch_size=cfg.data.eval_batch_size)
+        return evaluate_embedder(ModelEmbedder(m), req.data, batch_size=cfg.data.eval_batch_size)
 
     return finetune_fn
 
@@ -116,12 +116,6 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
     Everything is validated before anything is cut or written; OUT.partial holds the last finished step
     of an unfinished run (and is removed once OUT is written).
     """
-    from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-    from graft_edge.compress.arch import extract_arch
-    from graft_edge.compress.loop import plan_prune, prune_to_target
-    from graft_edge.compress.targets import check_compatible, counted_size, resolve_target
-    from graft_edge.fileio import sha256_file
-
     req = request.validated()
     log = log or (lambda msg: None)
     model_path, out = Path(model_path), Path(out)
@@ -163,9 +157,9 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
         if progress is not None:
             progress(int(entry["step"]), int(entry["steps"]))
 
-    net, arch, history = prune_to_target(
-        net, cfg, target, req.method, steps, req.round_to, _finetune_fn(cfg, req), on_step,
-        attn_unit=req.attn_unit, fraction=req.fraction, history=prior, schedule=schedule, done=done)
+    spec = PruneSpec(req.method, steps, req.round_to, req.attn_unit, req.fraction)
+    net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req), on_step, history=prior,
+                                         schedule=schedule, done=done)
     arch = arch if arch is not None else ckpt.arch
     net.cpu()
     save_checkpoint(out, net, cfg, arch=arch, history=history, meta={"pruned_from": str(model_path)})

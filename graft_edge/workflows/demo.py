@@ -8,17 +8,26 @@ every finished frontier piece.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from graft_edge.checkpoint import save_checkpoint
+from graft_edge.config import get_preset
+from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_json
-from graft_edge.profile.frontier import FrontierResult, FrontierSettings, run_frontier
+from graft_edge.formats import DEFAULT_FRONTIER_FORMATS as DEFAULT_FORMATS
+from graft_edge.model import build_model
+from graft_edge.train import run_training
+from graft_edge.workflows.frontier import FrontierResult, FrontierSettings, run_frontier
 
 DEFAULT_TARGETS = ("70%", "45%")
-DEFAULT_FORMATS = ("torch", "onnx", "int8")
 SPEEDUP_GOAL = 4.0  # pruned INT8 vs dense PyTorch eager (issue #6)
 SCALE_PRESET = "rgbnt100"
 SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
@@ -41,7 +50,7 @@ class DemoSettings:
     scale_preset: str = SCALE_PRESET
 
     @staticmethod
-    def fast() -> "DemoSettings":
+    def fast() -> DemoSettings:
         """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
         return DemoSettings(ids=16, cameras=4, images_per_camera=2, max_steps=4, frontier=FrontierSettings(
             targets=("45%",), formats=DEFAULT_FORMATS, finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
@@ -88,15 +97,9 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: Any = None,
              log: Callable[[str], None] | None = None, train_progress: bool = True) -> DemoResult:
     """Synthesise, train, build the frontier; returns paths, the frontier rows and the headline."""
-    from graft_edge.config import get_preset
-    from graft_edge.data.synthetic import write_synthetic
-    from graft_edge.train import run_training
-
     settings = settings or DemoSettings()
     log = log or (lambda msg: None)
     if settings.frontier.threads:  # training, evaluation and timing all use the same thread count
-        import torch
-
         torch.set_num_threads(settings.frontier.threads)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -125,8 +128,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     done_marker = run_dir / "demo_done.json"
     if done_marker.is_file() and best.is_file():
         log(f"[2/{phases}] reusing the trained model {best}")
-        import json
-
         train_metrics = json.loads(done_marker.read_text())
     else:
         resume = (run_dir / "last.pt").is_file()
@@ -168,10 +169,6 @@ def scale_check(out: Path, preset: str, settings: FrontierSettings, progress: An
     LayerNorm and transposes cost as much as the matrix products that pruning and INT8 shrink; this
     shows what the same pipeline does to the model people deploy, on this machine.
     """
-    from graft_edge.checkpoint import save_checkpoint
-    from graft_edge.config import get_preset
-    from graft_edge.model import build_model
-
     ckpt = out / f"{preset}.pt"
     log(f"[4/4] the same pruning + INT8 on the {preset} architecture (random weights: latency only) at "
         f"{','.join(settings.targets)}, batch {settings.batch}, into {out}")
@@ -188,8 +185,6 @@ def auto_threads() -> tuple[int | None, str]:
     Multi-threaded OpenMP (eager PyTorch, training) collapses on an oversubscribed machine: on the
     shared 2-core box the synthetic training step ran at 6.6 samples/s with 2 threads and 107 with 1.
     """
-    import os
-
     try:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):

@@ -160,8 +160,3 @@ def arch_summary(arch: dict[str, Any] | None) -> str:
 
     return (f"heads {span(heads)}, head_dim {span(hds)}, mlp {span(mlps)}"
             + (f", ff {span(ffs)}" if ffs else ""))
-
-
-def same_widths(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """True when two archs describe identical widths (ignores the version field)."""
-    return a.get("blocks") == b.get("blocks") and a.get("encoders") == b.get("encoders")

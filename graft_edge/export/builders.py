@@ -1,0 +1,68 @@
+"""One builder per format of graft_edge.formats: how each artefact file is made from its source.
+
+An ONNX builder writes the staged file and returns the metadata it adds; the exporter then checks the
+file against PyTorch and commits or quarantines it. TensorRT engines are built by `build_trt` from the
+ONNX variant the TensorRT version needs (see tensorrt.trt_plan).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from graft_edge.export.fp16 import FP32_OPS, convert_fp16
+from graft_edge.export.onnx import check_exported, export_onnx
+from graft_edge.export.options import ExportOptions
+from graft_edge.export.quantize import quantize_dynamic_int8, quantize_static_int8
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What builders read: the model, the options, the calibration images (None without --calib-data)."""
+
+    model: torch.nn.Module
+    options: ExportOptions
+    calib: Mapping[str, np.ndarray] | None
+
+
+def build_fp32(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """FP32 ONNX straight from the model (the source of every other format)."""
+    export_onnx(job.model, dst, opset=job.options.opset, external_data=job.options.external_data)
+    check_exported(dst, tuple(job.model.modalities), job.options.opset)
+    return {"tolerance": job.options.tolerance}
+
+
+def build_int8_dynamic(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """ONNX Runtime dynamic INT8 of the FP32 ONNX."""
+    quantize_dynamic_int8(src, dst)
+    return {"quantization": {"mode": "dynamic", "weights": "int8 symmetric per-channel",
+                             "activations": "uint8 per-batch at run time", "ops": "MatMul with constant weights"}}
+
+
+def build_int8_static(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """Static INT8 Q/DQ of the FP32 ONNX, calibrated on the train split of --calib-data."""
+    quantize_static_int8(src, dst, job.calib, method=job.options.calib_method)
+    return {"quantization": {
+        "mode": "static", "format": "QDQ", "weights": "int8 symmetric per-channel",
+        "activations": "int8 symmetric per-tensor", "calibration": job.options.calib_method,
+        "calibration_samples": len(next(iter(job.calib.values()))), "calibration_split": "train",
+        "calibration_data": str(job.options.calib_data), "ops": "MatMul/Gemm with constant weights, Conv"}}
+
+
+def build_fp16(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """FP16 copy of the FP32 ONNX with LayerNorm/Softmax/reductions and the output tail kept FP32."""
+    convert_fp16(src, dst)
+    return {"fp32_ops": list(FP32_OPS) + ["output tail (fusion-token mean, L2 normalisation)"],
+            "io_types": "float32"}
+
+
+# format name (graft_edge.formats) -> builder of its ONNX file; TensorRT rows go through build_trt
+ONNX_BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, Any]]] = {
+    "onnx": build_fp32,
+    "int8": build_int8_dynamic,
+    "int8-static": build_int8_static,
+    "fp16": build_fp16,
+}

@@ -1,0 +1,95 @@
+"""What to export and how strictly to check it: the `export` command's options as one frozen record."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from graft_edge.artefact import DEFAULT_BATCH, BatchRange, parse_batch_range
+from graft_edge.errors import GraftError
+from graft_edge.export.calibration import CALIB_METHODS, DEFAULT_CALIB_METHOD, DEFAULT_CALIB_SAMPLES, MIN_CALIB_SAMPLES
+from graft_edge.export.onnx import DEFAULT_OPSET, check_opset
+from graft_edge.export.tensorrt import DEFAULT_WORKSPACE_MB, check_workspace
+from graft_edge.formats import FORMATS, Format, get_format
+
+INT8_MODES = {"dynamic": "int8", "static": "int8-static"}  # --int8 MODE -> format name
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_MIN_COSINE_FP16 = 0.999
+DEFAULT_MIN_COSINE_INT8 = 0.98
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how strictly to check it (the CLI's options, as data)."""
+
+    onnx: bool = True  # keep the FP32 ONNX in OUT (it is always built: everything else derives from it)
+    int8: tuple[str, ...] = ()  # subset of ("dynamic", "static")
+    fp16: bool = False
+    trt: bool = False
+    batch: str | BatchRange = DEFAULT_BATCH  # TensorRT optimisation profile MIN:OPT:MAX
+    calib_data: str | Path | None = None
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    calib_method: str = DEFAULT_CALIB_METHOD
+    opset: int = DEFAULT_OPSET
+    tolerance: float = DEFAULT_TOLERANCE  # FP32 max abs diff allowed vs PyTorch
+    min_cosine_fp16: float = DEFAULT_MIN_COSINE_FP16
+    min_cosine_int8: float = DEFAULT_MIN_COSINE_INT8
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+    sparse_weights: bool | None = None  # None: on when the pruning history says 2:4
+    external_data: bool | None = None  # None: only when the weights exceed ~1.8 GB
+    name: str = "model"
+
+    @classmethod
+    def for_formats(cls, names: Sequence[str], **kwargs) -> ExportOptions:
+        """Options that produce the given formats (names from graft_edge.formats; `torch` needs no export)."""
+        rows = [get_format(n) for n in names]
+        wanted = {f.name for f in rows}
+        int8 = tuple(mode for mode, fmt in INT8_MODES.items()
+                     if fmt in wanted or (fmt == "int8-static" and "trt-int8" in wanted))
+        return cls(onnx="onnx" in wanted, int8=int8, fp16=bool(wanted & {"fp16", "trt-fp16"}),
+                   trt=any(f.runtime == "tensorrt" for f in rows), **kwargs)
+
+    def formats(self) -> tuple[Format, ...]:
+        """The formats these options ask for, in table order (sources before what is built from them)."""
+        wanted = {INT8_MODES[m] for m in self.int8} | ({"onnx"} if self.onnx else set())
+        if self.fp16:
+            wanted.add("fp16")
+        if self.trt:
+            wanted |= {"trt-fp32"} | ({"trt-fp16"} if self.fp16 else set()) | (
+                {"trt-int8"} if "static" in self.int8 else set())
+        return tuple(f for n, f in FORMATS.items() if n in wanted)
+
+    def min_cosine(self, precision: str) -> float:
+        """The cosine a reduced-precision artefact must reach against the FP32 PyTorch embeddings."""
+        return self.min_cosine_fp16 if precision == "fp16" else self.min_cosine_int8
+
+    def validated(self) -> ExportOptions:
+        """Options checked and normalised; GraftError (one line) on the first bad one."""
+        check_opset(self.opset)
+        int8 = tuple(dict.fromkeys(str(m).strip().lower() for m in self.int8 if str(m).strip()))
+        bad = [m for m in int8 if m not in INT8_MODES]
+        if bad:
+            raise GraftError(f"--int8 {bad[0]!r}: expected dynamic or static")
+        needs_images = [n for n in (INT8_MODES[m] for m in int8) if FORMATS[n].needs_calibration]
+        if needs_images and not self.calib_data:
+            raise GraftError("--int8 static needs --calib-data ROOT (a dataset whose train split calibrates the "
+                             "activation ranges)")
+        if self.calib_method not in CALIB_METHODS:
+            raise GraftError(f"--calib-method {self.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
+        if self.calib_samples < MIN_CALIB_SAMPLES:
+            raise GraftError(f"--calib-samples {self.calib_samples}: at least {MIN_CALIB_SAMPLES} images are needed "
+                             "for reliable INT8 ranges")
+        if not (self.tolerance > 0 and np.isfinite(self.tolerance)):
+            raise GraftError(f"--tolerance {self.tolerance}: expected a positive number (max abs diff of FP32 "
+                             "embeddings)")
+        for flag, value in (("--min-cosine-fp16", self.min_cosine_fp16), ("--min-cosine-int8", self.min_cosine_int8)):
+            if not -1.0 <= value <= 1.0:
+                raise GraftError(f"{flag} {value}: a cosine lies in [-1, 1]")
+        check_workspace(self.workspace_mb)
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise GraftError(f"--name {self.name!r}: expected a plain file stem such as 'model'")
+        if not (self.onnx or int8 or self.fp16 or self.trt):
+            raise GraftError("nothing to export: --no-onnx without --int8, --fp16 or --trt")
+        return replace(self, int8=int8, batch=parse_batch_range(self.batch))

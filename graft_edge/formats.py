@@ -1,0 +1,116 @@
+"""The one table of deployable formats: every other list of formats is derived from it.
+
+A row names a format as users type it (`--formats int8`), the artefact file it is (suffix after the
+stem), its precision, the runtime that runs it, what it needs (calibration images, a GPU), what it is
+built from, and its plot marker. The exporter's option validation and build loop, the runtime's
+dispatch by file suffix, the frontier's format list and data requirements, report markers and CLI
+help all read this table. Adding a format is adding a row here, its builder (graft_edge.export) and,
+for a new runtime, its Embedder (graft_edge.runtime).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from graft_edge.errors import GraftError
+
+
+@dataclass(frozen=True)
+class Format:
+    """One deployable format."""
+
+    name: str  # what users type: --formats int8
+    kind: str  # the export artefact kind (export.json): onnx-int8-dynamic; "" for the checkpoint itself
+    suffix: str  # file name after the stem: model.int8-dynamic.onnx -> ".int8-dynamic.onnx"
+    precision: str  # the artefact's metadata precision
+    runtime: str  # torch | onnx | tensorrt
+    source: str | None  # the format it is built from (None: from the checkpoint)
+    needs_calibration: bool = False  # built from real images (--calib-data / --data)
+    needs_gpu: bool = False  # built and run only on an NVIDIA GPU
+    marker: str = "o"  # matplotlib marker in the frontier plot
+    help: str = ""
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("torch", "", ".pt", "fp32", "torch", None, marker="o", help="the PyTorch checkpoint itself"),
+    Format("onnx", "onnx-fp32", ".onnx", "fp32", "onnx", None, marker="s", help="FP32 ONNX, checked against PyTorch"),
+    Format("int8", "onnx-int8-dynamic", ".int8-dynamic.onnx", "int8-dynamic", "onnx", "onnx", marker="^",
+           help="ONNX Runtime INT8, dynamic quantisation (weights INT8, activations at run time)"),
+    Format("int8-static", "onnx-int8-static", ".int8-static.onnx", "int8-static", "onnx", "onnx",
+           needs_calibration=True, marker="v", help="INT8 static Q/DQ, calibrated on real images"),
+    Format("fp16", "onnx-fp16", ".fp16.onnx", "fp16", "onnx", "onnx", marker="D",
+           help="FP16 ONNX with LayerNorm/Softmax kept FP32"),
+    Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, marker="P",
+           help="TensorRT FP32 engine"),
+    Format("trt-fp16", "trt-fp16", ".trt-fp16.engine", "fp16", "tensorrt", "fp16", needs_gpu=True, marker="X",
+           help="TensorRT FP16 engine"),
+    Format("trt-int8", "trt-int8", ".trt-int8.engine", "int8", "tensorrt", "int8-static", needs_calibration=True,
+           needs_gpu=True, marker="*", help="TensorRT INT8 engine from the Q/DQ ONNX"),
+)}
+ALIASES = {"trt": "trt-fp16"}  # shorthand accepted wherever format names are
+DEFAULT_FRONTIER_FORMATS = ("torch", "onnx", "int8")
+# file suffixes each runtime opens (the checkpoint loader also takes .pth / .ckpt; engines also .plan / .trt)
+RUNTIME_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "torch": (".pt", ".pth", ".ckpt"),
+    "onnx": (".onnx",),
+    "tensorrt": (".engine", ".plan", ".trt"),
+}
+
+
+def get_format(name: str) -> Format:
+    """The row for a format name (or alias); GraftError listing the names otherwise."""
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in FORMATS:
+        raise GraftError(f"unknown format {name!r}: expected one of {', '.join(names())}")
+    return FORMATS[key]
+
+
+def names(include_aliases: bool = True) -> list[str]:
+    """Every accepted format name, in table order."""
+    return list(FORMATS) + (list(ALIASES) if include_aliases else [])
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'torch,onnx,int8' -> ('torch', 'onnx', 'int8') (aliases kept as typed); one line naming a bad name."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    bad = [n for n in items if n not in FORMATS and n not in ALIASES]
+    if bad or not items:
+        raise GraftError(f"unknown format {bad[0] if bad else text!r}: expected a comma-separated list of "
+                         f"{', '.join(names())}")
+    return tuple(dict.fromkeys(items))
+
+
+def by_kind(kind: str) -> Format:
+    """The row of an export artefact kind (onnx-int8-dynamic -> int8)."""
+    for f in FORMATS.values():
+        if f.kind == kind:
+            return f
+    raise GraftError(f"unknown artefact kind {kind!r}")
+
+
+def needing_calibration() -> tuple[str, ...]:
+    """Formats built from real images (they need a dataset)."""
+    return tuple(n for n, f in FORMATS.items() if f.needs_calibration)
+
+
+def runtime_of(path: str | Path) -> str:
+    """'torch' | 'onnx' | 'tensorrt' from the file suffix; GraftError listing the accepted suffixes."""
+    suffix = Path(path).suffix.lower()
+    for runtime, suffixes in RUNTIME_SUFFIXES.items():
+        if suffix in suffixes:
+            return runtime
+    accepted = ", ".join(s for suffixes in RUNTIME_SUFFIXES.values() for s in suffixes)
+    raise GraftError(f"cannot tell the format of {path}: expected a file ending in one of {accepted}")
+
+
+def markers() -> dict[str, str]:
+    """{format name: plot marker}, aliases included."""
+    out = {n: f.marker for n, f in FORMATS.items()}
+    out.update({a: FORMATS[t].marker for a, t in ALIASES.items()})
+    return out
+
+
+def help_text() -> str:
+    """One line per format for --help."""
+    return "; ".join(f"{n}: {f.help}" for n, f in FORMATS.items())

@@ -1,0 +1,424 @@
+"""The accuracy-efficiency frontier: prune to each target (each from the previous), finetune, export,
+evaluate the exported artefacts, time them side by side, and report (CSV / JSON / Markdown / PNG).
+
+Layout of OUT::
+
+    frontier_state.json          resumable, typed state (frontier_state.py), saved after every finished piece
+    variants/<name>/model.pt     the pruned + finetuned checkpoint of each target ("dense" = the source)
+    variants/<name>/export/      its exported artefacts (model.onnx, model.int8-dynamic.onnx, ...)
+    frontier.csv / .json / .md / .png
+
+Without a dataset the frontier is latency only (sizes, files and speed of an architecture before it
+is trained): no finetuning, no calibrated formats, no mAP.
+
+Pruning goes through the same resumable prune run as `graft-edge prune` (workflows.prune). Resume
+rules: a variant whose checkpoint still has its recorded size and hash is not pruned again; a
+(variant, format) whose artefact still matches its record and whose accuracy is recorded is not
+exported or evaluated again; failed or changed pieces are redone. Latencies are measured in one
+interleaved pass over every artefact (ratios comparable on a shared machine): a rerun re-times
+everything when any artefact, the batch, device or threads changed, and nothing otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from graft_edge.checkpoint import load_model
+from graft_edge.compress import counted_size, method_floor, normalize_method
+from graft_edge.data import dataset_modalities
+from graft_edge.errors import GraftError, one_line
+from graft_edge.evaluation import evaluate_embedder
+from graft_edge.export import ExportOptions, export_model
+from graft_edge.fileio import sha256_file
+from graft_edge.formats import (
+    DEFAULT_FRONTIER_FORMATS,
+    RUNTIME_SUFFIXES,
+    get_format,
+    names,
+    needing_calibration,
+    parse_formats,
+)
+from graft_edge.model import embedding_params
+from graft_edge.profile.hardware import machine_info
+from graft_edge.profile.latency import interleaved_latency, synthetic_batch
+from graft_edge.profile.progress import ProgressHook, no_progress
+from graft_edge.profile.stats import summarize
+from graft_edge.runtime import load_embedder
+from graft_edge.units import format_count, parse_size
+from graft_edge.workflows.frontier_report import write_reports
+from graft_edge.workflows.frontier_state import (
+    STATE_FILE,
+    FormatRecord,
+    FrontierState,
+    LatencyRecord,
+    VariantRecord,
+    load_state,
+    now,
+    resolve,
+    save_state,
+)
+from graft_edge.workflows.prune import PruneRequest, PruneResult, run_prune
+
+Log = Callable[[str], None]
+LATENCY_ONLY = "no --data: latency only"
+
+
+def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'80%,70%,60%' or '76M,70M' -> the raw target strings (resolved against the model later)."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    if not items:
+        raise GraftError("--targets: expected a comma-separated list like 80%,70%,60% or 76M,70M,60M")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class FrontierSettings:
+    """Everything that decides the frontier (the CLI's options, as data)."""
+
+    targets: tuple[str, ...]
+    formats: tuple[str, ...] = DEFAULT_FRONTIER_FORMATS
+    method: str = "structured"
+    finetune_epochs: int = 1
+    steps: int | None = None  # prune(+finetune) steps per target; None: ~20% of the remaining size per step
+    round_to: int = 8
+    batch: int = 1  # latency batch (per-sample ms reported)
+    warmup: int = 3
+    iters: int = 20  # timed calls per artefact, spread over `rounds` interleaved rounds
+    rounds: int = 5
+    threads: int | None = None
+    device: str = "cpu"
+    eval_batch_size: int = 128
+    calib_samples: int = 256
+
+    def validated(self) -> FrontierSettings:
+        """Checked copy (GraftError on the first bad field)."""
+        fmts = parse_formats(self.formats)
+        targets = parse_targets(self.targets)
+        if self.finetune_epochs < 0:
+            raise GraftError(f"--finetune-epochs {self.finetune_epochs}: expected 0 or more")
+        for name, v in (("--batch", self.batch), ("--iters", self.iters), ("--rounds", self.rounds),
+                        ("--eval-batch-size", self.eval_batch_size)):
+            if v < 1:
+                raise GraftError(f"{name} {v}: expected a positive integer")
+        if self.warmup < 0:
+            raise GraftError(f"--warmup {self.warmup}: expected 0 or more")
+        if self.steps is not None and self.steps < 1:
+            raise GraftError(f"--steps {self.steps}: expected a positive integer")
+        if self.threads is not None and self.threads < 1:
+            raise GraftError(f"--threads {self.threads}: expected a positive integer")
+        return replace(self, formats=fmts, targets=targets, method=normalize_method(self.method))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a finished variant depends on (a rerun must match them)."""
+        return {"method": self.method, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
+                "round_to": self.round_to}
+
+
+@dataclass
+class FrontierResult:
+    """Rows (one per variant x format), the report files and what this call did."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    files: dict[str, Path]
+    done: list[str] = field(default_factory=list)  # pieces computed in this call
+    skipped: list[str] = field(default_factory=list)  # pieces reused from OUT
+    speedup_note: str = ""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every piece of one frontier call needs."""
+
+    out: Path
+    model_path: Path
+    data_root: Path | None  # None: latency only (no finetuning, calibration or mAP)
+    settings: FrontierSettings
+    progress: ProgressHook
+    log: Log
+    result: FrontierResult
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+def _check_latency_only(settings: FrontierSettings) -> None:
+    """Without --data nothing can be finetuned, calibrated or evaluated: say which option needs it."""
+    if settings.finetune_epochs > 0:
+        raise GraftError(f"--finetune-epochs {settings.finetune_epochs} needs --data ROOT (the dataset to finetune "
+                         "on); without --data the frontier measures latency only: pass --finetune-epochs 0")
+    calibrated = needing_calibration()
+    static = [f for f in settings.formats if get_format(f).name in calibrated]
+    if static:
+        usable = ", ".join(n for n in names() if get_format(n).name not in calibrated)
+        raise GraftError(f"--formats {static[0]} needs --data ROOT (its calibration images); without --data use "
+                         f"any of {usable}")
+
+
+def _resolve_targets(model_path: Path, data_root: Path | None,
+                     settings: FrontierSettings) -> tuple[int, list[tuple[str, int]]]:
+    """The dense size the targets refer to and the targets as (text, count), largest first; all checked."""
+    if not model_path.is_file():
+        raise GraftError(f"model {model_path} does not exist")
+    if model_path.suffix.lower() not in RUNTIME_SUFFIXES["torch"]:
+        raise GraftError(f"model {model_path}: the frontier starts from a PyTorch checkpoint (.pt), not an exported "
+                         "file")
+    model, ckpt = load_model(model_path)
+    held = dataset_modalities(data_root) if data_root is not None else ckpt.config.model.modalities
+    if data_root is None:
+        _check_latency_only(settings)
+    if any(m not in held for m in ckpt.config.model.modalities):
+        raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
+                         f"{','.join(ckpt.config.model.modalities)}")
+    dense_count = counted_size(model, settings.method)
+    targets: list[tuple[str, int]] = []
+    for t in settings.targets:
+        n = parse_size(t, dense_count)
+        if n >= dense_count:
+            raise GraftError(f"--targets {t}: {format_count(n)} is not below the model's {format_count(dense_count)}")
+        targets.append((t, n))
+    targets.sort(key=lambda x: -x[1])
+    if len({n for _, n in targets}) != len(targets):
+        raise GraftError(f"--targets {','.join(settings.targets)}: two targets give the same size")
+    floor = method_floor(model, settings.method, round_to=settings.round_to)
+    if targets and targets[-1][1] < floor:
+        t, n = targets[-1]
+        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
+                         f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
+    return dense_count, targets
+
+
+def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_count: int,
+                overwrite: bool) -> FrontierState:
+    """OUT's state for this model and settings (a fresh one for a new or overwritten OUT)."""
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} exists and is not a folder")
+    if overwrite and (out / STATE_FILE).exists():
+        shutil.rmtree(out / "variants", ignore_errors=True)
+        (out / STATE_FILE).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    sha = sha256_file(model_path)
+    state = load_state(out)
+    if state is None:
+        return FrontierState(source={"path": str(model_path.resolve()), "sha256": sha, "params": dense_count},
+                             settings=settings.identity())
+    if state.source["sha256"] != sha:
+        raise GraftError(f"{out} holds a frontier of another model ({state.source['path']}); "
+                         "use a new --out or pass --overwrite")
+    if state.settings != settings.identity():
+        diff = [k for k, v in settings.identity().items() if state.settings.get(k) != v]
+        was = ", ".join(f"{k}={state.settings.get(k)}" for k in diff)
+        raise GraftError(f"{out} was built with other settings ({was}); use a new --out or pass --overwrite")
+    return state
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+def _variant_name(target_params: int) -> str:
+    return f"t{target_params}"
+
+
+def _order_key(name: str) -> tuple[int, int]:
+    """dense first, then the variants from the largest to the smallest target."""
+    return (0, 0) if name == "dense" else (1, -int(name[1:]))
+
+
+def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str) -> PruneResult:
+    """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
+    s = job.settings
+    req = PruneRequest(target=int(target), method=s.method, steps=s.steps, round_to=s.round_to,
+                       data=job.data_root if s.finetune_epochs > 0 else None, finetune_epochs=s.finetune_epochs,
+                       evaluate=False)
+    advance = job.progress(f"{label}: prune + finetune", None)
+    return run_prune(prev_ckpt, dest, req, resume=True, progress=lambda done, total: advance(1), log=job.log)
+
+
+def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, target_text: str | None,
+                    target_n: int | None, prev_ckpt: Path) -> VariantRecord:
+    """The variant's record, pruning `prev_ckpt` to `target_n` first unless its checkpoint is verified there."""
+    out, vdir = job.out, job.out / "variants" / vname
+    v = state.variants.get(vname)
+    if v is not None and v.verify(out):
+        job.result.skipped.append(f"{vname}: pruned")
+        return v
+    if v is not None:
+        job.log(f"{label}: {v.path or 'its checkpoint'} is missing or changed since it was made: redoing it")
+    ckpt_path = vdir / "model.pt"
+    started = time.perf_counter()
+    vdir.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    if vname == "dense":  # the source itself, copied for a self-contained OUT
+        shutil.copyfile(job.model_path, ckpt_path)
+        model = load_model(ckpt_path)[0]
+    else:
+        s = job.settings
+        job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
+                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step)")
+        res = _prune(job, prev_ckpt, ckpt_path, target_n, label)
+        model, history = res.model, res.new_steps
+        job.result.done.append(f"{vname}: pruned")
+    v = VariantRecord(label=label, target=target_text, target_params=target_n, params=embedding_params(model),
+                      params_nonzero=embedding_params(model, nonzero=True), seconds=time.perf_counter() - started,
+                      steps=len(history), history=history)
+    v.record(out, ckpt_path)
+    state.variants[vname] = v
+    save_state(out, state)
+    return v
+
+
+def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[str, FormatRecord]:
+    """Export `ckpt` to the (non-torch) `formats`; one record per format."""
+    kinds = {f: get_format(f).kind for f in formats if get_format(f).kind}
+    if not kinds:
+        return {}
+    s = job.settings
+    opts = ExportOptions.for_formats(list(kinds), batch=f"1:{s.batch}:{max(s.batch, s.eval_batch_size)}",
+                                     calib_data=str(job.data_root) if job.data_root is not None else None,
+                                     calib_samples=s.calib_samples)
+    advance = job.progress(f"{label}: export {','.join(formats)}", None)
+    started = time.perf_counter()
+    out: dict[str, FormatRecord] = {}
+    try:
+        result = export_model(ckpt, ckpt.parent / "export", opts, log=lambda msg: advance(1), raise_on_failure=False)
+    except Exception as exc:  # bad options / checkpoint: every requested format fails with the same line
+        msg = one_line(exc)
+        return {f: FormatRecord(status=f"error: {msg}", error=msg) for f in kinds}
+    seconds = time.perf_counter() - started
+    for fmt, kind in kinds.items():
+        art = result.get(kind)
+        if art is None or art.status != "ok":
+            why = (art.message or "failed its check") if art is not None else (
+                next((f for f in result.failures if kind in f), None) or "; ".join(result.failures)
+                or "not produced by the exporter")
+            out[fmt] = FormatRecord(status=f"error: {why}", error=why)
+            continue
+        rec = FormatRecord(status="ok", parity=art.parity, export_seconds=seconds)
+        rec.record(job.out, art.path)
+        out[fmt] = rec
+    return out
+
+
+def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
+    s = job.settings
+    emb = load_embedder(path, device=s.device, threads=s.threads)
+    advance = job.progress(f"{label}: mAP", None)
+    started = time.perf_counter()
+    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance)
+    acc["seconds"] = time.perf_counter() - started
+    return acc
+
+
+def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None) -> bool:
+    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data)."""
+    if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
+        return True
+    return data_root is not None and rec.accuracy.get("mAP") is None
+
+
+def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecord) -> None:
+    """Export the variant's missing, failed or changed formats, then measure mAP on every artefact not yet evaluated."""
+    out, label = job.out, v.label
+    ckpt_path = resolve(out, v.path)
+    todo = [f for f in job.settings.formats if _needs_work(v.formats.get(f), out, job.data_root)]
+    stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
+    if stale:
+        job.log(f"{label}: exporting {','.join(stale)}")
+        v.formats.update(_export(job, ckpt_path, stale, label))
+        save_state(out, state)
+    for fmt in job.settings.formats:
+        if fmt not in todo:
+            job.result.skipped.append(f"{vname}/{fmt}")
+            continue
+        if not get_format(fmt).kind:  # the checkpoint itself
+            rec = FormatRecord(status="ok")
+            rec.record(out, ckpt_path)
+            v.formats[fmt] = rec
+        rec = v.formats.get(fmt)
+        if rec is None or rec.status != "ok":
+            continue
+        _evaluate_format(job, state, vname, fmt, rec)
+
+
+def _evaluate_format(job: _Job, state: FrontierState, vname: str, fmt: str, rec: FormatRecord) -> None:
+    """Accuracy of one artefact (or the latency-only marker without --data); saved at once."""
+    label = state.variants[vname].label
+    if job.data_root is None:
+        rec.accuracy = {"skipped": LATENCY_ONLY}
+    else:
+        try:
+            rec.accuracy = _evaluate(job, resolve(job.out, rec.path), f"{label} {fmt}")
+            job.log(f"{label} {fmt}: mAP {100 * rec.accuracy['mAP']:.1f}  R1 {100 * rec.accuracy['R1']:.1f}")
+        except Exception as exc:
+            rec.status, rec.error = f"error: {one_line(exc)}", one_line(exc)
+            job.log(f"{label} {fmt}: {rec.status}")
+            save_state(job.out, state)
+            return
+    job.result.done.append(f"{vname}/{fmt}")
+    save_state(job.out, state)
+
+
+def _loadavg() -> float | None:
+    """1-minute load average (None where the OS does not report it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _measure_latency(job: _Job, state: FrontierState) -> bool:
+    """Time every evaluated artefact side by side; True when it measured (False: the state already has it)."""
+    s = job.settings
+    ok = {f"{vname}/{fmt}": rec for vname, v in state.variants.items() for fmt, rec in v.formats.items()
+          if rec.status == "ok" and rec.accuracy is not None}
+    keys = sorted(ok)
+    hashes = {k: ok[k].sha256 or "" for k in keys}
+    lat = state.latency
+    if not keys or (lat is not None and lat.keys == keys and lat.hashes == hashes and lat.batch == s.batch
+                    and lat.device == s.device and lat.threads == s.threads):
+        return False
+    embedders = {k: load_embedder(resolve(job.out, ok[k].path), device=s.device, threads=s.threads) for k in keys}
+    inputs = {k: synthetic_batch(e.info, s.batch) for k, e in embedders.items()}
+    per_round = max(1, -(-s.iters // s.rounds))
+    job.log(f"timing {len(keys)} artefacts side by side: batch {s.batch}, {s.rounds} rounds x {per_round} calls each")
+    advance = job.progress(f"latency (batch {s.batch}, interleaved)", len(keys) * (s.warmup + per_round * s.rounds))
+    load_before = _loadavg()
+    times = interleaved_latency(embedders, inputs, rounds=s.rounds, iters_per_round=per_round, warmup=s.warmup,
+                                on_iter=advance)
+    state.latency = LatencyRecord(keys=keys, hashes=hashes, batch=s.batch, device=s.device, threads=s.threads,
+                                  measured=now(), machine=machine_info(), loadavg=[load_before, _loadavg()],
+                                  results={k: summarize(t, s.batch).to_dict() for k, t in times.items()})
+    return True
+
+
+def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: str | Path, settings: FrontierSettings,
+                 overwrite: bool = False, progress: ProgressHook = no_progress,
+                 log: Log | None = None) -> FrontierResult:
+    """Build (or resume) the frontier of `model_path` in `out_dir`; see the module docstring.
+
+    `data_root` None gives a latency-only frontier (an architecture before training, say): no
+    finetuning, no calibrated formats, no mAP.
+    """
+    settings = settings.validated()
+    model_path, out = Path(model_path), Path(out_dir)
+    data_root = Path(data_root) if data_root is not None else None
+    dense_count, targets = _resolve_targets(model_path, data_root, settings)  # everything checked: nothing written yet
+    state = _open_state(out, model_path, settings, dense_count, overwrite)
+    job = _Job(out, model_path, data_root, settings, progress, log or (lambda msg: None),
+               FrontierResult(out_dir=out, rows=[], files={}))
+    plan = [("dense", "dense", None, None)] + [(_variant_name(n), t, t, n) for t, n in targets]
+    state.order = sorted(set(state.order) | {p[0] for p in plan}, key=_order_key)
+    prev_ckpt = model_path
+    for vname, label, target_text, target_n in plan:  # each target is pruned from the previous one
+        v = _ensure_variant(job, state, vname, label, target_text, target_n, prev_ckpt)
+        prev_ckpt = resolve(out, v.path)
+        _ensure_formats(job, state, vname, v)
+    if _measure_latency(job, state):
+        job.result.done.append("latency")
+        save_state(out, state)
+    else:
+        job.result.skipped.append("latency")
+    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, settings.formats)
+    return job.result
