@@ -1,6 +1,7 @@
 """Losses on hand-computed cases: soft-margin triplet (token combos, mining), center loss, CE."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -56,14 +57,43 @@ def test_every_combo_matches_a_direct_computation(combo: str) -> None:
     assert triplet_loss(out, labels, combo).item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
 
 
-def test_random_mining_picks_valid_pairs() -> None:
-    out = _out([[0.0], [1.0], [3.0], [7.0]], [[[0.0], [0.0]]] * 4)
-    labels = torch.tensor([0, 0, 1, 1])
-    g = torch.Generator().manual_seed(0)
-    # with 2 ids x 2 images there is exactly one positive per anchor; negatives are random among two
-    value = triplet_loss(out, labels, "FFF", mining="random", generator=g).item()
-    lo = triplet_loss(out, labels, "FFF", mining="hard").item()
-    assert value <= lo + 1e-6  # hard negatives give the largest loss
+def _combo_losses(emb: list[float], labels: list[int], valid_only: bool) -> set[float]:
+    """Every mean soft-margin loss over anchors from one (positive, negative) choice per anchor (1-D features)."""
+    n = len(emb)
+    per_anchor = []
+    for i in range(n):
+        pos = [j for j in range(n) if labels[j] == labels[i] and j != i] if valid_only else range(n)
+        neg = [j for j in range(n) if labels[j] != labels[i]] if valid_only else range(n)
+        per_anchor.append([(abs(emb[i] - emb[p]), abs(emb[i] - emb[q])) for p in pos for q in neg])
+    return {round(sum(math.log1p(math.exp(ap - an)) for ap, an in pick) / n, 9)
+            for pick in itertools.product(*per_anchor)}
+
+
+def test_random_mining_picks_a_same_id_positive_and_an_other_id_negative() -> None:
+    emb, ids = [0.0, 1.1, 3.7, 7.3], [0, 0, 1, 1]
+    out = _out([[e] for e in emb], [[[0.0], [0.0]]] * 4)
+    labels = torch.tensor(ids)
+    valid = _combo_losses(emb, ids, valid_only=True)
+    invalid = _combo_losses(emb, ids, valid_only=False) - valid
+    # the fixture tells picks apart: 2 ids x 2 images -> one positive and two negatives per anchor, 16 valid losses,
+    # none of which any invalid pick (itself or a same-id image as negative, an other-id image as positive) reproduces
+    assert len(valid) == 16 and not any(abs(v - w) < 1e-6 for v in valid for w in invalid)
+    seen = set()
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        value = triplet_loss(out, labels, "FFF", mining="random", generator=g).item()
+        match = [v for v in valid if abs(v - value) < 1e-5]
+        assert match, (seed, value)  # every draw is one of the valid (positive, negative) choices
+        seen.add(match[0])
+    assert seen == valid  # and every negative gets drawn for every anchor
+    # hard mining takes the nearest negative for each anchor: the largest of the valid losses, by hand
+    hard = sum(math.log1p(math.exp(ap - an)) for ap, an in ((1.1, 3.7), (1.1, 2.6), (3.6, 2.6), (3.6, 6.2))) / 4
+    assert max(valid) == pytest.approx(hard, abs=1e-9)
+    assert triplet_loss(out, labels, "FFF", mining="hard").item() == pytest.approx(hard, rel=1e-6)
+    # the same generator seed gives the same draw
+    draws = [triplet_loss(out, labels, "FFF", mining="random", generator=torch.Generator().manual_seed(3)).item()
+             for _ in range(2)]
+    assert draws[0] == draws[1]
 
 
 def test_unknown_combo() -> None:

@@ -43,10 +43,52 @@ def test_output_shapes(modalities) -> None:
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_same_return_type_in_train_and_eval() -> None:
-    model = build_model(tiny_config().model)
+def test_train_and_eval_differ_only_in_bnneck_statistics_and_dropout() -> None:
+    model = build_model(tiny_config(enc_dropout=0.0).model)
+    bn = model.head.bn
     x = _inputs(("rgb", "nir", "tir"), batch=4)
-    assert type(model.train()(x)) is type(model.eval()(x)) is GraftOutput
+    with torch.no_grad():
+        train = model.train()(x)  # one BatchNorm step: running stats move 10% towards the batch's
+        evald = model.eval()(x)
+    assert type(train) is type(evald) is GraftOutput
+    # without dropout, everything up to the fused embedding is the same in both modes
+    for field in ("embedding", "fusion_tokens", "data_tokens"):
+        assert torch.allclose(getattr(train, field), getattr(evald, field), atol=1e-6), field
+    emb = train.embedding
+    mean, var = emb.mean(0), emb.var(0, unbiased=False)
+    # train: BNNeck normalises with the batch's statistics (weight 1, bias 0 at init)
+    assert torch.allclose(train.neck, (emb - mean) / torch.sqrt(var + bn.eps), atol=1e-4)
+    assert torch.allclose(bn.running_mean, 0.1 * mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, 0.9 + 0.1 * emb.var(0, unbiased=True), atol=1e-6)
+    # eval: with the running statistics
+    assert torch.allclose(evald.neck, (emb - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps), atol=1e-5)
+    # the classifier is a bias-free linear map of the neck in both modes
+    for out in (train, evald):
+        assert torch.allclose(out.logits, out.neck @ model.head.classifier.weight.T, atol=1e-6)
+
+
+def test_dropout_acts_in_train_mode_only() -> None:
+    model = build_model(tiny_config().model)  # the preset's enc_dropout
+    assert model.cfg.enc_dropout > 0
+    x = _inputs(("rgb", "nir", "tir"))
+    with torch.no_grad():
+        a, b = model.train()(x).fusion_tokens, model.train()(x).fusion_tokens
+        c, d = model.eval()(x).fusion_tokens, model.eval()(x).fusion_tokens
+    assert not torch.allclose(a, b) and torch.equal(c, d)
+
+
+@pytest.mark.parametrize("neck_feat", ["before", "after"])
+def test_embed_is_the_normalised_configured_feature(neck_feat: str) -> None:
+    model = build_model(tiny_config(neck_feat=neck_feat).model).eval()
+    with torch.no_grad():
+        model.head.bn.running_mean.normal_(0, 0.5)  # a trained BNNeck is not the identity
+        model.head.bn.running_var.uniform_(0.5, 2.0)
+        x = _inputs(("rgb", "nir"), batch=3)
+        out, emb = model(x), model.embed(x)
+    feat = out.embedding if neck_feat == "before" else out.neck
+    assert torch.allclose(emb, feat / feat.norm(dim=1, keepdim=True), atol=1e-6)
+    other = out.neck if neck_feat == "before" else out.embedding
+    assert not torch.allclose(emb, other / other.norm(dim=1, keepdim=True), atol=1e-3)
 
 
 def test_modalities_only_meet_through_the_fusion_token() -> None:

@@ -294,12 +294,27 @@ def test_nvml_index_respects_visible_devices(monkeypatch):
 
 
 def test_hardware_record():
+    import os
+    import platform
+    import sys
+
+    import onnxruntime
+    import torch
+
+    import graft_edge
     from graft_edge.profile.hardware import machine_info
 
     m = machine_info()
-    assert m["cpu"] and m["cores"] >= 1 and isinstance(m["gpus"], list)
-    for key in ("python", "torch", "onnxruntime", "tensorrt", "graft_edge"):
-        assert key in m["software"]
+    assert m["cpu"] and m["cores"] == os.cpu_count() and 1 <= m["cores_usable"] <= m["cores"]
+    phys_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    assert m["memory_gb"] == pytest.approx(phys_gb, abs=0.1)
+    assert m["arch"] == platform.machine() and m["os"].startswith(platform.system()) and m["argv"] == sys.argv
+    assert len(m["gpus"]) >= torch.cuda.device_count()
+    assert all(g["name"] and g["memory_mb"] > 0 for g in m["gpus"])
+    sw = m["software"]
+    assert sw["python"] == platform.python_version() and sw["graft_edge"] == graft_edge.__version__
+    assert sw["torch"] == str(torch.__version__) and sw["numpy"] == np.__version__
+    assert sw["onnxruntime"] == onnxruntime.__version__ and sw["torch_threads"] == torch.get_num_threads()
 
 
 # ------------------------------------------------------------------ bench library + schema
@@ -421,9 +436,26 @@ def test_bench_help_lists_units():
 def test_bench_cli_json_to_stdout_is_pure_json(tiny_checkpoint):
     from typer.testing import CliRunner
 
+    from graft_edge.checkpoint import load_model
     from graft_edge.cli.main import app
+    from graft_edge.model import embedding_params
     from graft_edge.profile.bench import validate_bench_result
 
-    r = CliRunner().invoke(app, ["bench", str(tiny_checkpoint), "--iters", "1", "--warmup", "0", "--json", "-"])
+    r = CliRunner().invoke(app, ["bench", str(tiny_checkpoint), "--iters", "3", "--warmup", "0", "--batch", "1,2",
+                                 "--json", "-"])
     assert r.exit_code == 0, r.output
-    validate_bench_result(json.loads(r.stdout))
+    doc = json.loads(r.stdout)
+    validate_bench_result(doc)
+    assert doc["settings"]["batches"] == [1, 2] and doc["settings"]["iters"] == 3 and doc["settings"]["warmup"] == 0
+    (res,) = doc["results"]
+    model, _ = load_model(tiny_checkpoint)
+    assert res["format"] == "torch" and res["precision"] == "fp32" and res["modalities"] == ["rgb", "nir", "tir"]
+    assert res["params_embedding"] == embedding_params(model) and res["img_size"] == [32, 64]
+    assert res["size_bytes"] == tiny_checkpoint.stat().st_size and res["files"] == [str(tiny_checkpoint)]
+    for run, batch in zip(res["runs"], (1, 2), strict=True):
+        lat = run["latency"]
+        assert run["batch"] == lat["batch"] == batch and lat["n"] == 3
+        assert lat["per_sample_ms"] == pytest.approx(lat["p50_ms"] / batch)
+        assert lat["throughput"] == pytest.approx(batch * 1000.0 / lat["mean_ms"])
+        assert run["memory"]["cpu"]["rss_peak_mb"] > 0
+        assert not run["power"]["available"] and "--device cpu" in run["power"]["reason"]

@@ -110,7 +110,7 @@ def test_center_loss_centers_are_updated_and_frozen_backbone_is_not() -> None:
         parts = train_step(run, *_batch(cfg))
     assert parts.center > 0
     assert not torch.allclose(run.criterion.center.centers, centers0)
-    assert run.center_optimizer is not None and isinstance(run.center_optimizer, torch.optim.SGD)
+    assert run.center_optimizer is not None and run.center_optimizer.param_groups[0]["lr"] == stage.center_lr
     assert all(torch.equal(a, b) for a, b in zip(backbone0, model.backbone.parameters()))
     assert not torch.equal(head0, model.head.classifier.weight)
     assert run.stage_step == 2 and run.scheduler.last_epoch == 2
@@ -119,6 +119,27 @@ def test_center_loss_centers_are_updated_and_frozen_backbone_is_not() -> None:
     c1 = run1.criterion.center.centers.detach().clone()
     train_step(run1, *_batch(cfg))
     assert run1.center_optimizer is None and torch.equal(c1, run1.criterion.center.centers)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.005])
+def test_center_step_is_sgd_on_the_center_loss_whatever_beta(beta: float) -> None:
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, num_ids=4, enc_dropout=0.0))  # no dropout: the step's features are known
+    stage = replace(cfg.train.stage2, loss=LossConfig(beta=beta))
+    run = make_stage(model, stage, total_steps=3, env=DistEnv())
+    images, labels = _batch(cfg, n_ids=2, k=3)  # ids 0 and 1 in the batch, ids 2 and 3 not
+    with torch.no_grad():
+        feats = model.train()(images).embedding
+    c0 = run.criterion.center.centers.detach().clone()
+    train_step(run, images, labels)
+    # d/dc_k of ½·mean_i ‖f_i − c_yi‖² is −Σ_{yi=k}(f_i − c_k)/B; the 1/β rescale makes the step independent of β
+    expected = c0.clone()
+    for k in (0, 1):
+        expected[k] += stage.center_lr * (feats[labels == k] - c0[k]).sum(0) / len(labels)
+    centers = run.criterion.center.centers.detach()
+    assert torch.allclose(centers, expected, atol=1e-6)
+    assert torch.equal(centers[2:], c0[2:])  # centers of ids not in the batch do not move
 
 
 def test_finetune_in_place_with_after_step_hook(tiny_data: Path) -> None:
