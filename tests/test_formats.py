@@ -6,8 +6,16 @@ import pytest
 from graft_edge.errors import GraftError
 from graft_edge.export import ExportOptions
 from graft_edge.export.builders import ONNX_BUILDERS
-from graft_edge.formats import (ALIASES, FORMATS, RUNTIME_SUFFIXES, by_kind, get_format, markers, needing_calibration,
-                                runtime_of)
+from graft_edge.formats import (
+    ALIASES,
+    FORMATS,
+    RUNTIME_SUFFIXES,
+    by_kind,
+    get_format,
+    markers,
+    needing_calibration,
+    runtime_of,
+)
 from graft_edge.runtime import RUNTIMES
 
 

@@ -43,6 +43,7 @@ def cpu_flags() -> list[str]:
 def software_versions() -> dict[str, Any]:
     """The artefact record's software versions plus torch's CUDA build and thread count."""
     out = dict(artefact_software_versions())
+    out["torch"] = str(torch.__version__)  # with the local build tag (+cu130, +cpu) package metadata lacks
     out["torch_cuda"] = torch.version.cuda
     out["torch_threads"] = torch.get_num_threads()
     return out
