@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from graft_edge.config import ModelConfig
+from graft_edge.finite import check_features
 from graft_edge.metrics import evaluate_rank, pairwise_distance
 from graft_edge.runtime.base import Embedder, EmbedderInfo
 
@@ -28,7 +29,9 @@ def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None)
         cams.append(np.asarray(camids))
         if progress is not None:
             progress(len(pids))
-    return np.concatenate(feats), np.concatenate(ids), np.concatenate(cams)
+    features = np.concatenate(feats)
+    check_features(features, embedder.info.path or embedder.info.format)
+    return features, np.concatenate(ids), np.concatenate(cams)
 
 
 def evaluate_embedder(embedder: Embedder, data_root: str | Path, batch_size: int = 64,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from graft_edge.cli.main import app
@@ -36,3 +37,54 @@ def test_synth_overwrite_refuses_a_real_dataset(tmp_path: Path) -> None:
     res = runner.invoke(app, ["synth", "--out", str(out), "--overwrite", *TINY_SYNTH])
     assert res.exit_code == 2 and "was not written by `synth`" in res.output
     assert (out / "rgbir" / "query" / "0001_c001_000.jpg").read_bytes() == b"not ours"
+
+
+# ---------------------------------------------------------------- 2. divergence is an error, never best.pt
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 ids (4 train x 4 images), 2 cameras, 16x32 slots."""
+    from graft_edge.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "syn"
+    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    return root
+
+
+def tiny_cfg_file(tmp_path: Path, **train_changes) -> Path:
+    """tests/test_train.py's tiny config as a YAML file for the CLI."""
+    from graft_edge.config import config_to_dict
+    from graft_edge.fileio import write_yaml
+    from test_train import tiny_train_config
+
+    path = tmp_path / "tiny.yaml"
+    write_yaml(path, config_to_dict(tiny_train_config(**train_changes)))
+    return path
+
+
+@pytest.mark.parametrize("lr", ["1e30", "1e12"])
+def test_diverged_training_is_an_error_and_writes_no_best(tiny_data: Path, tmp_path: Path, lr: str) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data),
+                              "--out", str(out), "--max-steps", "3", "--set", f"train.stage1.lr={lr}"])
+    assert res.exit_code == 2, res.output
+    assert "training diverged" in res.output
+    assert not (out / "best.pt").exists() and not (out / "stage1_best.pt").exists()
+
+
+def test_eval_refuses_nan_weights(tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.model import build_model
+    from test_train import tiny_train_config
+
+    cfg = tiny_train_config()
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # the first patch embedding: every output is NaN
+    ckpt = tmp_path / "nan.pt"
+    save_checkpoint(ckpt, model, cfg)
+    res = runner.invoke(app, ["eval", str(ckpt), "--data", str(tiny_data)])
+    assert res.exit_code == 2 and "non-finite embeddings" in res.output and str(ckpt) in res.output
+    assert "mAP" not in res.output

@@ -18,6 +18,7 @@ import torch
 from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
 from graft_edge.errors import GraftError
+from graft_edge.finite import check_weights
 from graft_edge.fileio import atomic_write, read_yaml, write_yaml
 from graft_edge.model.graft import GraFT, build_model
 from graft_edge.train import distributed as D
@@ -90,6 +91,7 @@ def stage_steps(cfg: GraftConfig, stage: int, batches_per_epoch: int, max_steps:
 
 def save_last(tr: Trainer, run: StageRun | None) -> None:
     """RUN/last.pt: model + position + optimiser/scheduler/criterion + sampler + every rank's RNG (collective)."""
+    check_weights(tr.model, tr.pos.step)  # a diverged model is never saved, not even as resume state
     gen = getattr(tr.loader, "generator", None)
     mine = {"process": rng_state(), **({"loader": gen.get_state()} if gen is not None else {})}
     rngs = D.gather_objects(tr.env, mine)
