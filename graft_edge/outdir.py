@@ -78,17 +78,25 @@ def clean_stale_temps(root: Path, patterns: Sequence[str]) -> list[Path]:
 class OutputLock:
     """Exclusive advisory lock on FOLDER/.graft-edge.lock (creates FOLDER); GraftError naming the holder if taken."""
 
-    def __init__(self, root: str | os.PathLike, what: str = "run") -> None:
-        self.root, self.what = Path(root), what
+    def __init__(self, root: str | os.PathLike, what: str = "run", name: str = LOCK_NAME) -> None:
+        self.root, self.what, self.name = Path(root), what, name
         self.fd: int | None = None
+        self.created = False
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike, what: str) -> "OutputLock":
+        """A lock for one output file: .NAME.lock beside it (other files in that folder stay free)."""
+        path = Path(path)
+        return cls(path.parent, what, name=f".{path.name}.lock")
 
     @property
     def path(self) -> Path:
         """The lock file."""
-        return self.root / LOCK_NAME
+        return self.root / self.name
 
     def acquire(self) -> "OutputLock":
         """Take the lock without waiting; the file records our PID for the error of the next contender."""
+        self.created = not self.root.exists()
         for _ in range(50):
             fd = self._open()
             try:
@@ -123,6 +131,9 @@ class OutputLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+            if self.created:
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()  # a folder this run created and left empty (it failed early) goes too
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()

@@ -88,3 +88,49 @@ def test_eval_refuses_nan_weights(tiny_data: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["eval", str(ckpt), "--data", str(tiny_data)])
     assert res.exit_code == 2 and "non-finite embeddings" in res.output and str(ckpt) in res.output
     assert "mAP" not in res.output
+
+
+# ---------------------------------------------------------------- 3. one run per output folder
+
+HOLDER = """
+import sys, time
+from graft_edge.outdir import OutputLock
+OutputLock(sys.argv[1], "train").acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_run_into_a_locked_folder_fails_fast_naming_the_holder(tiny_data: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data), "--out", str(out),
+                "--max-steps", "1"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and f"in use by another train (PID {holder.pid})" in res.output, res.output
+        assert sorted(p.name for p in out.iterdir()) == [".graft-edge.lock"]  # nothing of ours was written
+        holder.send_signal(signal.SIGKILL)  # a killed holder's lock is dropped by the kernel
+        holder.wait(timeout=30)
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert (out / "best.pt").is_file() and not (out / ".graft-edge.lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(empty),
+                              "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists()

@@ -234,15 +234,9 @@ def write_synthetic(
     cams = {c: render.make_camera(np.random.default_rng([seed, 5, c]), size, c in night, margin) for c in range(1, cameras + 1)}
     if out.exists() and not out.is_dir():
         raise GraftError(f"output {out} exists and is not a folder")
-    created = not out.exists()
-    try:
-        with OutputLock(out, "synth"):
-            counts = _write_all(out, overwrite, mods, identities, values, seed, cameras, images_per_camera, size,
-                                night, cams)
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # leave no empty folder behind for a set that was never written
-        raise
+    with OutputLock(out, "synth"):
+        counts = _write_all(out, overwrite, mods, identities, values, seed, cameras, images_per_camera, size, night,
+                            cams)
     n_train = sum(i.split == "train" for i in identities)
     return SyntheticSummary(
         root=out, modalities=mods, counts=counts, train_ids=n_train, test_ids=ids - n_train,

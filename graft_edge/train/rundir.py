@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_text
+from graft_edge.outdir import is_empty
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
         if not paths.config.is_file():
             raise GraftError(f"--resume: {paths.config} does not exist (is {root} a graft-edge run directory?)")
         return
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
+    if not is_empty(root) and not overwrite:
         raise GraftError(f"run directory {root} is not empty: pass --resume to continue it or --overwrite to start over")
 
 

@@ -18,9 +18,10 @@ import torch
 from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
 from graft_edge.errors import GraftError
-from graft_edge.finite import check_weights
 from graft_edge.fileio import atomic_write, read_yaml, write_yaml
+from graft_edge.finite import check_weights
 from graft_edge.model.graft import GraFT, build_model
+from graft_edge.outdir import OutputLock
 from graft_edge.train import distributed as D
 from graft_edge.train.loop import (StageRun, StepInfo, evaluate_model, load_stage_state, make_stage, run_epoch,
                                    set_train_mode, stage_state)
@@ -336,7 +337,10 @@ def run_training(
     owns_group = not torch.distributed.is_initialized()
     env = D.init_distributed()
     start = time.perf_counter()
+    lock = OutputLock(run_dir, "train") if env.is_main else None  # rank 0 writes; it holds the folder's lock
     try:
+        if lock is not None:
+            lock.acquire()
         tr = _build_trainer(env, validate(cfg), data_root, RunPaths(Path(run_dir)), resume, overwrite, max_steps,
                             progress, checkpoint_steps)
         s = tr.sampler
@@ -352,5 +356,7 @@ def run_training(
         return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
                            steps=tr.pos.step, seconds=time.perf_counter() - start, num_ids=tr.cfg.model.num_ids)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             D.shutdown_distributed()
