@@ -134,3 +134,90 @@ def test_failed_start_leaves_no_run_folder(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(empty),
                               "--out", str(out)])
     assert res.exit_code == 2 and not out.exists()
+
+
+# ---------------------------------------------------------------- 4, 11. image decoding: bit depth, modes, size
+
+@pytest.mark.parametrize("mode,dtype", [("I;16", "uint16"), ("I", "int32"), ("F", "float32")])
+def test_wide_images_are_stretched_not_saturated(tmp_path: Path, mode: str, dtype: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from graft_edge.data.dataset import load_images
+    from graft_edge.data.layouts import Sample, Source
+
+    ramp = np.linspace(1000, 9000, 16 * 96).reshape(16, 96).astype(dtype)  # thermal counts, far above 255
+    path = tmp_path / ("t.png" if mode == "I;16" else "t.tif")
+    Image.fromarray(ramp, mode=mode if mode != "I;16" else None).save(path)
+    assert Image.open(path).mode.startswith(mode[:1])
+    sample = Sample(sources=tuple(Source(m, path, i, 3) for i, m in enumerate(("rgb", "nir", "tir"))), pid=1, camid=1,
+                    frame=0)
+    images = load_images(sample, ("rgb", "nir", "tir"))
+    arrs = [np.asarray(images[m]) for m in ("rgb", "nir", "tir")]
+    whole = np.concatenate(arrs, axis=1)[..., 0].astype(int)
+    assert whole.min() == 0 and whole.max() == 255  # the file's own range maps to 0..255
+    expected = np.round((ramp.astype(float) - 1000) * 255 / 8000).astype(int)
+    assert np.abs(whole - expected).max() <= 1
+
+
+def test_rgba_palette_and_gray_images_decode_to_rgb(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from graft_edge.data.images import decode_rgb
+
+    rgb = (np.arange(8 * 8 * 3) % 256).astype("uint8").reshape(8, 8, 3)
+    for mode in ("RGBA", "P", "L", "LA", "1"):
+        path = tmp_path / f"x_{mode}.png"
+        Image.fromarray(rgb).convert(mode).save(path)
+        img = decode_rgb(path)
+        assert img.mode == "RGB" and img.size == (8, 8)
+    assert np.array_equal(np.asarray(decode_rgb(tmp_path / "x_RGBA.png")), rgb)
+
+
+def test_decompression_bomb_is_one_line_naming_the_file(tiny_data: Path, tmp_path: Path, tiny_checkpoint_16: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    gallery = data / "rgbir" / "bounding_box_test"
+    victim = sorted(gallery.iterdir())[0]
+    victim.unlink()
+    bomb = gallery / (victim.stem + ".png")
+    Image.new("1", (20000, 20000)).save(bomb)
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint_16), "--data", str(data)])
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.output.split())
+    assert str(bomb) in line and "too large to decode safely" in line and "internal error" not in line
+
+
+def test_image_over_our_pixel_limit_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from graft_edge.data import images
+    from graft_edge.errors import GraftError
+
+    path = tmp_path / "big.png"
+    Image.new("L", (300, 200)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 300 * 200 - 1)
+    for fn in (images.decode_rgb, images.image_size):
+        with pytest.raises(GraftError, match=r"big.png is too large to decode safely: 300x200 pixels"):
+            fn(path)
+
+
+@pytest.fixture
+def tiny_checkpoint_16(tmp_path: Path) -> Path:
+    """An untrained checkpoint of test_train's tiny config (16x32 slots, 4 ids)."""
+    import torch
+
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.model import build_model
+    from test_train import tiny_train_config
+
+    torch.manual_seed(0)
+    cfg = tiny_train_config()
+    path = tmp_path / "tiny16.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg)
+    return path
