@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 
 from graft_edge.errors import GraftError
+from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
@@ -33,13 +35,15 @@ def guarded(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except GraftError as exc:
             err_console().print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, emoji=False)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            err_console().print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            how = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, Interrupted) else ""
+            err_console().print(f"[bold red]interrupted{how}[/]")
+            raise typer.Exit(exit_code(exc)) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure: still one line unless debugging
