@@ -221,3 +221,39 @@ def tiny_checkpoint_16(tmp_path: Path) -> Path:
     path = tmp_path / "tiny16.pt"
     save_checkpoint(path, build_model(cfg.model), cfg)
     return path
+
+
+# ---------------------------------------------------------------- 12 + stale temps: --overwrite and leftovers
+
+def _train(tiny_data: Path, tmp_path: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data),
+                               "--out", str(out), "--max-steps", "1", *extra])
+
+
+def test_overwrite_unlinks_a_symlinked_tb_and_keeps_its_target(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(tiny_data, tmp_path, out).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    import shutil
+
+    shutil.rmtree(out / "tb")
+    (out / "tb").symlink_to(elsewhere, target_is_directory=True)
+    (out / "notes.txt").write_text("foreign")
+    res = _train(tiny_data, tmp_path, out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (elsewhere / "keep.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "foreign"
+    assert (out / "tb").is_dir() and not (out / "tb").is_symlink() and (out / "best.pt").is_file()
+
+
+def test_next_run_removes_temp_files_a_killed_run_left(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(tiny_data, tmp_path, out).exit_code == 0
+    stale = [out / ".last.pt.k1ll3d.tmp", out / ".best.pt.x9.tmp", out / ".config.yaml.ab.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (out / ".user.tmp").write_text("not ours")
+    res = _train(tiny_data, tmp_path, out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in stale) and (out / ".user.tmp").exists()

@@ -25,7 +25,8 @@ from graft_edge.outdir import OutputLock
 from graft_edge.train import distributed as D
 from graft_edge.train.loop import (StageRun, StepInfo, evaluate_model, load_stage_state, make_stage, run_epoch,
                                    set_train_mode, stage_state)
-from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clear_run_dir, truncate_metrics
+from graft_edge.train.rundir import (RunLogger, RunPaths, check_run_dir, clean_run_temps, clear_run_dir,
+                                    truncate_metrics)
 from graft_edge.train.state import require_same_config, rng_state, seed_everything, set_rng_state
 
 STATE_FORMAT = "graft-edge-train-state"
@@ -263,6 +264,7 @@ def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: D.DistEnv, resume: Chec
     """Rank 0 clears (--overwrite) or trims (--resume) the run folder and writes config.yaml; all ranks sync."""
     D.barrier(env)
     if env.is_main:
+        clean_run_temps(paths)
         if overwrite:
             clear_run_dir(paths)
         paths.root.mkdir(parents=True, exist_ok=True)
