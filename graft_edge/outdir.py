@@ -75,6 +75,10 @@ def clean_stale_temps(root: Path, patterns: Sequence[str]) -> list[Path]:
     return removed
 
 
+class FolderBusy(GraftError):
+    """Another live process holds the folder's lock."""
+
+
 class OutputLock:
     """Exclusive advisory lock on FOLDER/.graft-edge.lock (creates FOLDER); GraftError naming the holder if taken."""
 
@@ -105,7 +109,7 @@ class OutputLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise GraftError(f"{self.root} is in use by another {self.what} (PID {holder or '?'}): wait for it "
+                    raise FolderBusy(f"{self.root} is in use by another {self.what} (PID {holder or '?'}): wait for it "
                                      "to finish or use another output folder") from None
                 raise GraftError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
             if _same_file(fd, self.path):  # not unlinked by a releasing holder between our open and flock

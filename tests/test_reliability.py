@@ -257,3 +257,80 @@ def test_next_run_removes_temp_files_a_killed_run_left(tiny_data: Path, tmp_path
     res = _train(tiny_data, tmp_path, out, "--overwrite")
     assert res.exit_code == 0, res.output
     assert not any(p.exists() for p in stale) and (out / ".user.tmp").exists()
+
+
+# ---------------------------------------------------------------- 8. a full disk is one line naming the path
+
+ENOSPC_TEXT = "No space left on device"
+
+
+def test_train_on_a_full_disk_names_the_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from graft_edge import checkpoint
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):  # torch's zip writer on ENOSPC: a RuntimeError naming no file
+        real_save(obj, f, *a, **k)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 3121088 vs 3120976")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data),
+                              "--out", str(out), "--max-steps", "2"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "internal error" not in line, res.output
+    assert f"cannot write {out}" in line and "the write failed" in line
+    assert not list(out.glob("*.pt")) and not list(out.glob(".*.tmp"))  # nothing partial, under any name
+
+
+def test_oserror_enospc_while_writing_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from graft_edge import fileio
+    from graft_edge.errors import GraftError
+
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+
+    monkeypatch.setattr(fileio.os, "replace", no_space)
+    target = tmp_path / "config.yaml"
+    with pytest.raises(GraftError, match=f"cannot write {target}: {ENOSPC_TEXT}"):
+        fileio.write_text(target, "x: 1\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_on_a_full_disk_names_the_folder(tmp_path: Path, tiny_checkpoint_16: Path, monkeypatch) -> None:
+    import errno
+
+    from graft_edge.export import pipeline
+
+    def no_space(staged, dest):
+        raise OSError(errno.ENOSPC, ENOSPC_TEXT)  # as onnx/onnxruntime raise it: no file named
+
+    monkeypatch.setattr(pipeline, "_commit", no_space)
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["export", str(tiny_checkpoint_16), "--out", str(out)])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"cannot write the export to {out}: {ENOSPC_TEXT}" in line, res.output
+    assert not list(out.glob(".graft-export-*")) and not (out / "model.onnx").exists()
+
+
+def test_stray_oserror_is_one_line_with_the_path() -> None:
+    import errno
+
+    import typer
+
+    from graft_edge.cli.common import guarded
+
+    @guarded
+    def cmd() -> None:
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x.json")
+
+    app2 = typer.Typer()
+    app2.command()(cmd)
+    res = runner.invoke(app2, [])
+    assert res.exit_code == 1 and res.output.strip() == "error: Read-only file system: /mnt/ro/x.json"

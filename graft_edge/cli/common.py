@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from graft_edge.errors import GraftError
 from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
@@ -46,6 +47,11 @@ def guarded(func: F) -> F:
             raise typer.Exit(exit_code(exc)) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except OSError as exc:  # a full disk, permissions, a vanished file: the OS's words and the path
+            where = f": {exc.filename}" if exc.filename else ""
+            err_console().print(f"[bold red]error:[/] {escape(str(exc.strerror or exc) + where)}", soft_wrap=True,
+                                markup=True, emoji=False)
+            raise typer.Exit(1) from None
         except Exception as exc:  # an unexpected failure: still one line unless debugging
             if os.environ.get("GRAFT_EDGE_DEBUG"):
                 raise
