@@ -334,3 +334,31 @@ def test_stray_oserror_is_one_line_with_the_path() -> None:
     app2.command()(cmd)
     res = runner.invoke(app2, [])
     assert res.exit_code == 1 and res.output.strip() == "error: Read-only file system: /mnt/ro/x.json"
+
+
+# ---------------------------------------------------------------- 9. no valid query is an error, not mAP 0
+
+@pytest.mark.parametrize("cameras", ["one", "disjoint"])
+def test_eval_and_train_refuse_data_without_a_valid_query(tiny_data: Path, tmp_path: Path,
+                                                         tiny_checkpoint_16: Path, cameras: str) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    query = data / "rgbir" / "query"
+    for f in sorted(query.iterdir()):
+        pid, cam, frame = f.stem.split("_")
+        if cameras == "one":  # every gallery match of a query id is from the query's own camera
+            gallery_cams = {g.stem.split("_")[1] for g in (data / "rgbir" / "bounding_box_test").glob(f"{pid}_*")}
+            for g in (data / "rgbir" / "bounding_box_test").glob(f"{pid}_*"):
+                g.rename(g.with_name(g.name.replace(g.stem.split("_")[1], cam)))
+            assert gallery_cams
+        else:  # query ids that the gallery never shows
+            f.rename(f.with_name(f"{9000 + int(pid):04d}_{cam}_{frame}{f.suffix}"))
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint_16), "--data", str(data)])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "has a valid match" in line and "mAP 0" not in line, res.output
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(data),
+                              "--out", str(out), "--max-steps", "1"])
+    assert res.exit_code == 2 and "has a valid match" in res.output and not out.exists()
