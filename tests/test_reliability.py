@@ -362,3 +362,57 @@ def test_eval_and_train_refuse_data_without_a_valid_query(tiny_data: Path, tmp_p
     res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(data),
                               "--out", str(out), "--max-steps", "1"])
     assert res.exit_code == 2 and "has a valid match" in res.output and not out.exists()
+
+
+# ---------------------------------------------------------------- 10. the resolved config is validated up front
+
+@pytest.mark.parametrize("setting, key", [
+    ("train.stage1.lr=-0.005", "train.stage1.lr"),
+    ("train.stage1.lr=.nan", "train.stage1.lr"),
+    ("train.stage2.lr=.inf", "train.stage2.lr"),
+    ("model.enc_heads=3", "model.enc_heads=3"),
+    ("model.enc_dropout=1.5", "model.enc_dropout"),
+    ("train.stage1.epochs=-1", "train.stage1.epochs"),
+    ("train.stage1.warmup_steps=-5", "train.stage1.warmup_steps"),
+    ("train.stage2.loss.label_smoothing=1", "train.stage2.loss.label_smoothing"),
+    ("train.stage1.betas=[0.9,1.2]", "train.stage1.betas"),
+    ("data.erase=2", "data.erase"),
+    ("model.std=[0.5,0,0.5]", "model.std"),
+    ("model.img_size=[30,64]", "model.img_size"),
+    ("model.data_token_index=999", "model.data_token_index"),
+    ("model.pretrained_file=w.pth", "model.pretrained is false"),
+])
+def test_bad_config_value_names_its_key_and_creates_nothing(tiny_data: Path, tmp_path: Path, setting: str,
+                                                           key: str) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--preset", "synthetic", "--data", str(tiny_data), "--out", str(out),
+                              "--set", setting])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and key in line and "internal error" not in line, res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--node-rank", "3"], "--node-rank 3 is not in 0..0"),
+    (["--master-port", "70000"], "--master-port 70000"),
+])
+def test_bad_launch_options_are_refused_even_single_process(tiny_data: Path, tmp_path: Path, extra, needle) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--preset", "synthetic", "--data", str(tiny_data), "--out", str(out), *extra])
+    assert res.exit_code == 2 and needle in res.output and not out.exists()
+
+
+def test_init_refuses_pretrained_file_without_pretrained(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    res = runner.invoke(app, ["init", "synthetic", "--out", str(tmp_path / "m.pt"), "--pretrained-file", str(weights)])
+    assert res.exit_code == 2 and "--pretrained" in res.output and not (tmp_path / "m.pt").exists()
+
+
+def test_presets_pass_validation() -> None:
+    from graft_edge.config import PRESETS, backbone_geometry, get_preset, validate
+
+    for name in PRESETS:
+        validate(get_preset(name))
+    assert backbone_geometry(get_preset("rgbnt100").model) == (768, 16)
+    assert backbone_geometry(get_preset("synthetic").model) == (64, 8)

@@ -136,6 +136,8 @@ def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: 
         raise GraftError(f"--nproc {nproc} / --nnodes {nnodes}: expected positive integers")
     if not 0 <= node_rank < nnodes:
         raise GraftError(f"--node-rank {node_rank} is not in 0..{nnodes - 1} (--nnodes {nnodes})")
+    if not 1 <= master_port <= 65535:
+        raise GraftError(f"--master-port {master_port}: expected a TCP port in 1..65535")
     args = [f"--nproc_per_node={nproc}"]
     if nnodes == 1:
         return args + ["--standalone"]
