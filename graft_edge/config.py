@@ -205,7 +205,7 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("train.seed", 0, None, True, True),
 )
 _STAGE_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
-    ("epochs", 0, None, True, True), ("lr", 0, None, False, True), ("weight_decay", 0, None, True, True),
+    ("epochs", 0, None, True, True), ("lr", 0, None, True, True), ("weight_decay", 0, None, True, True),
     ("warmup_steps", 0, None, True, True), ("cooldown_frac", 0, 1, True, True), ("center_lr", 0, None, True, True),
     ("loss.alpha", 0, None, True, True), ("loss.beta", 0, None, True, True), ("loss.gamma", 0, None, True, True),
     ("loss.label_smoothing", 0, 1, True, False),

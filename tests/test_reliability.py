@@ -416,3 +416,22 @@ def test_presets_pass_validation() -> None:
         validate(get_preset(name))
     assert backbone_geometry(get_preset("rgbnt100").model) == (768, 16)
     assert backbone_geometry(get_preset("synthetic").model) == (64, 8)
+
+
+# ---------------------------------------------------------------- 13. plain mistakes are one line, not internal errors
+
+@pytest.mark.parametrize("make_args, needle", [
+    (lambda d, ck, data: ["init", "synthetic", "--out", str(d)], "is a folder"),
+    (lambda d, ck, data: ["eval", str(ck), "--data", str(data), "--json", str(d)], "--json"),
+    (lambda d, ck, data: ["eval", str(ck), "--data", str(data), "--threads", "-3"], "--threads"),
+    (lambda d, ck, data: ["prune", str(ck), "--out", str(d), "--target", "50%"], "is a folder"),
+    (lambda d, ck, data: ["bench", str(ck), "--iters", "1", "--json", str(d)], "is a folder"),
+])
+def test_plain_mistakes_are_user_errors(tiny_data: Path, tmp_path: Path, tiny_checkpoint_16: Path, make_args,
+                                        needle: str) -> None:
+    existing_dir = tmp_path / "a_folder"
+    existing_dir.mkdir()
+    res = runner.invoke(app, make_args(existing_dir, tiny_checkpoint_16, tiny_data))
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and needle in line and "internal error" not in line, res.output
+    assert list(existing_dir.iterdir()) == []

@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 
 
 def _fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -113,6 +113,7 @@ def bench_cmd(
     from graft_edge.profile.progress import rich_progress
     from graft_edge.units import parse_int_list
 
+    check_output_file(json_out, "--json")
     if iters is not None and seconds is not None:
         raise GraftError("give either --iters or --seconds, not both")
     if seconds is not None and not seconds > 0:

@@ -65,6 +65,17 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_output_file(path: Path | None, option: str) -> None:
+    """Before any work: an output FILE option must not name a folder (or sit under a file)."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise GraftError(f"{option} {path} is a folder: expected a file path (e.g. {path / 'result.json'})")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise GraftError(f"{option} {path}: {parent} is a file, not a folder")
+
+
 def write_json_output(path: Path | None, data: Any) -> None:
     """Write JSON to a file atomically, or to stdout when path is '-'."""
     from graft_edge.fileio import write_json

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.errors import GraftError
 
 
@@ -28,6 +28,7 @@ def init_cmd(
     from graft_edge.model import build_model, embedding_params
     from graft_edge.units import format_count
 
+    check_output_file(out, "--out")
     cfg = get_preset(preset)
     mcfg = replace(cfg.model, pretrained=pretrained,
                    pretrained_file=str(pretrained_file) if pretrained_file else cfg.model.pretrained_file)
@@ -111,7 +112,7 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON to this file ('-' for stdout)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -119,6 +120,7 @@ def eval_cmd(
     from graft_edge.evaluation import evaluate_embedder
     from graft_edge.runtime import load_embedder
 
+    check_output_file(json_out, "--json")
     embedder = load_embedder(model, device=device, threads=threads)
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console(), transient=True) as bar:
