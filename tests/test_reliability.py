@@ -435,3 +435,16 @@ def test_plain_mistakes_are_user_errors(tiny_data: Path, tmp_path: Path, tiny_ch
     line = " ".join(res.output.split())
     assert res.exit_code == 2 and needle in line and "internal error" not in line, res.output
     assert list(existing_dir.iterdir()) == []
+
+
+# ---------------------------------------------------------------- 15. demo/frontier targets are checked before work
+
+@pytest.mark.parametrize("targets", ["150%", "0%", "70%,lots", "-5M"])
+def test_demo_rejects_bad_targets_before_any_work(tmp_path: Path, targets: str) -> None:
+    import time
+
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    res = runner.invoke(app, ["demo", "--fast", "--out", str(out), "--targets", targets, "--threads", "1"])
+    assert res.exit_code == 2 and "--targets" in res.output and "internal error" not in res.output, res.output
+    assert not out.exists() and time.perf_counter() - start < 20  # no data set, no training

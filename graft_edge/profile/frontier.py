@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from graft_edge.errors import GraftError
 from graft_edge.fileio import sha256_file, write_json
 from graft_edge.profile.bench import one_line, size_on_disk
+from graft_edge.units import parse_size
 
 STATE_FILE = "frontier_state.json"
 STATE_SCHEMA = "graft-edge/frontier-state"
@@ -71,6 +72,11 @@ def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
     if not items:
         raise GraftError("--targets: expected a comma-separated list like 80%,70%,60% or 76M,70M,60M")
+    for item in items:  # syntax and range now, before any data, training or pruning
+        try:
+            parse_size(item, current=1_000_000)
+        except GraftError as exc:
+            raise GraftError(f"--targets {item!r}: {exc}") from None
     return tuple(items)
 
 
