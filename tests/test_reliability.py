@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -448,3 +449,57 @@ def test_demo_rejects_bad_targets_before_any_work(tmp_path: Path, targets: str) 
     res = runner.invoke(app, ["demo", "--fast", "--out", str(out), "--targets", targets, "--threads", "1"])
     assert res.exit_code == 2 and "--targets" in res.output and "internal error" not in res.output, res.output
     assert not out.exists() and time.perf_counter() - start < 20  # no data set, no training
+
+
+# ---------------------------------------------------------------- smaller: prune finetuning is seeded and resumable
+
+@pytest.fixture
+def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
+    """test_train's tiny config with a 4-id classifier (tiny_data has 4 training ids)."""
+    import torch
+
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.model import build_model
+    from test_train import tiny_train_config
+
+    torch.manual_seed(0)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
+    path = tmp_path / "tiny4.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg)
+    return path
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    import torch
+
+    from graft_edge.checkpoint import read_checkpoint
+
+    sa, sb = read_checkpoint(a).state_dict, read_checkpoint(b).state_dict
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_data: Path, tmp_path: Path,
+                                                                          tiny_checkpoint_4ids: Path) -> None:
+    import torch
+
+    from graft_edge.compress.run import PruneRequest, partial_path, run_prune
+
+    req = PruneRequest(target="70%", steps=2, data=tiny_data, finetune_epochs=1)
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    torch.manual_seed(123)  # different global RNG states before each call: the run must not depend on them
+    run_prune(tiny_checkpoint_4ids, a, req)
+    torch.manual_seed(456)
+    run_prune(tiny_checkpoint_4ids, b, req)
+    assert _same_weights(a, b)
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_checkpoint_4ids, c, req, progress=stop_after_first)
+    assert partial_path(c).is_file() and not c.exists()
+    torch.manual_seed(789)
+    res = run_prune(tiny_checkpoint_4ids, c, req, resume=True)
+    assert res.resumed_steps == 1 and _same_weights(a, c)

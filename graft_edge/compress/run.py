@@ -18,6 +18,7 @@ from torch import nn
 
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method
 from graft_edge.errors import GraftError
+from graft_edge.outdir import OutputLock, clean_stale_temps
 
 # identity of a run: a partial checkpoint is only resumed when these match
 RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit")
@@ -89,16 +90,23 @@ class PruneResult:
     resumed_steps: int = 0
 
 
-def _finetune_fn(cfg: Any, req: PruneRequest) -> Callable[[nn.Module, Any], Any] | None:
-    """Finetune (and evaluate) after every step when --data is given; evaluate only with 0 epochs."""
+def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0) -> Callable[[nn.Module, Any], Any] | None:
+    """Finetune (and evaluate) after every step when --data is given; evaluate only with 0 epochs.
+
+    Step N's finetuning is seeded from (cfg.train.seed, N), so a run resumed after step N-1 repeats
+    exactly what the uninterrupted run did.
+    """
     if req.data is None:
         return None
+    step = [first_step]
 
     def finetune_fn(m: nn.Module, after_step: Any) -> Any:
+        step[0] += 1
         if req.finetune_epochs > 0:
             from graft_edge.train import finetune
 
-            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step)
+            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step,
+                            seed=int(cfg.train.seed) * 10_007 + step[0])
         from graft_edge.evaluation import evaluate_embedder
         from graft_edge.runtime.torch_backend import TorchEmbedder
 
@@ -116,15 +124,22 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
     Everything is validated before anything is cut or written; OUT.partial holds the last finished step
     of an unfinished run (and is removed once OUT is written).
     """
+    req = request.validated()
+    model_path, out = Path(model_path), Path(out)
+    with OutputLock.for_file(out, "prune"):  # one prune per OUT; temp files of killed runs of OUT are removed
+        clean_stale_temps(out.parent, [f".{out.name}.*.tmp"])
+        return _run_prune(model_path, out, req, resume, progress, log or (lambda msg: None))
+
+
+def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
+               progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> PruneResult:
+    """run_prune's work, with OUT locked."""
     from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
     from graft_edge.compress.arch import extract_arch
     from graft_edge.compress.loop import plan_prune, prune_to_target
     from graft_edge.compress.targets import check_compatible, counted_size, resolve_target
     from graft_edge.fileio import sha256_file
 
-    req = request.validated()
-    log = log or (lambda msg: None)
-    model_path, out = Path(model_path), Path(out)
     net, ckpt = load_model(model_path)
     check_compatible(req.method, ckpt.history, ckpt.arch, name=str(model_path))
     target = resolve_target(req.target, net, req.method) if req.target is not None else None
@@ -164,7 +179,7 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
             progress(int(entry["step"]), int(entry["steps"]))
 
     net, arch, history = prune_to_target(
-        net, cfg, target, req.method, steps, req.round_to, _finetune_fn(cfg, req), on_step,
+        net, cfg, target, req.method, steps, req.round_to, _finetune_fn(cfg, req, done), on_step,
         attn_unit=req.attn_unit, fraction=req.fraction, history=prior, schedule=schedule, done=done)
     arch = arch if arch is not None else ckpt.arch
     net.cpu()
