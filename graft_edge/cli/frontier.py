@@ -67,12 +67,12 @@ def frontier_cmd(
 ) -> None:
     """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
     measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
-    from graft_edge.profile.frontier import FrontierSettings, parse_formats, run_frontier
+    from graft_edge.profile.frontier import FrontierSettings, parse_formats, parse_targets, run_frontier
     from graft_edge.profile.progress import rich_progress
 
     if finetune_epochs is None:
         finetune_epochs = 1 if data is not None else 0  # without data there is nothing to finetune on
-    settings = FrontierSettings(targets=tuple(targets.split(",")), formats=parse_formats(formats), method=method,
+    settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),
                                eval_batch_size=eval_batch_size)
