@@ -503,3 +503,30 @@ def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_d
     torch.manual_seed(789)
     res = run_prune(tiny_checkpoint_4ids, c, req, resume=True)
     assert res.resumed_steps == 1 and _same_weights(a, c)
+
+
+@pytest.mark.parametrize("command", ["synth", "export", "prune"])
+def test_every_writer_refuses_a_folder_in_use(tmp_path: Path, tiny_checkpoint_16: Path, command: str) -> None:
+    import os
+
+    from graft_edge.outdir import OutputLock
+
+    out = tmp_path / ("p.pt" if command == "prune" else "out")
+    args = {"synth": ["synth", "--out", str(out), *TINY_SYNTH],
+            "export": ["export", str(tiny_checkpoint_16), "--out", str(out)],
+            "prune": ["prune", str(tiny_checkpoint_16), "--out", str(out), "--target", "90%"]}[command]
+    lock = OutputLock.for_file(out, "prune") if command == "prune" else OutputLock(out, command)
+    with lock:  # another open file description: flock conflicts even within one process
+        res = runner.invoke(app, args)
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"in use by another {command} (PID {os.getpid()})" in line, res.output
+    res = runner.invoke(app, args)  # free again
+    assert res.exit_code == 0, res.output
+
+
+def test_synth_removes_its_own_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "u"
+    (out / ".synth-tmp-k1ll3d" / "rgbir").mkdir(parents=True)
+    res = runner.invoke(app, ["synth", "--out", str(out), *TINY_SYNTH])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["graft_dataset.json", "rgbir"]
