@@ -143,7 +143,8 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_result(data:
         _same_state(ref / name, out / name, exact=False)
     assert read_checkpoint(out / "best.pt").meta["mAP"] == read_checkpoint(ref / "best.pt").meta["mAP"]
     rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (ref, out)]
-    assert [(r["stage"], r["epoch"], r["step"]) for r in rows[0]] == [(r["stage"], r["epoch"], r["step"]) for r in rows[1]]
+    where = [[(r["stage"], r["epoch"], r["step"]) for r in rs] for rs in rows]
+    assert where[0] == where[1]
     assert [r["loss"] for r in rows[0]] == pytest.approx([r["loss"] for r in rows[1]], abs=1e-5)
     assert not list(out.glob(".*.tmp")) and not (out / ".graft-edge.lock").exists()
 

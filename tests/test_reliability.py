@@ -1,14 +1,42 @@
 """Hostile-input and fault repros (issue 15): each test is one defect of the probe, small and fast."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import typer
+from PIL import Image
 from typer.testing import CliRunner
 
+from graft_edge import checkpoint, fileio
+from graft_edge.checkpoint import read_checkpoint, save_checkpoint
+from graft_edge.cli.common import guarded
 from graft_edge.cli.main import app
+from graft_edge.compress.run import PruneRequest, partial_path, run_prune
+from graft_edge.config import PRESETS, backbone_geometry, config_to_dict, get_preset, validate
+from graft_edge.data import images
+from graft_edge.data.dataset import load_images
+from graft_edge.data.images import decode_rgb
+from graft_edge.data.layouts import Sample, Source
+from graft_edge.data.synthetic import write_synthetic
+from graft_edge.errors import GraftError
+from graft_edge.export import pipeline
+from graft_edge.fileio import write_yaml
+from graft_edge.model import build_model
+from graft_edge.outdir import OutputLock
+
+from test_train import tiny_train_config
 
 runner = CliRunner()
 TINY_SYNTH = ["--ids", "4", "--cameras", "2", "--images-per-camera", "1", "--height", "16", "--width", "32"]
@@ -45,8 +73,6 @@ def test_synth_overwrite_refuses_a_real_dataset(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 ids (4 train x 4 images), 2 cameras, 16x32 slots."""
-    from graft_edge.data.synthetic import write_synthetic
-
     root = tmp_path_factory.mktemp("data") / "syn"
     write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
     return root
@@ -54,10 +80,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_cfg_file(tmp_path: Path, **train_changes) -> Path:
     """tests/test_train.py's tiny config as a YAML file for the CLI."""
-    from graft_edge.config import config_to_dict
-    from graft_edge.fileio import write_yaml
-    from test_train import tiny_train_config
-
     path = tmp_path / "tiny.yaml"
     write_yaml(path, config_to_dict(tiny_train_config(**train_changes)))
     return path
@@ -74,12 +96,6 @@ def test_diverged_training_is_an_error_and_writes_no_best(tiny_data: Path, tmp_p
 
 
 def test_eval_refuses_nan_weights(tiny_data: Path, tmp_path: Path) -> None:
-    import torch
-
-    from graft_edge.checkpoint import save_checkpoint
-    from graft_edge.model import build_model
-    from test_train import tiny_train_config
-
     cfg = tiny_train_config()
     model = build_model(cfg.model)
     with torch.no_grad():
@@ -103,11 +119,6 @@ time.sleep(120)
 
 
 def test_second_run_into_a_locked_folder_fails_fast_naming_the_holder(tiny_data: Path, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
@@ -141,12 +152,6 @@ def test_failed_start_leaves_no_run_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode,dtype", [("I;16", "uint16"), ("I", "int32"), ("F", "float32")])
 def test_wide_images_are_stretched_not_saturated(tmp_path: Path, mode: str, dtype: str) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from graft_edge.data.dataset import load_images
-    from graft_edge.data.layouts import Sample, Source
-
     ramp = np.linspace(1000, 9000, 16 * 96).reshape(16, 96).astype(dtype)  # thermal counts, far above 255
     path = tmp_path / ("t.png" if mode == "I;16" else "t.tif")
     Image.fromarray(ramp, mode=mode if mode != "I;16" else None).save(path)
@@ -162,11 +167,6 @@ def test_wide_images_are_stretched_not_saturated(tmp_path: Path, mode: str, dtyp
 
 
 def test_rgba_palette_and_gray_images_decode_to_rgb(tmp_path: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from graft_edge.data.images import decode_rgb
-
     rgb = (np.arange(8 * 8 * 3) % 256).astype("uint8").reshape(8, 8, 3)
     for mode in ("RGBA", "P", "L", "LA", "1"):
         path = tmp_path / f"x_{mode}.png"
@@ -176,11 +176,8 @@ def test_rgba_palette_and_gray_images_decode_to_rgb(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(decode_rgb(tmp_path / "x_RGBA.png")), rgb)
 
 
-def test_decompression_bomb_is_one_line_naming_the_file(tiny_data: Path, tmp_path: Path, tiny_checkpoint_16: Path) -> None:
-    import shutil
-
-    from PIL import Image
-
+def test_decompression_bomb_is_one_line_naming_the_file(tiny_data: Path, tmp_path: Path,
+                                                       tiny_checkpoint_16: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     gallery = data / "rgbir" / "bounding_box_test"
@@ -195,11 +192,6 @@ def test_decompression_bomb_is_one_line_naming_the_file(tiny_data: Path, tmp_pat
 
 
 def test_image_over_our_pixel_limit_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
-    from PIL import Image
-
-    from graft_edge.data import images
-    from graft_edge.errors import GraftError
-
     path = tmp_path / "big.png"
     Image.new("L", (300, 200)).save(path)
     monkeypatch.setattr(images, "MAX_PIXELS", 300 * 200 - 1)
@@ -211,12 +203,6 @@ def test_image_over_our_pixel_limit_is_refused_before_decoding(tmp_path: Path, m
 @pytest.fixture
 def tiny_checkpoint_16(tmp_path: Path) -> Path:
     """An untrained checkpoint of test_train's tiny config (16x32 slots, 4 ids)."""
-    import torch
-
-    from graft_edge.checkpoint import save_checkpoint
-    from graft_edge.model import build_model
-    from test_train import tiny_train_config
-
     torch.manual_seed(0)
     cfg = tiny_train_config()
     path = tmp_path / "tiny16.pt"
@@ -237,7 +223,6 @@ def test_overwrite_unlinks_a_symlinked_tb_and_keeps_its_target(tiny_data: Path, 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "keep.txt").write_text("mine")
-    import shutil
 
     shutil.rmtree(out / "tb")
     (out / "tb").symlink_to(elsewhere, target_is_directory=True)
@@ -266,10 +251,6 @@ ENOSPC_TEXT = "No space left on device"
 
 
 def test_train_on_a_full_disk_names_the_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
-    import torch
-
-    from graft_edge import checkpoint
-
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):  # torch's zip writer on ENOSPC: a RuntimeError naming no file
@@ -288,12 +269,6 @@ def test_train_on_a_full_disk_names_the_checkpoint(tiny_data: Path, tmp_path: Pa
 
 
 def test_oserror_enospc_while_writing_names_the_file(tmp_path: Path, monkeypatch) -> None:
-    import errno
-    import os
-
-    from graft_edge import fileio
-    from graft_edge.errors import GraftError
-
     def no_space(src, dst):
         raise OSError(errno.ENOSPC, ENOSPC_TEXT)
 
@@ -305,10 +280,6 @@ def test_oserror_enospc_while_writing_names_the_file(tmp_path: Path, monkeypatch
 
 
 def test_export_on_a_full_disk_names_the_folder(tmp_path: Path, tiny_checkpoint_16: Path, monkeypatch) -> None:
-    import errno
-
-    from graft_edge.export import pipeline
-
     def no_space(staged, dest):
         raise OSError(errno.ENOSPC, ENOSPC_TEXT)  # as onnx/onnxruntime raise it: no file named
 
@@ -321,12 +292,6 @@ def test_export_on_a_full_disk_names_the_folder(tmp_path: Path, tiny_checkpoint_
 
 
 def test_stray_oserror_is_one_line_with_the_path() -> None:
-    import errno
-
-    import typer
-
-    from graft_edge.cli.common import guarded
-
     @guarded
     def cmd() -> None:
         raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x.json")
@@ -342,8 +307,6 @@ def test_stray_oserror_is_one_line_with_the_path() -> None:
 @pytest.mark.parametrize("cameras", ["one", "disjoint"])
 def test_eval_and_train_refuse_data_without_a_valid_query(tiny_data: Path, tmp_path: Path,
                                                          tiny_checkpoint_16: Path, cameras: str) -> None:
-    import shutil
-
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     query = data / "rgbir" / "query"
@@ -411,8 +374,6 @@ def test_init_refuses_pretrained_file_without_pretrained(tmp_path: Path) -> None
 
 
 def test_presets_pass_validation() -> None:
-    from graft_edge.config import PRESETS, backbone_geometry, get_preset, validate
-
     for name in PRESETS:
         validate(get_preset(name))
     assert backbone_geometry(get_preset("rgbnt100").model) == (768, 16)
@@ -442,8 +403,6 @@ def test_plain_mistakes_are_user_errors(tiny_data: Path, tmp_path: Path, tiny_ch
 
 @pytest.mark.parametrize("targets", ["150%", "0%", "70%,lots", "-5M"])
 def test_demo_rejects_bad_targets_before_any_work(tmp_path: Path, targets: str) -> None:
-    import time
-
     out = tmp_path / "demo"
     start = time.perf_counter()
     res = runner.invoke(app, ["demo", "--fast", "--out", str(out), "--targets", targets, "--threads", "1"])
@@ -456,12 +415,6 @@ def test_demo_rejects_bad_targets_before_any_work(tmp_path: Path, targets: str) 
 @pytest.fixture
 def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
     """test_train's tiny config with a 4-id classifier (tiny_data has 4 training ids)."""
-    import torch
-
-    from graft_edge.checkpoint import save_checkpoint
-    from graft_edge.model import build_model
-    from test_train import tiny_train_config
-
     torch.manual_seed(0)
     cfg = tiny_train_config()
     cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
@@ -471,20 +424,12 @@ def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    import torch
-
-    from graft_edge.checkpoint import read_checkpoint
-
     sa, sb = read_checkpoint(a).state_dict, read_checkpoint(b).state_dict
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_data: Path, tmp_path: Path,
                                                                           tiny_checkpoint_4ids: Path) -> None:
-    import torch
-
-    from graft_edge.compress.run import PruneRequest, partial_path, run_prune
-
     req = PruneRequest(target="70%", steps=2, data=tiny_data, finetune_epochs=1)
     a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
     torch.manual_seed(123)  # different global RNG states before each call: the run must not depend on them
@@ -507,10 +452,6 @@ def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_d
 
 @pytest.mark.parametrize("command", ["synth", "export", "prune"])
 def test_every_writer_refuses_a_folder_in_use(tmp_path: Path, tiny_checkpoint_16: Path, command: str) -> None:
-    import os
-
-    from graft_edge.outdir import OutputLock
-
     out = tmp_path / ("p.pt" if command == "prune" else "out")
     args = {"synth": ["synth", "--out", str(out), *TINY_SYNTH],
             "export": ["export", str(tiny_checkpoint_16), "--out", str(out)],

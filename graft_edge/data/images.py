@@ -1,4 +1,4 @@
-"""The one place image files are decoded: any bit depth and mode to 8-bit RGB, with a size limit, errors naming the file.
+"""The one place image files are decoded: any bit depth and mode to 8-bit RGB, a size limit, errors naming the file.
 
 16-bit and float images (thermal cameras write them) are stretched from their own min..max to
 0..255 instead of being clipped (Pillow's plain RGB conversion turns most 16-bit pixels white);

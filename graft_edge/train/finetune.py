@@ -12,8 +12,8 @@ from graft_edge.config import GraftConfig, StageConfig
 from graft_edge.errors import GraftError
 from graft_edge.model.graft import GraFT
 from graft_edge.train.distributed import DistEnv
-from graft_edge.train.state import seed_everything
 from graft_edge.train.loop import AfterStep, evaluate_model, make_stage, run_epoch, set_train_mode
+from graft_edge.train.state import seed_everything
 
 
 def finetune(

@@ -10,7 +10,6 @@ from graft_edge.errors import GraftError
 from graft_edge.fileio import write_text
 from graft_edge.outdir import clean_stale_temps, clear_owned, existing, is_empty
 
-
 RUN_OWNS = ("config.yaml", "metrics.jsonl", "tb", "last.pt", "best.pt", "stage1_best.pt", "stage2_best.pt",
             "result.json")  # every entry a training run writes: what --overwrite may delete
 
