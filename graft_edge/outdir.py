@@ -123,9 +123,12 @@ class OutputLock:
     def _open(self) -> int:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GraftError(f"cannot create the output folder {self.root}: {exc.strerror or exc}") from None
+        try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise GraftError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+            raise GraftError(f"cannot write in {self.root} ({self.path.name}: {exc.strerror or exc})") from None
 
     def release(self) -> None:
         """Remove the lock file (while still holding it, so no contender can hold a stale inode) and drop the lock."""
