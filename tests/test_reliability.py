@@ -105,6 +105,8 @@ def test_eval_refuses_nan_weights(tiny_data: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["eval", str(ckpt), "--data", str(tiny_data)])
     assert res.exit_code == 2 and "non-finite embeddings" in res.output and str(ckpt) in res.output
     assert "mAP" not in res.output
+    res = runner.invoke(app, ["bench", str(ckpt), "--iters", "1", "--warmup", "0", "--data", str(tiny_data)])
+    assert res.exit_code == 1 and "non-finite embeddings" in " ".join(res.output.split()), res.output
 
 
 # ---------------------------------------------------------------- 3. one run per output folder
