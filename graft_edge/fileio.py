@@ -29,7 +29,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:  # a full disk, a quota, a vanished folder: one line naming the file
-        raise GraftError(f"cannot write {path}: {exc.strerror or exc}") from None
+        other = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(tmp_path) else ""
+        raise GraftError(f"cannot write {path}: {exc.strerror or exc}{other}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
