@@ -70,7 +70,7 @@ def check_output_file(path: Path | None, option: str) -> None:
     if path is None or str(path) == "-":
         return
     if path.is_dir():
-        raise GraftError(f"{option} {path} is a folder: expected a file path (e.g. {path / 'result.json'})")
+        raise GraftError(f"{option} {path} is a folder: expected a file path")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise GraftError(f"{option} {path}: {parent} is a file, not a folder")
