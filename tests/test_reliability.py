@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -473,3 +474,25 @@ def test_synth_removes_its_own_leftovers(tmp_path: Path) -> None:
     res = runner.invoke(app, ["synth", "--out", str(out), *TINY_SYNTH])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["graft_dataset.json", "rgbir"]
+
+
+@pytest.mark.slow
+def test_simultaneous_trains_into_one_folder_one_wins(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = []
+    for seed in range(4):  # different configs: a mixed-up folder would show in config.yaml vs best.pt
+        argv = [sys.executable, "-m", "graft_edge", "train", "--config", str(tiny_cfg_file(tmp_path / f"c{seed}")),
+                "--data", str(tiny_data), "--out", str(out), "--max-steps", "2", "--set", f"train.seed={seed}"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+    winners = [i for i, (rc, _) in enumerate(results) if rc == 0]
+    assert len(winners) == 1, results  # later starters find the folder locked, or (once it is done) not empty
+    for rc, text in results:
+        line = " ".join(text.split())
+        assert rc == 0 or (rc == 2 and ("in use by another train (PID" in line or "is not empty" in line)), text
+    seed = winners[0]
+    assert read_checkpoint(out / "best.pt").config.train.seed == seed
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["seed"] == seed
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one run's lines, not interleaved
