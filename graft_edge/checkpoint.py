@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors, numbers and strings, never pickled modu
 from __future__ import annotations
 
 import pickle
+import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -57,7 +58,17 @@ def save_checkpoint(
         "meta": {"graft_edge": __version__, "torch": str(torch.__version__), "saved_at": time.time(), **(meta or {})},
         "extra": extra or {},
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: _save(payload, tmp, Path(path)))
+
+
+def _save(payload: dict[str, Any], tmp: Path, path: Path) -> None:
+    """torch.save, with its writer's RuntimeError (e.g. on a full disk) as one line naming the checkpoint."""
+    try:
+        torch.save(payload, tmp)
+    except RuntimeError as exc:
+        free = shutil.disk_usage(path.parent).free
+        hint = f"only {free / 1e6:.1f} MB free on its disk" if free < (64 << 20) else str(exc).splitlines()[0][:200]
+        raise GraftError(f"cannot write {path}: the write failed ({hint})") from None
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

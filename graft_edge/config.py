@@ -5,6 +5,8 @@ Configs are plain data passed explicitly; YAML is read only at the CLI edge
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Mapping
 
@@ -181,7 +183,100 @@ def validate(cfg: GraftConfig) -> GraftConfig:
         raise GraftError("data.instances_per_id must be >= 2 (a positive per anchor is needed)")
     if cfg.data.ids_per_batch < 2:
         raise GraftError("data.ids_per_batch must be >= 2 (a negative per anchor is needed)")
+    _check_numbers(cfg)
+    _check_model_shape(cfg.model)
+    if m.pretrained_file and not m.pretrained:
+        raise GraftError(f"model.pretrained_file={m.pretrained_file!r} is set but model.pretrained is false: "
+                         "pass --pretrained (or set model.pretrained=true) to load it, or drop the file")
     return cfg
+
+
+# ---------------------------------------------------------------- numeric ranges and shapes
+
+# (key, lowest, highest, lowest allowed itself, highest allowed itself); None: unbounded on that side
+_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("model.num_ids", 1, None, True, True), ("model.enc_heads", 1, None, True, True),
+    ("model.enc_ff", 1, None, True, True), ("model.enc_dropout", 0, 1, True, False),
+    ("model.data_token_index", 0, None, True, True),
+    ("data.num_workers", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
+    ("data.hflip", 0, 1, True, True), ("data.vflip", 0, 1, True, True), ("data.erase", 0, 1, True, True),
+    ("train.eval_every", 0, None, True, True), ("train.checkpoint_every", 0, None, True, True),
+    ("train.seed", 0, None, True, True),
+)
+_STAGE_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("epochs", 0, None, True, True), ("lr", 0, None, True, True), ("weight_decay", 0, None, True, True),
+    ("warmup_steps", 0, None, True, True), ("cooldown_frac", 0, 1, True, True), ("center_lr", 0, None, True, True),
+    ("loss.alpha", 0, None, True, True), ("loss.beta", 0, None, True, True), ("loss.gamma", 0, None, True, True),
+    ("loss.label_smoothing", 0, 1, True, False),
+)
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_range(key: str, value: Any, lo: float | None, hi: float | None, lo_ok: bool, hi_ok: bool) -> None:
+    """GraftError naming the key when value is NaN/inf or outside its range."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        bad = not math.isfinite(float(v))
+        bad = bad or (lo is not None and (v < lo or (v == lo and not lo_ok)))
+        bad = bad or (hi is not None and (v > hi or (v == hi and not hi_ok)))
+        if bad:
+            low = "" if lo is None else f"{'>=' if lo_ok else '>'} {lo:g}"
+            high = "" if hi is None else f"{'<=' if hi_ok else '<'} {hi:g}"
+            raise GraftError(f"{key}={value!r}: expected a finite number {' and '.join(x for x in (low, high) if x)}")
+
+
+def _check_numbers(cfg: GraftConfig) -> None:
+    """Every numeric field in its range (finite, signs, probabilities), each error naming its key."""
+    for key, *bounds in _RANGES:
+        _check_range(key, _get(cfg, key), *bounds)
+    _check_range("model.mean", cfg.model.mean, None, None, True, True)
+    _check_range("model.std", cfg.model.std, 0, None, False, True)
+    _check_range("model.img_size", cfg.model.img_size, 1, None, True, True)
+    for name in ("stage1", "stage2"):
+        st = getattr(cfg.train, name)
+        for key, *bounds in _STAGE_RANGES:
+            _check_range(f"train.{name}.{key}", _get(st, key), *bounds)
+        _check_range(f"train.{name}.betas", st.betas, 0, 1, True, False)
+        if st.loss.beta > 0 and st.center_lr <= 0:
+            raise GraftError(f"train.{name}.center_lr={st.center_lr!r}: the center loss is on (loss.beta > 0), "
+                             "so it needs a positive center_lr")
+
+
+_WIDTHS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408}
+
+
+def backbone_geometry(m: ModelConfig) -> tuple[int | None, int | None]:
+    """(token width, patch size) of the backbone from backbone_args or its timm name; None where unknown."""
+    args = dict(m.backbone_args)
+    width = args.get("embed_dim")
+    if width is None:
+        width = next((w for size, w in _WIDTHS.items() if f"_{size}_" in f"_{m.backbone}_"), None)
+    patch = args.get("patch_size")
+    if patch is None:
+        found = re.search(r"patch(\d+)", m.backbone)
+        patch = int(found.group(1)) if found else None
+    return (int(width) if width else None), (int(patch) if patch else None)
+
+
+def _check_model_shape(m: ModelConfig) -> None:
+    """Heads divide the width, the image divides into patches, the data token exists."""
+    width, patch = backbone_geometry(m)
+    if width is not None and width % m.enc_heads:
+        raise GraftError(f"model.enc_heads={m.enc_heads}: must divide the backbone's token width {width} "
+                         f"(e.g. {', '.join(str(h) for h in (1, 2, 4, 8, 12, 16) if width % h == 0)})")
+    if patch is not None:
+        h, w = m.img_size
+        if h % patch or w % patch:
+            raise GraftError(f"model.img_size={list(m.img_size)}: height and width must be multiples of the "
+                             f"backbone's patch size {patch}")
+        if m.data_token_index >= (h // patch) * (w // patch):
+            raise GraftError(f"model.data_token_index={m.data_token_index}: the backbone has only "
+                             f"{(h // patch) * (w // patch)} patch tokens at img_size {list(m.img_size)}")
 
 
 # ---------------------------------------------------------------- dict / YAML bridge

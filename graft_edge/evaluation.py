@@ -15,6 +15,7 @@ import torch
 from graft_edge.artefact import Embedder, EmbedderInfo
 from graft_edge.config import ModelConfig
 from graft_edge.data import build_eval_loaders
+from graft_edge.finite import check_features
 from graft_edge.metrics import evaluate_rank, pairwise_distance
 from graft_edge.model.embedder import ModelEmbedder
 
@@ -35,7 +36,9 @@ def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None)
         cams.append(np.asarray(camids))
         if progress is not None:
             progress(len(pids))
-    return np.concatenate(feats), np.concatenate(ids), np.concatenate(cams)
+    features = np.concatenate(feats)
+    check_features(features, embedder.info.path or embedder.info.format)
+    return features, np.concatenate(ids), np.concatenate(cams)
 
 
 def evaluate_loaders(embedder: Embedder, query_loader: Iterable, gallery_loader: Iterable,

@@ -38,6 +38,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     file is as readable as any other this process writes.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GraftError(f"cannot write {path}: it is a folder, expected a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -49,6 +51,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk, a quota, a vanished folder: one line naming the file
+        other = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(tmp_path) else ""
+        raise GraftError(f"cannot write {path}: {exc.strerror or exc}{other}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from graft_edge.errors import GraftError
+
 
 class RankResult(NamedTuple):
     """mAP and CMC as fractions in [0, 1]; queries without a valid match are skipped and counted."""
@@ -58,7 +60,8 @@ def evaluate_rank(
         aps.append(float(precision.mean()))
     valid = num_q - skipped
     if valid == 0:
-        return RankResult(0.0, np.zeros(max_rank), 0, skipped)
+        raise GraftError(f"no query has a valid match in the gallery (all {num_q} need a gallery image of their id "
+                         "from another camera): mAP is undefined; check the query/gallery split and camera ids")
     return RankResult(float(np.mean(aps)), cmc_sum / valid, valid, skipped)
 
 

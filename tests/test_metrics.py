@@ -34,9 +34,9 @@ def test_same_id_same_camera_is_removed() -> None:
     assert r.mAP == pytest.approx(0.5)
     assert r.cmc[0] == 0.0 and r.cmc[1] == 1.0
     # same camera but different id is kept (a distractor), same id different camera is a match
-    dist = np.array([[0.0, 0.5]])
-    r = evaluate_rank(dist, np.array([7]), np.array([8, 7]), np.array([3]), np.array([3, 3]))
-    assert r.num_skipped == 1  # the only true match shares the camera
+    dist = np.array([[0.0, 0.5], [0.4, 0.3]])
+    r = evaluate_rank(dist, np.array([7, 8]), np.array([8, 7]), np.array([3, 1]), np.array([3, 3]))
+    assert r.num_skipped == 1 and r.num_valid == 1  # query 0's only true match shares its camera
 
 
 def test_queries_without_valid_match_are_skipped_and_counted() -> None:
@@ -44,8 +44,19 @@ def test_queries_without_valid_match_are_skipped_and_counted() -> None:
     r = evaluate_rank(dist, np.array([1, 9]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
     assert r.num_valid == 1 and r.num_skipped == 1
     assert r.mAP == pytest.approx(1.0)
-    none = evaluate_rank(dist, np.array([8, 9]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
-    assert none.num_valid == 0 and none.mAP == 0.0
+
+
+
+@pytest.mark.parametrize("q_ids, q_cams, g_cams", [
+    ([8, 9], [0, 0], [1, 1]),  # no query id in the gallery
+    ([1, 2], [1, 1], [1, 1]),  # one camera: every true match shares the query's camera
+])
+def test_no_valid_query_is_an_error_not_map_zero(q_ids, q_cams, g_cams) -> None:
+    from graft_edge.errors import GraftError
+
+    dist = np.array([[0.1, 0.2], [0.3, 0.1]])
+    with pytest.raises(GraftError, match="no query has a valid match"):
+        evaluate_rank(dist, np.array(q_ids), np.array([1, 2]), np.array(q_cams), np.array(g_cams))
 
 
 def test_ties_are_broken_by_gallery_order() -> None:

@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.errors import GraftError
 from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
 from graft_edge.profile.progress import rich_progress
@@ -110,6 +110,7 @@ def bench_cmd(
     A model that is missing or fails (bad file, unsupported batch size, --data of other modalities) gets an
     "error: ..." status; the rest are still measured, and the exit code is 1.
     """
+    check_output_file(json_out, "--json")
     if iters is not None and seconds is not None:
         raise GraftError("give either --iters or --seconds, not both")
     if seconds is not None and not seconds > 0:

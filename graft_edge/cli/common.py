@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -14,6 +15,7 @@ from rich.markup import escape
 
 from graft_edge.errors import GraftError, one_line
 from graft_edge.fileio import write_json
+from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
@@ -35,15 +37,22 @@ def guarded(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except GraftError as exc:
             err_console().print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, emoji=False)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            err_console().print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            how = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, Interrupted) else ""
+            err_console().print(f"[bold red]interrupted{how}[/]")
+            raise typer.Exit(exit_code(exc)) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except OSError as exc:  # a full disk, permissions, a vanished file: the OS's words and the path
+            where = f": {exc.filename}" if exc.filename else ""
+            err_console().print(f"[bold red]error:[/] {escape(str(exc.strerror or exc) + where)}", soft_wrap=True,
+                                markup=True, emoji=False)
+            raise typer.Exit(1) from None
         except Exception as exc:  # an unexpected failure: still one line unless debugging
             if os.environ.get("GRAFT_EDGE_DEBUG"):
                 raise
@@ -54,6 +63,17 @@ def guarded(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Before any work: an output FILE option must not name a folder (or sit under a file)."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise GraftError(f"{option} {path} is a folder: expected a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise GraftError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def write_json_output(path: Path | None, data: Any) -> None:

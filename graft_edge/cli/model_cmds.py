@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from graft_edge.checkpoint import save_checkpoint
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_embedder
@@ -29,6 +29,7 @@ def init_cmd(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of rgb,nir,tir. Default: the preset's."),
 ) -> None:
     """Write a checkpoint of a preset's architecture (to inspect, benchmark or export before training)."""
+    check_output_file(out, "--out")
     cfg = get_preset(preset)
     mcfg = replace(cfg.model, pretrained=pretrained,
                    pretrained_file=str(pretrained_file) if pretrained_file else cfg.model.pretrained_file)
@@ -106,11 +107,12 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON to this file ('-' for stdout)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    check_output_file(json_out, "--json")
     embedder = load_embedder(model, device=device, threads=threads)
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console(), transient=True) as bar:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import arch_summary
 from graft_edge.units import format_count
@@ -42,6 +42,8 @@ def prune_cmd(
     """Prune a model to a parameter budget, optionally finetuning between steps; resumable with --resume."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    check_output_file(out, "--out")
+    check_output_file(json_out, "--json")
     request = PruneRequest(target=target, method=method, steps=steps, round_to=round_to, attn_unit=attn_unit,
                            fraction=fraction, data=data, finetune_epochs=finetune_epochs, device=device)
     err = err_console()

@@ -83,12 +83,12 @@ def train_cmd(
     Evaluates mAP/R1 on query/gallery every train.eval_every epochs and at each stage's end; RUN/best.pt
     is the delivered model (stage 2's best by mAP), usable by `graft-edge eval`/`export`/`prune`.
     """
+    launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port)  # checks the launch options
     cfg = resolve_config(preset, config, sets, resume, out)
     under_torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     if (nproc > 1 or nnodes > 1) and not under_torchrun:
         check_run_dir(RunPaths(out), resume, overwrite)
         check_devices_per_node(nproc)
-        launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port)
         preflight(cfg, data, nproc * nnodes)  # one clear error here instead of one per rank
         launch_module(launcher, _worker_args(preset, config, data, out, sets, resume, overwrite, max_steps,
                                              checkpoint_steps, threads))

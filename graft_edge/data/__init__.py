@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from graft_edge.config import MODALITIES, GraftConfig, ModelConfig
 from graft_edge.data.dataset import ReidDataset
 from graft_edge.data.layouts import Layout, Sample, Source, detect_layout, num_ids, parse_name, read_split, relabel
+from graft_edge.data.protocol import require_valid_queries
 from graft_edge.data.sampler import IdentityBatchSampler
 from graft_edge.data.transforms import AugParams, PairedTransform
 from graft_edge.errors import GraftError
@@ -65,11 +66,13 @@ def build_eval_loaders(
     if batch_size < 1:
         raise GraftError(f"batch size {batch_size}: expected a positive integer")
     transform = PairedTransform(model_cfg.img_size, model_cfg.mean, model_cfg.std, train=False)
-    loaders = []
+    loaders, splits = [], []
     for split in ("query", "gallery"):
         samples = read_split(root, split, model_cfg.modalities)
         if not samples:
             raise GraftError(f"data root {root} has no {split} images")
+        splits.append(samples)
         dataset = ReidDataset(samples, model_cfg.modalities, transform)
         loaders.append(DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers)))
+    require_valid_queries(root, *splits)
     return loaders[0], loaders[1]

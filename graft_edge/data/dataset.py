@@ -6,9 +6,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from graft_edge.data.images import decode_rgb, image_size
 from graft_edge.data.layouts import Sample, Source
 from graft_edge.errors import GraftError
 
@@ -21,29 +22,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB image -> float tensor (3, H, W) in [0, 1]."""
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    """Decode one image file fully to RGB; GraftError naming the file when unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise GraftError(f"image file {path} is missing") from None
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise GraftError(f"cannot read image {path}: corrupt or not an image ({exc})") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding; GraftError when unreadable."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise GraftError(f"image file {path} is missing") from None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise GraftError(f"cannot read image {path}: corrupt or not an image ({exc})") from None
 
 
 def check_geometry(src: Source, size: tuple[int, int]) -> None:
@@ -72,7 +50,7 @@ def load_images(sample: Sample, modalities: Sequence[str]) -> Images:
     for m in modalities:
         src = sample.source(m)
         if src.path not in decoded:
-            decoded[src.path] = _open_rgb(src.path)
+            decoded[src.path] = decode_rgb(src.path)
         out[m] = slot_crop(decoded[src.path], src)
     return out
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from PIL import Image, UnidentifiedImageError
-
 from graft_edge.config import MODALITIES
+from graft_edge.data.images import image_size
 from graft_edge.errors import GraftError
 
 SPLITS: dict[str, str] = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -132,11 +131,7 @@ def _slots_from_geometry(folder: Path) -> tuple[str, ...]:
     files = _image_files(folder)
     if not files:
         raise GraftError(f"{folder} holds no images ({'/'.join(IMAGE_SUFFIXES)})")
-    try:
-        with Image.open(files[0]) as img:
-            width, height = img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise GraftError(f"cannot read image {files[0]}: {exc}") from None
+    width, height = image_size(files[0])
     slots = width // (SLOT_ASPECT * height) if height and width % (SLOT_ASPECT * height) == 0 else 0
     if slots not in DEFAULT_SLOTS:
         raise GraftError(

@@ -8,12 +8,14 @@ cameras; gallery: the rest). Same seed -> same bytes; the reader is the real RGB
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,7 +24,8 @@ from graft_edge.config import MODALITIES, parse_modalities
 from graft_edge.data import render
 from graft_edge.data.layouts import META_FILE, SIDE_BY_SIDE, SIDE_BY_SIDE_DIR, SPLITS
 from graft_edge.errors import GraftError
-from graft_edge.fileio import temp_dir_beside, write_json
+from graft_edge.fileio import write_json
+from graft_edge.outdir import OutputLock, clean_stale_temps, existing, is_empty
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 95
@@ -149,28 +152,41 @@ def _plan(
     return plan
 
 
+SYNTH_OWNS = (META_FILE, SIDE_BY_SIDE_DIR)  # what --overwrite may replace; anything else in --out is kept
+TEMP_PATTERNS = (".synth-tmp-*", ".synth-old-*")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check the destination and return a fresh temp folder beside it."""
-    if out.exists() and not out.is_dir():
-        raise GraftError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GraftError(f"output folder {out} is not empty: pass --overwrite to replace it")
+    """Check the destination (lock held) and return a fresh temp folder inside it."""
+    clean_stale_temps(out, TEMP_PATTERNS)
+    if not is_empty(out) and not overwrite:
+        raise GraftError(f"output folder {out} is not empty: pass --overwrite to replace a synthetic set written there")
+    if overwrite and (out / SIDE_BY_SIDE_DIR).exists() and not _is_synthetic(out):
+        raise GraftError(f"--overwrite: {out / SIDE_BY_SIDE_DIR} was not written by `synth` (no synthetic {META_FILE} "
+                         "beside it); refusing to delete it, choose another --out")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return temp_dir_beside(out)
+        return Path(tempfile.mkdtemp(prefix=".synth-tmp-", dir=out))
     except OSError as exc:
         raise GraftError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
+def _is_synthetic(out: Path) -> bool:
+    """True when out/graft_dataset.json names this generator."""
+    try:
+        return json.loads((out / META_FILE).read_text()).get("generator") == __name__
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _commit(tmp: Path, out: Path) -> None:
-    """Swap the finished temp folder into place (old content removed only after the swap)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Move the finished set into `out`, replacing only the entries a synthetic set owns."""
+    old = Path(tempfile.mkdtemp(prefix=".synth-old-", dir=out))
+    for path in existing(out, SYNTH_OWNS):
+        path.rename(old / path.name)
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == META_FILE):  # the metadata last
+        entry.rename(out / entry.name)
+    tmp.rmdir()
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _metadata(
@@ -216,6 +232,22 @@ def write_synthetic(
     night = _night_cameras(cameras, rng_cam)
     margin = max(2, size[0] // 8)
     cams = {c: render.make_camera(np.random.default_rng([seed, 5, c]), size, c in night, margin) for c in range(1, cameras + 1)}
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"output {out} exists and is not a folder")
+    with OutputLock(out, "synth"):
+        counts = _write_all(out, overwrite, mods, identities, values, seed, cameras, images_per_camera, size, night,
+                            cams)
+    n_train = sum(i.split == "train" for i in identities)
+    return SyntheticSummary(
+        root=out, modalities=mods, counts=counts, train_ids=n_train, test_ids=ids - n_train,
+        cameras=cameras, cue_values=values, identities=tuple(identities), seconds=time.perf_counter() - start,
+    )
+
+
+def _write_all(out: Path, overwrite: bool, mods: tuple[str, ...], identities: list[IdentityCues], values: int,
+               seed: int, cameras: int, images_per_camera: int, size: tuple[int, int], night: set[int],
+               cams: Mapping[int, Any]) -> dict[str, int]:
+    """Render every image into a temp folder inside `out`, then move the set into place; returns counts."""
     tmp = _prepare_out(out, overwrite)
     try:
         folders = {s: tmp / SIDE_BY_SIDE_DIR / d for s, d in SPLITS.items()}
@@ -235,8 +267,4 @@ def write_synthetic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n_train = sum(i.split == "train" for i in identities)
-    return SyntheticSummary(
-        root=out, modalities=mods, counts=counts, train_ids=n_train, test_ids=ids - n_train,
-        cameras=cameras, cue_values=values, identities=tuple(identities), seconds=time.perf_counter() - start,
-    )
+    return counts

@@ -36,6 +36,7 @@ from graft_edge.export.options import ExportOptions
 from graft_edge.export.tensorrt import TIMING_CACHE, build_engine, require_tensorrt, trt_major, trt_plan
 from graft_edge.fileio import sha256_file, write_json
 from graft_edge.formats import FORMATS, Format
+from graft_edge.outdir import FolderBusy, OutputLock, clean_stale_temps
 from graft_edge.runtime.onnx_backend import session_options
 from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
 
@@ -354,8 +355,32 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
 
     Bad input raises GraftError before anything is written. A failed check (or TensorRT missing
     with options.trt) raises ExportFailed carrying the result, unless raise_on_failure=False:
-    then check `result.ok` / `result.failures`.
+    then check `result.ok` / `result.failures`. OUT is locked for the run (one export per folder);
+    staging folders of killed exports are removed; an OS error (a full disk) is one line naming OUT.
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} exists and is not a folder")
+    lock = OutputLock(out, "export")
+    try:
+        lock.acquire()
+    except FolderBusy:
+        raise
+    except GraftError as exc:
+        raise GraftError(f"--out {out} is not writable ({exc})") from None
+    try:
+        clean_stale_temps(out, (".graft-export-*", ".write-test-*"))
+        return _export(model_path, out, options, log, raise_on_failure)
+    except OSError as exc:
+        what = f" ({exc.filename})" if exc.filename else ""
+        raise GraftError(f"cannot write the export to {out}: {exc.strerror or exc}{what}") from None
+    finally:
+        lock.release()
+
+
+def _export(model_path: str | Path, out_dir: str | Path, options: ExportOptions | None,
+            log: Log | None, raise_on_failure: bool) -> ExportResult:
+    """export_model's work, inside the folder's lock."""
     started = time.perf_counter()
     opt = (options or ExportOptions()).validated()
     log = log or (lambda msg: None)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from graft_edge.errors import GraftError
+from graft_edge.signals import LAUNCHER_PID_ENV, Interrupted, die_with_parent
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def pick_device(local_rank: int) -> str:
 def init_distributed(timeout_min: float = 60.0) -> DistEnv:
     """Join the torchrun process group if there is one (NCCL on GPU, gloo on CPU); idempotent."""
     rank, world, local = env_world()
+    if world > 1:  # a rank whose launcher is killed must not train on as an orphan
+        launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+        die_with_parent(int(launcher) if launcher.isdigit() else None)
     device = pick_device(local)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -123,6 +127,8 @@ def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: 
         raise GraftError(f"--nproc {nproc} / --nnodes {nnodes}: expected positive integers")
     if not 0 <= node_rank < nnodes:
         raise GraftError(f"--node-rank {node_rank} is not in 0..{nnodes - 1} (--nnodes {nnodes})")
+    if not 1 <= master_port <= 65535:
+        raise GraftError(f"--master-port {master_port}: expected a TCP port in 1..65535")
     args = [f"--nproc_per_node={nproc}"]
     if nnodes == 1:
         return args + ["--standalone"]
@@ -132,14 +138,24 @@ def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: 
 
 def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
     """Run `python -m graft_edge MODULE_ARGS` under torchrun; a failed rank becomes one GraftError line."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    before = os.environ.get(LAUNCHER_PID_ENV)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # the ranks check they are still our children
     try:
         torchrun_main([*launcher_args, "--module", "graft_edge", *module_args])
+    except SignalException as exc:  # torchrun stopped the ranks on SIGTERM/SIGINT: as Ctrl-C
+        raise Interrupted(int(exc.sigval)) from None
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items())
         rank, info = failures[0] if failures else (-1, None)
         code = getattr(info, "exitcode", "?")
         raise GraftError(f"distributed training failed: rank {rank} exited with code {code} "
                          "(its own error line is printed above)") from None
+    finally:
+        if before is None:
+            os.environ.pop(LAUNCHER_PID_ENV, None)
+        else:
+            os.environ[LAUNCHER_PID_ENV] = before

@@ -15,6 +15,7 @@ from graft_edge.evaluation import evaluate_model
 from graft_edge.model.graft import GraFT
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import AfterStep, make_stage, run_epoch, set_train_mode
+from graft_edge.train.state import seed_everything
 
 
 def finetune(
@@ -26,6 +27,7 @@ def finetune(
     eval_at_end: bool = True,
     after_step: AfterStep | None = None,
     max_steps: int | None = None,
+    seed: int | None = None,
 ) -> tuple[GraFT, dict[str, Any]]:
     """Train `model` in place for `epochs` with a stage recipe (default cfg.train.stage2); returns it and metrics.
 
@@ -33,10 +35,12 @@ def finetune(
     `after_step(model)` runs after every optimizer step (e.g. to re-apply pruning masks).
     Single process, on the device the model's parameters are on; the model is left in eval mode
     with its original requires_grad flags. Metrics: epochs, steps, loss parts (last epoch), seconds,
-    and mAP/R1/R5/R10 (fractions) when eval_at_end.
+    and mAP/R1/R5/R10 (fractions) when eval_at_end. Seeded (cfg.train.seed, or `seed`): the same call on
+    the same weights gives the same weights, so an interrupted prune resumes to an identical model.
     """
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
+    seed_everything(cfg.train.seed if seed is None else seed)  # augmentation and dropout draws
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
     env = DistEnv(device=str(next(model.parameters()).device))
     data_cfg = replace(cfg, model=model.cfg)

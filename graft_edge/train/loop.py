@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from graft_edge.config import StageConfig
+from graft_edge.finite import check_loss, check_weights
 from graft_edge.losses import GraftLoss, LossParts
 from graft_edge.model.graft import GraFT
 from graft_edge.train.distributed import DistEnv, all_reduce_sum
@@ -168,12 +169,14 @@ def run_epoch(run: StageRun, loader: Iterable, start_batch: int = 0, on_step: On
         parts = train_step(run, images, labels)
         stats.add(parts, len(labels))
         batch += 1
+        loss, lr = float(parts.total.detach()), run.optimizer.param_groups[0]["lr"]
+        check_loss(loss, run.stage_step, lr)
         if on_step is not None:
             sps = len(labels) * run.env.world_size / max(time.perf_counter() - t0, 1e-9)
-            on_step(StepInfo(run.stage_step, batch, float(parts.total.detach()), sps,
-                             run.optimizer.param_groups[0]["lr"]))
+            on_step(StepInfo(run.stage_step, batch, loss, sps, lr))
         if run.stage_step >= run.total_steps:
             break
+    check_weights(run.model, run.stage_step)  # before anything of this epoch is evaluated or saved
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_text
+from graft_edge.outdir import clean_stale_temps, clear_owned, existing, is_empty
+
+RUN_OWNS = ("config.yaml", "metrics.jsonl", "tb", "last.pt", "best.pt", "stage1_best.pt", "stage2_best.pt",
+            "result.json")  # every entry a training run writes: what --overwrite may delete
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,8 @@ class RunPaths:
         return self.root / f"stage{stage}_best.pt"
 
     def owned(self) -> list[Path]:
-        """What --overwrite removes: only files this trainer writes (never anything else in the folder)."""
-        names = [self.config, self.metrics, self.tb, self.last, self.best, self.stage_best(1), self.stage_best(2),
-                 self.root / "result.json"]
-        return [p for p in names if p.exists()]
+        """What --overwrite removes: only entries this trainer writes (never anything else in the folder)."""
+        return existing(self.root, RUN_OWNS)
 
 
 def check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
@@ -66,17 +67,18 @@ def check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
         if not paths.config.is_file():
             raise GraftError(f"--resume: {paths.config} does not exist (is {root} a graft-edge run directory?)")
         return
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
+    if not is_empty(root) and not overwrite:
         raise GraftError(f"run directory {root} is not empty: pass --resume to continue it or --overwrite to start over")
 
 
 def clear_run_dir(paths: RunPaths) -> None:
-    """--overwrite: delete the files a previous run wrote (other files in the folder are kept)."""
-    for path in paths.owned():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    """--overwrite: delete the entries a previous run wrote (others are kept; a symlink is removed, not followed)."""
+    clear_owned(paths.root, RUN_OWNS)
+
+
+def clean_run_temps(paths: RunPaths) -> list[Path]:
+    """Remove temp files a killed run left beside its own files (.last.pt.XXXX.tmp, ...); the lock must be held."""
+    return clean_stale_temps(paths.root, [f".{name}.*.tmp" for name in RUN_OWNS])
 
 
 def truncate_metrics(paths: RunPaths, keep_lines: int) -> None:

@@ -22,7 +22,9 @@ from graft_edge.data import build_eval_loaders, build_train_loader
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model
 from graft_edge.fileio import atomic_write, read_yaml, write_yaml
+from graft_edge.finite import check_weights
 from graft_edge.model.graft import GraFT, build_model
+from graft_edge.outdir import OutputLock
 from graft_edge.train import distributed
 from graft_edge.train.loop import (
     StageRun,
@@ -33,7 +35,7 @@ from graft_edge.train.loop import (
     set_train_mode,
     stage_state,
 )
-from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clear_run_dir, truncate_metrics
+from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clean_run_temps, clear_run_dir, truncate_metrics
 from graft_edge.train.state import require_same_config, rng_state, seed_everything, set_rng_state
 
 STATE_FORMAT = "graft-edge-train-state"
@@ -100,6 +102,7 @@ def stage_steps(cfg: GraftConfig, stage: int, batches_per_epoch: int, max_steps:
 
 def save_last(tr: Trainer, run: StageRun | None) -> None:
     """RUN/last.pt: model + position + optimiser/scheduler/criterion + sampler + every rank's RNG (collective)."""
+    check_weights(tr.model, tr.pos.step)  # a diverged model is never saved, not even as resume state
     gen = getattr(tr.loader, "generator", None)
     mine = {"process": rng_state(), **({"loader": gen.get_state()} if gen is not None else {})}
     rngs = distributed.gather_objects(tr.env, mine)
@@ -268,6 +271,7 @@ def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: distributed.DistEnv, re
     """Rank 0 clears (--overwrite) or trims (--resume) the run folder and writes config.yaml; all ranks sync."""
     distributed.barrier(env)
     if env.is_main:
+        clean_run_temps(paths)
         if overwrite:
             clear_run_dir(paths)
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -340,7 +344,10 @@ def run_training(
     owns_group = not torch.distributed.is_initialized()
     env = distributed.init_distributed()
     start = time.perf_counter()
+    lock = OutputLock(run_dir, "train") if env.is_main else None  # rank 0 writes; it holds the folder's lock
     try:
+        if lock is not None:
+            lock.acquire()
         tr = _build_trainer(env, validate(cfg), data_root, RunPaths(Path(run_dir)), resume, overwrite, max_steps,
                             progress, checkpoint_steps)
         s = tr.sampler
@@ -356,5 +363,7 @@ def run_training(
         return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
                            steps=tr.pos.step, seconds=time.perf_counter() - start, num_ids=tr.cfg.model.num_ids)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             distributed.shutdown_distributed()

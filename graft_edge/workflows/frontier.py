@@ -43,6 +43,7 @@ from graft_edge.formats import (
     parse_formats,
 )
 from graft_edge.model import embedding_params
+from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch
 from graft_edge.profile.progress import ProgressHook, no_progress
@@ -72,6 +73,11 @@ def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
     if not items:
         raise GraftError("--targets: expected a comma-separated list like 80%,70%,60% or 76M,70M,60M")
+    for item in items:  # syntax and range now, before any data, training or pruning
+        try:
+            parse_size(item, current=1_000_000)
+        except GraftError as exc:
+            raise GraftError(f"--targets {item!r}: {exc}") from None
     return tuple(items)
 
 
@@ -405,12 +411,20 @@ def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: 
     model_path, out = Path(model_path), Path(out_dir)
     data_root = Path(data_root) if data_root is not None else None
     dense_count, targets = _resolve_targets(model_path, data_root, settings)  # everything checked: nothing written yet
-    state = _open_state(out, model_path, settings, dense_count, overwrite)
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} exists and is not a folder")
     job = _Job(out, model_path, data_root, settings, progress, log or (lambda msg: None),
                FrontierResult(out_dir=out, rows=[], files={}))
+    with OutputLock(out, "frontier"):  # one frontier per OUT
+        return _run(job, _open_state(out, model_path, settings, dense_count, overwrite), targets)
+
+
+def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> FrontierResult:
+    """run_frontier's work, with OUT locked: every variant and format, then latency and the reports."""
+    out = job.out
     plan = [("dense", "dense", None, None)] + [(_variant_name(n), t, t, n) for t, n in targets]
     state.order = sorted(set(state.order) | {p[0] for p in plan}, key=_order_key)
-    prev_ckpt = model_path
+    prev_ckpt = job.model_path
     for vname, label, target_text, target_n in plan:  # each target is pruned from the previous one
         v = _ensure_variant(job, state, vname, label, target_text, target_n, prev_ckpt)
         prev_ckpt = resolve(out, v.path)
@@ -420,5 +434,5 @@ def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: 
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, settings.formats)
+    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, job.settings.formats)
     return job.result

@@ -25,6 +25,7 @@ from graft_edge.evaluation import evaluate_embedder
 from graft_edge.fileio import sha256_file
 from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
+from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
 
 # identity of a run: a partial checkpoint is only resumed when these match
@@ -94,14 +95,21 @@ class PruneResult:
     resumed_steps: int = 0
 
 
-def _finetune_fn(cfg: Any, req: PruneRequest) -> Callable[[nn.Module, Any], Any] | None:
-    """Finetune (and evaluate, unless told not to) after every step when --data is given."""
+def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0) -> Callable[[nn.Module, Any], Any] | None:
+    """Finetune (and evaluate, unless told not to) after every step when --data is given.
+
+    Step N's finetuning is seeded from (cfg.train.seed, N), so a run resumed after step N-1 repeats
+    exactly what the uninterrupted run did.
+    """
     if req.data is None or (req.finetune_epochs == 0 and not req.evaluate):
         return None
+    step = [first_step]
 
     def finetune_fn(m: nn.Module, after_step: Any) -> Any:
+        step[0] += 1
         if req.finetune_epochs > 0:
-            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step, eval_at_end=req.evaluate)
+            return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step, eval_at_end=req.evaluate,
+                            seed=int(cfg.train.seed) * 10_007 + step[0])
         m.eval()
         return evaluate_embedder(ModelEmbedder(m), req.data, batch_size=cfg.data.eval_batch_size)
 
@@ -117,8 +125,15 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
     of an unfinished run (and is removed once OUT is written).
     """
     req = request.validated()
-    log = log or (lambda msg: None)
     model_path, out = Path(model_path), Path(out)
+    with OutputLock.for_file(out, "prune"):  # one prune per OUT; temp files of killed runs of OUT are removed
+        clean_stale_temps(out.parent, [f".{out.name}.*.tmp"])
+        return _run_prune(model_path, out, req, resume, progress, log or (lambda msg: None))
+
+
+def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
+               progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> PruneResult:
+    """run_prune's work, with OUT locked."""
     net, ckpt = load_model(model_path)
     check_compatible(req.method, ckpt.history, ckpt.arch, name=str(model_path))
     target = resolve_target(req.target, net, req.method) if req.target is not None else None
@@ -158,7 +173,7 @@ def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, re
             progress(int(entry["step"]), int(entry["steps"]))
 
     spec = PruneSpec(req.method, steps, req.round_to, req.attn_unit, req.fraction)
-    net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req), on_step, history=prior,
+    net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req, done), on_step, history=prior,
                                          schedule=schedule, done=done)
     arch = arch if arch is not None else ckpt.arch
     net.cpu()
