@@ -1,15 +1,25 @@
 """Feature extraction and ReID evaluation of any Embedder on a dataset's query/gallery splits."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from graft_edge.config import ModelConfig
-from graft_edge.metrics import evaluate_rank, pairwise_distance
+from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank
 from graft_edge.runtime.base import Embedder, EmbedderInfo
+
+
+class SplitFeatures(NamedTuple):
+    """One split's embeddings (N, D), ids (N,), cameras (N,) and the samples they came from, in order."""
+
+    feats: np.ndarray
+    ids: np.ndarray
+    cams: np.ndarray
+    samples: list
 
 
 def model_config_of(info: EmbedderInfo) -> ModelConfig:
@@ -31,16 +41,44 @@ def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None)
     return np.concatenate(feats), np.concatenate(ids), np.concatenate(cams)
 
 
-def evaluate_embedder(embedder: Embedder, data_root: str | Path, batch_size: int = 64,
-                      num_workers: int = 0, progress: Any = None) -> dict[str, Any]:
-    """mAP, R1/R5/R10 (fractions) and counts for an embedder on ROOT's query/gallery splits."""
+def embed_splits(embedder: Embedder, data_root: str | Path, batch_size: int = 64, num_workers: int = 0,
+                 progress: Any = None) -> tuple[SplitFeatures, SplitFeatures]:
+    """Embed ROOT's query and gallery splits with the embedder's own preprocessing."""
     from graft_edge.data import build_eval_loaders
 
-    query_loader, gallery_loader = build_eval_loaders(
-        data_root, model_config_of(embedder.info), batch_size=batch_size, num_workers=num_workers
-    )
-    qf, qi, qc = extract_features(embedder, query_loader, progress)
-    gf, gi, gc = extract_features(embedder, gallery_loader, progress)
-    result = evaluate_rank(pairwise_distance(qf, gf), qi, gi, qc, gc)
-    return {**result.summary(), "num_query": int(len(qi)), "num_gallery": int(len(gi)),
-            "num_query_skipped": int(result.num_skipped)}
+    loaders = build_eval_loaders(data_root, model_config_of(embedder.info), batch_size=batch_size,
+                                 num_workers=num_workers)
+    return tuple(SplitFeatures(*extract_features(embedder, loader, progress), list(loader.dataset.samples))
+                 for loader in loaders)  # type: ignore[return-value]
+
+
+def query_gallery_distances(query: SplitFeatures, gallery: SplitFeatures,
+                            rerank_cfg: RerankConfig | None = None) -> np.ndarray:
+    """Plain Euclidean distances (Q, G), or their k-reciprocal re-ranking when rerank_cfg is given."""
+    q_g = pairwise_distance(query.feats, gallery.feats)
+    if rerank_cfg is None:
+        return q_g
+    q_q = pairwise_distance(query.feats, query.feats)
+    g_g = pairwise_distance(gallery.feats, gallery.feats)
+    return rerank(q_g, q_q, g_g, rerank_cfg.k1, rerank_cfg.k2, rerank_cfg.lambda_value)
+
+
+def score_splits(query: SplitFeatures, gallery: SplitFeatures, rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 and counts; with rerank_cfg also the re-ranked ones under "rerank"."""
+    result = evaluate_rank(pairwise_distance(query.feats, gallery.feats), query.ids, gallery.ids, query.cams, gallery.cams)
+    out: dict[str, Any] = {**result.summary(), "num_query": len(query.ids), "num_gallery": len(gallery.ids),
+                           "num_query_skipped": int(result.num_skipped)}
+    if rerank_cfg is not None:
+        dist = query_gallery_distances(query, gallery, rerank_cfg)
+        reranked = evaluate_rank(dist, query.ids, gallery.ids, query.cams, gallery.cams)
+        out["rerank"] = {**reranked.summary(), "k1": rerank_cfg.k1, "k2": rerank_cfg.k2,
+                         "lambda": rerank_cfg.lambda_value}
+    return out
+
+
+def evaluate_embedder(embedder: Embedder, data_root: str | Path, batch_size: int = 64,
+                      num_workers: int = 0, progress: Any = None,
+                      rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 (fractions) and counts for an embedder on ROOT's query/gallery splits (+ re-ranked ones)."""
+    query, gallery = embed_splits(embedder, data_root, batch_size, num_workers, progress)
+    return score_splits(query, gallery, rerank_cfg)
