@@ -49,7 +49,8 @@ def build_cmd(
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding gallery") as (advance, total):
         manifest = build_index(model, embedder, images, out, IndexOptions(faiss_spec, batch_size, split), advance, total)
-    console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, FAISS {manifest['faiss']}")
+    console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, "
+                    f"FAISS {manifest['faiss']}", soft_wrap=True)
 
 
 @index_app.command("add")
@@ -70,7 +71,7 @@ def add_cmd(
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding new images") as (advance, total):
         manifest, added = add_to_index(model, embedder, images, index, batch_size, advance, total)
-    console().print(f"index {index}: added {added} images, {manifest['count']} in all")
+    console().print(f"index {index}: added {added} images, {manifest['count']} in all", soft_wrap=True)
 
 
 def search_records(result: Any, queries: list, entries: list) -> list[dict[str, Any]]:
@@ -136,7 +137,7 @@ def _print_results(records: list[dict[str, Any]], shown: int = 5) -> None:
     out = console()
     for rec in records:
         best = ", ".join(f"{Path(r['path']).name} {r['distance']:.3f}" for r in rec["results"][:shown])
-        out.print(f"{Path(rec['path']).name}: {best}" + (" ..." if len(rec["results"]) > shown else ""))
+        out.print(f"{Path(rec['path']).name}: {best}" + (" ..." if len(rec["results"]) > shown else ""), soft_wrap=True)
 
 
 def _write_strips(out_dir: Path, result: Any, queries: list, entries: list, modalities: Any, count: int) -> None:
@@ -153,4 +154,4 @@ def _write_strips(out_dir: Path, result: Any, queries: list, entries: list, moda
         dist[row, idx[keep]] = d[keep]
     top = int(result.indices.shape[1])
     files = write_ranked_strips(out_dir, dist, queries, entries, modalities, count, top, skip_same_camera=False)
-    console().print(f"wrote {len(files)} ranked-result strips to {out_dir}")
+    console().print(f"wrote {len(files)} ranked-result strips to {out_dir}", soft_wrap=True)

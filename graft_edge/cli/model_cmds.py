@@ -151,5 +151,5 @@ def eval_cmd(
         files = write_ranked_strips(out_dir, query_gallery_distances(query, gallery, rerank_cfg), query.samples,
                                     gallery.samples, embedder.info.modalities, visualize, top_k)
         console().print(f"wrote {len(files)} ranked-result strips to {out_dir}"
-                        + (" (re-ranked order)" if rerank_cfg else ""))
+                        + (" (re-ranked order)" if rerank_cfg else ""), soft_wrap=True)
     write_json_output(json_out, {**result, "model": str(model), "data": str(data)})
