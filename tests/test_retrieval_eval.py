@@ -47,8 +47,8 @@ def test_eval_cli_rerank_and_strips(setup, tmp_path: Path) -> None:
     assert "re-ranked (k1 5, k2 2, lambda 0.3)" in res.output and 0.0 <= doc["rerank"]["mAP"] <= 1.0
     files = sorted(strips.glob("*.png"))
     assert len(files) == 3
-    layout = StripLayout()
-    assert Image.open(files[0]).size == layout.size(4, 2) == ((1 + 4) * 72 + 12, 2 * 136 + 14)
+    layout = StripLayout.for_image(64, 32)  # the fixture's slots are 64 x 32: cells 256 x 128
+    assert Image.open(files[0]).size == layout.size(4, 2) == ((1 + 4) * 264 + 12, 2 * 136 + 14)
     # frame colours follow the identities of the re-ranked order of the first query
     emb = load_embedder(ckpt)
     query, gallery = embed_splits(emb, data, batch_size=8)

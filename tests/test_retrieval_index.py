@@ -118,7 +118,7 @@ def test_resume_after_interrupted_build(setup, tmp_path: Path) -> None:
     seen: list[int] = []
     manifest = build_index(ckpt, counter, data, tmp_path / "idx", IndexOptions(batch_size=3), progress=seen.append)
     assert counter.images == 12 - 6 and counter.calls == 2 and seen[0] == 6 and sum(seen) == 12
-    assert manifest["count"] == 12 and manifest["faiss_count"] == 12
+    assert manifest["count"] == 12 and manifest["faiss_count"] == 12 and manifest["parts"][0]["resumed"] == 6
     fresh = build_index(ckpt, emb, data, tmp_path / "fresh", IndexOptions(batch_size=12))
     q = embed_samples(emb, find_images(data, MODS, "query"))
     a, b = search_index(tmp_path / "idx", manifest, q, 5), search_index(tmp_path / "fresh", fresh, q, 5)
@@ -165,7 +165,7 @@ def test_cli_build_search_visualize(setup, tmp_path: Path) -> None:
         assert dists == sorted(dists) and q["id"] is not None
     strips = sorted((idx / "ranked").glob("*.png"))
     assert len(strips) == 2
-    assert Image.open(strips[0]).size == StripLayout().size(3, 3)
+    assert Image.open(strips[0]).size == StripLayout.for_image(64, 32).size(3, 3) == (4 * 264 + 12, 3 * 136 + 14)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -49,8 +49,10 @@ def build_cmd(
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding gallery") as (advance, total):
         manifest = build_index(model, embedder, images, out, IndexOptions(faiss_spec, batch_size, split), advance, total)
+    resumed = manifest["parts"][-1].get("resumed", 0)
     console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, "
-                    f"FAISS {manifest['faiss']}", soft_wrap=True)
+                    f"FAISS {manifest['faiss']}" + (f" ({resumed} embedded by the interrupted run, kept)" if resumed else ""),
+                    soft_wrap=True)
 
 
 @index_app.command("add")

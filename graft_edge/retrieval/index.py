@@ -100,14 +100,15 @@ def embed_samples(embedder: Embedder, samples: Sequence, batch_size: int = 64,
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def _embed_part(part: Path, embedder: Embedder, progress: Progress | None) -> np.ndarray:
-    """Embed a part's planned images batch by batch, skipping batches already on disk; (N, D) float32."""
+def _embed_part(part: Path, embedder: Embedder, progress: Progress | None) -> tuple[np.ndarray, int]:
+    """Embed a part's planned images batch by batch, skipping batches on disk: ((N, D) float32, images skipped)."""
     plan = json.loads((part / "plan.json").read_text())
     samples, bs = [sample_from_json(d) for d in plan["images"]], int(plan["batch_size"])
     batches = [list(range(s, min(s + bs, len(samples)))) for s in range(0, len(samples), bs)]
     todo = [b for b in range(len(batches)) if not (part / f"batch-{b:05d}.npy").is_file()]
+    resumed = len(samples) - sum(len(batches[b]) for b in todo)
     if progress is not None:
-        progress(len(samples) - sum(len(batches[b]) for b in todo))
+        progress(resumed)
     if todo:
         loader = _loader(samples, embedder, [i for b in todo for i in batches[b]], bs)
         for b, (images, _, _) in zip(todo, loader):
@@ -116,7 +117,7 @@ def _embed_part(part: Path, embedder: Embedder, progress: Progress | None) -> np
             if progress is not None:
                 progress(len(feats))
     feats = np.concatenate([np.load(part / f"batch-{b:05d}.npy") for b in range(len(batches))])
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12), resumed
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -206,7 +207,8 @@ def _resume_last(index_dir: Path, manifest: dict[str, Any], embedder: Embedder, 
     if not part["complete"]:
         if total is not None:
             total(part["count"])
-        feats = _embed_part(index_dir / part["dir"], embedder, progress)
+        feats, resumed = _embed_part(index_dir / part["dir"], embedder, progress)
+        part["resumed"] = resumed  # images embedded by an earlier, interrupted run
         _finish_part(index_dir, manifest, len(manifest["parts"]) - 1, feats)
     return manifest
 

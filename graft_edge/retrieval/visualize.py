@@ -29,6 +29,11 @@ class StripLayout:
     gap: int = 12
     caption: int = 14
 
+    @classmethod
+    def for_image(cls, width: int, height: int, cell_height: int = 128) -> StripLayout:
+        """A layout whose cells keep an image's aspect (synthetic slots are portrait, RGBNT100's landscape)."""
+        return cls(cell=(max(16, round(cell_height * width / max(height, 1))), cell_height))
+
     def size(self, top_k: int, modalities: int) -> tuple[int, int]:
         """(width, height) of a strip with the query plus top_k results and one row per modality."""
         w, h = self.cell[0] + 2 * self.border, self.cell[1] + 2 * self.border
@@ -79,13 +84,17 @@ def draw_strip(query: Sample, gallery: Sequence[Sample], distances: Sequence[flo
 
 def write_ranked_strips(out_dir: str | Path, dist: np.ndarray, queries: Sequence[Sample], gallery: Sequence[Sample],
                         modalities: Sequence[str], num_queries: int, top_k: int = 10,
-                        skip_same_camera: bool = True, layout: StripLayout = StripLayout()) -> list[Path]:
+                        skip_same_camera: bool = True, layout: StripLayout | None = None) -> list[Path]:
     """Write strips for num_queries queries spread evenly over the list; return the files written.
 
     A negative pid (a file name without one) counts as an unknown identity: its frames are grey.
     skip_same_camera drops gallery entries with the query's identity and camera (the evaluation protocol).
+    Without a layout, cells take the aspect of the first query's first modality.
     """
     out_dir = Path(out_dir)
+    if layout is None:
+        first = load_images(queries[0], modalities[:1])[modalities[0]]
+        layout = StripLayout.for_image(*first.size)
     picks = np.unique(np.linspace(0, len(queries) - 1, num=min(num_queries, len(queries))).round().astype(int))
     g_ids = [s.pid if s.pid >= 0 else None for s in gallery]
     g_cams = [s.camid for s in gallery]
