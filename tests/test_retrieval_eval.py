@@ -65,3 +65,15 @@ def test_eval_cli_bad_rerank_option(setup) -> None:
     ckpt, data = setup
     res = runner.invoke(app, ["eval", str(ckpt), "--data", str(data), "--rerank", "--rerank-lambda", "2"])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_bench_data_rerank(setup, tmp_path: Path) -> None:
+    ckpt, data = setup
+    out = tmp_path / "bench.json"
+    res = runner.invoke(app, ["bench", str(ckpt), "--iters", "2", "--warmup", "0", "--data", str(data), "--rerank",
+                              "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    acc = json.loads(out.read_text())["results"][0]["accuracy"]
+    query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=8)
+    expected = score_splits(query, gallery, RerankConfig())
+    assert acc["rerank"]["mAP"] == pytest.approx(expected["rerank"]["mAP"]) and acc["mAP"] == pytest.approx(expected["mAP"])

@@ -9,14 +9,15 @@ Schema "graft-edge/bench" v1::
       "schema": "graft-edge/bench", "schema_version": 1, "created": "<ISO-8601 UTC>",
       "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
-                   threads: int|null, device: str, data: str|null},
+                   threads: int|null, device: str, data: str|null, rerank: bool},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
          "format": "torch"|"onnx"|"tensorrt"|null, "precision": str|null,
          "params_embedding": int|null, "params_nonzero": int|null,
          "size_bytes": int|null, "files": [str],           # incl. ONNX external-data files
          "modalities": [str], "img_size": [H, W], "device": str, "load_s": float|null,
-         "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery"},
+         "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery",
+                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}]},
          "runs": [                                   # one per batch size
            {"batch": int, "status": "ok" | "error: ...", "error": str|null,
             "latency": null | {batch, n, mean_ms, std_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms,
@@ -71,11 +72,13 @@ class BenchSettings:
     device: str = "cpu"
     data: str | None = None
     eval_batch_size: int = 64
+    rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
 
     def to_dict(self) -> dict[str, Any]:
         """The `settings` record."""
         return {"batches": list(self.batches), "warmup": self.warmup, "iters": self.iters,
-                "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data}
+                "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data,
+                "rerank": self.rerank}
 
 
 def one_line(exc: BaseException) -> str:
@@ -228,10 +231,11 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
         if settings.data:
             check_data_modalities(info.modalities, settings.data)
             from graft_edge.evaluation import evaluate_embedder
+            from graft_edge.metrics import RerankConfig
 
             advance = progress(f"{path.name} mAP", None)
             res["accuracy"] = evaluate_embedder(embedder, settings.data, batch_size=settings.eval_batch_size,
-                                                progress=advance)
+                                                progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
     except Exception as exc:  # one line per bad model; the others are still measured
         msg = one_line(exc)
         res.update(status=f"error: {msg}", error=msg)
