@@ -108,25 +108,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=_size, default=(1000, 5000), help="QxG for the side-by-side comparison")
     ap.add_argument("--large", type=_size, action="append", default=None,
-                    help="QxG sizes for the distance-matrix rerank alone (repeatable; default 5000x25000)")
+                    help="QxG sizes for the distance-matrix rerank alone (repeatable; default 5000x25000; 0x0: none)")
     ap.add_argument("--features", type=_size, action="append", default=None,
-                    help="QxG sizes for rerank_features alone (repeatable; default 10000x50000)")
+                    help="QxG sizes for rerank_features alone (repeatable; default 10000x50000; 0x0: none)")
     ap.add_argument("--dim", type=int, default=256, help="feature dimension of the random problems")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/rerank_speed"), help="folder for rerank_speed.json")
+    ap.add_argument("--no-side", action="store_true", help="skip the side-by-side comparison (large sizes only)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    ref = run("reference", args.side, args.dim, args.seed, args.out)
-    new = run("rerank", args.side, args.dim, args.seed, args.out)
-    agree = {"top1_identical": float((ref["_top1"] == new["_top1"]).mean()),
-             "max_abs_diff": float(np.abs(ref["_dist"] - new["_dist"]).max()),
-             "mAP_diff": abs(ref["mAP"] - new["mAP"]), "speedup": ref["seconds"] / new["seconds"]}
-    rows += [ref, new]
-    for size in args.large or [(5000, 25000)]:
-        rows.append(run("rerank", size, args.dim, args.seed, args.out))
-    for size in args.features or [(10000, 50000)]:
-        rows.append(run("features", size, args.dim, args.seed, args.out))
+    rows, agree = [], None
+    if not args.no_side:
+        ref = run("reference", args.side, args.dim, args.seed, args.out)
+        new = run("rerank", args.side, args.dim, args.seed, args.out)
+        agree = {"top1_identical": float((ref["_top1"] == new["_top1"]).mean()),
+                 "max_abs_diff": float(np.abs(ref["_dist"] - new["_dist"]).max()),
+                 "mAP_diff": abs(ref["mAP"] - new["mAP"]), "speedup": ref["seconds"] / new["seconds"]}
+        rows += [ref, new]
+    for kind, sizes, default in (("rerank", args.large, (5000, 25000)), ("features", args.features, (10000, 50000))):
+        rows += [run(kind, size, args.dim, args.seed, args.out) for size in sizes or [default] if min(size) > 0]
     for r in rows:
         r.pop("_dist", None), r.pop("_top1", None)
     doc = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -148,8 +148,11 @@ def markdown(doc: dict) -> str:
         r1 = f"{100 * r['R1']:.2f}" if r["R1"] is not None else "-"
         lines.append(f"| {r['kind']} | {r['q']} x {r['g']} | {r['seconds']:.2f} | {r['peak_rss_gib']:.2f} | "
                      f"{r['extra_rss_gib']:.2f} | {r['input_gib']:.2f} | {m} | {r1} |")
+    if a is None:
+        return "\n".join(lines)
     lines.append("")
-    lines.append(f"Agreement at the side-by-side size: identical top-1 for {100 * a['top1_identical']:.2f}% of queries, "
+    lines.append("Agreement at the side-by-side size: identical top-1 for "
+                 f"{100 * a['top1_identical']:.2f}% of queries, "
                  f"mAP difference {a['mAP_diff']:.2e}, largest distance difference {a['max_abs_diff']:.2e}; "
                  f"rerank {a['speedup']:.1f}x faster than the reference.")
     return "\n".join(lines)

@@ -63,9 +63,11 @@ def query_gallery_distances(query: SplitFeatures, gallery: SplitFeatures,
     return rerank(q_g, q_q, g_g, rerank_cfg.k1, rerank_cfg.k2, rerank_cfg.lambda_value)
 
 
-def score_splits(query: SplitFeatures, gallery: SplitFeatures, rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
+def score_splits(query: SplitFeatures, gallery: SplitFeatures,
+                 rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
     """mAP, R1/R5/R10 and counts; with rerank_cfg also the re-ranked ones under "rerank"."""
-    result = evaluate_rank(pairwise_distance(query.feats, gallery.feats), query.ids, gallery.ids, query.cams, gallery.cams)
+    dist = pairwise_distance(query.feats, gallery.feats)
+    result = evaluate_rank(dist, query.ids, gallery.ids, query.cams, gallery.cams)
     out: dict[str, Any] = {**result.summary(), "num_query": len(query.ids), "num_gallery": len(gallery.ids),
                            "num_query_skipped": int(result.num_skipped)}
     if rerank_cfg is not None:

@@ -1,4 +1,4 @@
-"""`eval --rerank --visualize`: plain and re-ranked metrics, strips of the expected grid with the right frame colours."""
+"""`eval --rerank --visualize`, `bench --rerank`: plain and re-ranked metrics, strips with the expected grid/colours."""
 from __future__ import annotations
 
 import json
@@ -40,8 +40,9 @@ def test_score_splits_reports_both(setup) -> None:
 def test_eval_cli_rerank_and_strips(setup, tmp_path: Path) -> None:
     ckpt, data = setup
     out, strips = tmp_path / "m.json", tmp_path / "strips"
-    res = runner.invoke(app, ["eval", str(ckpt), "--data", str(data), "--rerank", "--rerank-k1", "5", "--rerank-k2", "2",
-                              "--visualize", "3", "--top", "4", "--visualize-dir", str(strips), "--json", str(out)])
+    res = runner.invoke(app, ["eval", str(ckpt), "--data", str(data), "--rerank", "--rerank-k1", "5",
+                              "--rerank-k2", "2", "--visualize", "3", "--top", "4", "--visualize-dir", str(strips),
+                              "--json", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert "re-ranked (k1 5, k2 2, lambda 0.3)" in res.output and 0.0 <= doc["rerank"]["mAP"] <= 1.0
@@ -76,4 +77,5 @@ def test_bench_data_rerank(setup, tmp_path: Path) -> None:
     acc = json.loads(out.read_text())["results"][0]["accuracy"]
     query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=8)
     expected = score_splits(query, gallery, RerankConfig())
-    assert acc["rerank"]["mAP"] == pytest.approx(expected["rerank"]["mAP"]) and acc["mAP"] == pytest.approx(expected["mAP"])
+    assert acc["rerank"]["mAP"] == pytest.approx(expected["rerank"]["mAP"])
+    assert acc["mAP"] == pytest.approx(expected["mAP"])

@@ -38,7 +38,7 @@ def build_cmd(
     faiss_spec: str = typer.Option("Flat", "--faiss", help="FAISS factory string: Flat (exact inner product) or e.g. "
                                    "IVF1024,PQ32 for millions of images (trained on the built images)."),
     split: str = typer.Option("gallery", "--split", help="Split of a dataset root to index: gallery, query or train."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass (and per resumable batch).", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
@@ -48,11 +48,12 @@ def build_cmd(
 
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding gallery") as (advance, total):
-        manifest = build_index(model, embedder, images, out, IndexOptions(faiss_spec, batch_size, split), advance, total)
+        options = IndexOptions(faiss_spec, batch_size, split)
+        manifest = build_index(model, embedder, images, out, options, advance, total)
     resumed = manifest["parts"][-1].get("resumed", 0)
+    kept = f" ({resumed} embedded by the interrupted run, kept)" if resumed else ""
     console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, "
-                    f"FAISS {manifest['faiss']}" + (f" ({resumed} embedded by the interrupted run, kept)" if resumed else ""),
-                    soft_wrap=True)
+                    f"FAISS {manifest['faiss']}{kept}", soft_wrap=True)
 
 
 @index_app.command("add")
@@ -61,7 +62,7 @@ def add_cmd(
     index: Path = typer.Argument(..., help="Index folder made by `index build`."),
     images: Path = typer.Argument(..., help=IMAGES_HELP + " Images already in the index are skipped."),
     model: Optional[Path] = typer.Option(None, "--model", help="The index's model (default: the path it recorded)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass (and per resumable batch).", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
@@ -93,13 +94,16 @@ def search_cmd(
     index: Path = typer.Argument(..., help="Index folder made by `index build`."),
     queries: Path = typer.Argument(..., help=IMAGES_HELP + " A dataset root's query split is used."),
     top: int = typer.Option(10, "--top", help="Gallery entries returned per query.", min=1),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model for the queries: must be the index's (default: its recorded path)."),
+    model: Optional[Path] = typer.Option(None, "--model",
+                                         help="Model for the queries: the index's own (default: its recorded path)."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking of each query's FAISS candidates."),
     pool: int = typer.Option(1000, "--rerank-pool", help="FAISS candidates per query that --rerank re-ranks.", min=1),
     nprobe: int = typer.Option(16, "--nprobe", help="IVF lists visited per query (IVF indexes only).", min=1),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the ranked entries as JSON to this file ('-' for stdout)."),
-    visualize: int = typer.Option(0, "--visualize", help="Write ranked-result strips for this many queries (0: none).", min=0),
-    vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: INDEX/ranked."),
+    json_out: Optional[Path] = typer.Option(None, "--json",
+                                           help="Write the ranked entries as JSON to this file ('-' for stdout)."),
+    visualize: int = typer.Option(0, "--visualize", min=0,
+                                  help="Write ranked-result strips for this many queries (0: none)."),
+    vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for strips (default INDEX/ranked)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Query images per forward pass.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),

@@ -39,7 +39,8 @@ def _slot_modalities(folder: Path, first: Path, wanted: Sequence[str]) -> tuple[
             try:
                 return tuple(json.loads(meta.read_text())["modalities"])
             except (OSError, ValueError, KeyError, TypeError):
-                raise GraftError(f"{meta} is not a valid dataset description (expected {{\"modalities\": [...]}})") from None
+                raise GraftError(f"{meta} is not a valid dataset description "
+                                 '(expected {"modalities": [...]})') from None
     width, height = image_size(first)
     slots = width // (SLOT_ASPECT * height) if height and width % (SLOT_ASPECT * height) == 0 else 0
     if slots in DEFAULT_SLOTS:

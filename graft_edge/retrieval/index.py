@@ -31,7 +31,7 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class IndexOptions:
-    """How an index is built: FAISS factory string (Flat = exact inner product), images per batch, split of a dataset root."""
+    """How an index is built: FAISS factory string (Flat: exact inner product), images per batch, dataset split."""
 
     faiss: str = "Flat"
     batch_size: int = 64
@@ -54,7 +54,8 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
             raise ValueError("not a graft-edge index")
         return manifest
     except FileNotFoundError:
-        raise GraftError(f"{index_dir} is not an index: {path} is missing (make one with `graft-edge index build`)") from None
+        raise GraftError(f"{index_dir} is not an index: {path} is missing "
+                         "(make one with `graft-edge index build`)") from None
     except (OSError, ValueError, AttributeError) as exc:
         raise GraftError(f"{path} is not a valid index manifest ({exc})") from None
 
@@ -155,7 +156,8 @@ def _add_to_faiss(index_dir: Path, manifest: dict[str, Any], feats: np.ndarray) 
         try:
             index = faiss.index_factory(feats.shape[1], manifest["faiss"], faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
-            raise GraftError(f"--faiss {manifest['faiss']!r} is not a FAISS factory string ({str(exc).splitlines()[0]})") from None
+            raise GraftError(f"--faiss {manifest['faiss']!r} is not a FAISS factory string "
+                             f"({str(exc).strip().splitlines()[-1][:200]})") from None
         if not index.is_trained:
             try:
                 index.train(feats)

@@ -103,7 +103,8 @@ def write_ranked_strips(out_dir: str | Path, dist: np.ndarray, queries: Sequence
         query = queries[qi]
         q_id = query.pid if query.pid >= 0 else None
         skip_id = q_id if skip_same_camera else None
-        top = ranked_entries(dist[qi], skip_id, query.camid, g_ids, g_cams, min(top_k, int(np.isfinite(dist[qi]).sum())))
+        shown = min(top_k, int(np.isfinite(dist[qi]).sum()))
+        top = ranked_entries(dist[qi], skip_id, query.camid, g_ids, g_cams, shown)
         matches = [None if q_id is None or g_ids[j] is None else g_ids[j] == q_id for j in top]
         strip = draw_strip(query, [gallery[j] for j in top], [float(dist[qi, j]) for j in top], matches, modalities,
                            layout)
