@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from graft_edge.config import ModelConfig
-from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank
+from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 from graft_edge.runtime.base import Embedder, EmbedderInfo
 
 
@@ -54,26 +54,31 @@ def embed_splits(embedder: Embedder, data_root: str | Path, batch_size: int = 64
 
 def query_gallery_distances(query: SplitFeatures, gallery: SplitFeatures,
                             rerank_cfg: RerankConfig | None = None) -> np.ndarray:
-    """Plain Euclidean distances (Q, G), or their k-reciprocal re-ranking when rerank_cfg is given."""
-    q_g = pairwise_distance(query.feats, gallery.feats)
+    """Plain Euclidean distances (Q, G), or their k-reciprocal re-ranking when rerank_cfg is given.
+
+    Re-ranking works from the features (`rerank_features`: the same result as `rerank` on the three
+    distance blocks, without holding the G x G matrix).
+    """
     if rerank_cfg is None:
-        return q_g
-    q_q = pairwise_distance(query.feats, query.feats)
-    g_g = pairwise_distance(gallery.feats, gallery.feats)
-    return rerank(q_g, q_q, g_g, rerank_cfg.k1, rerank_cfg.k2, rerank_cfg.lambda_value)
+        return pairwise_distance(query.feats, gallery.feats)
+    return rerank_features(query.feats, gallery.feats, rerank_cfg.k1, rerank_cfg.k2, rerank_cfg.lambda_value)
 
 
-def score_splits(query: SplitFeatures, gallery: SplitFeatures,
-                 rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
-    """mAP, R1/R5/R10 and counts; with rerank_cfg also the re-ranked ones under "rerank"."""
+def score_splits(query: SplitFeatures, gallery: SplitFeatures, rerank_cfg: RerankConfig | None = None,
+                 reranked: np.ndarray | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 and counts; with rerank_cfg also the re-ranked ones under "rerank".
+
+    `reranked` passes re-ranked distances already computed with rerank_cfg (they are not recomputed).
+    """
     dist = pairwise_distance(query.feats, gallery.feats)
     result = evaluate_rank(dist, query.ids, gallery.ids, query.cams, gallery.cams)
     out: dict[str, Any] = {**result.summary(), "num_query": len(query.ids), "num_gallery": len(gallery.ids),
                            "num_query_skipped": int(result.num_skipped)}
     if rerank_cfg is not None:
-        dist = query_gallery_distances(query, gallery, rerank_cfg)
-        reranked = evaluate_rank(dist, query.ids, gallery.ids, query.cams, gallery.cams)
-        out["rerank"] = {**reranked.summary(), "k1": rerank_cfg.k1, "k2": rerank_cfg.k2,
+        if reranked is None:
+            reranked = query_gallery_distances(query, gallery, rerank_cfg)
+        rr = evaluate_rank(reranked, query.ids, gallery.ids, query.cams, gallery.cams)
+        out["rerank"] = {**rr.summary(), "k1": rerank_cfg.k1, "k2": rerank_cfg.k2,
                          "lambda": rerank_cfg.lambda_value}
     return out
 

@@ -79,3 +79,14 @@ def test_bench_data_rerank(setup, tmp_path: Path) -> None:
     expected = score_splits(query, gallery, RerankConfig())
     assert acc["rerank"]["mAP"] == pytest.approx(expected["rerank"]["mAP"])
     assert acc["mAP"] == pytest.approx(expected["mAP"])
+
+
+def test_eval_rerank_equals_rerank_of_distance_blocks(setup) -> None:
+    """eval re-ranks from features; the result is rerank() of the three distance matrices."""
+    from graft_edge.metrics import pairwise_distance, rerank
+
+    ckpt, data = setup
+    query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=8)
+    q, g = query.feats, gallery.feats
+    blocks = rerank(pairwise_distance(q, g), pairwise_distance(q, q), pairwise_distance(g, g), 5, 2, 0.3)
+    np.testing.assert_allclose(query_gallery_distances(query, gallery, RerankConfig(5, 2, 0.3)), blocks, atol=1e-5)

@@ -134,7 +134,8 @@ def eval_cmd(
                   console=err_console(), transient=True) as bar:
         task = bar.add_task("eval", total=None)
         query, gallery = embed_splits(embedder, data, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
-    result = score_splits(query, gallery, rerank_cfg)
+    dist = query_gallery_distances(query, gallery, rerank_cfg) if rerank_cfg and visualize else None
+    result = score_splits(query, gallery, rerank_cfg, reranked=dist)
     console().print(
         f"mAP {100 * result['mAP']:.2f}  R1 {100 * result['R1']:.2f}  R5 {100 * result['R5']:.2f}  "
         f"R10 {100 * result['R10']:.2f}  (query {result['num_query']}, gallery {result['num_gallery']}"
@@ -148,8 +149,10 @@ def eval_cmd(
         from graft_edge.retrieval.visualize import write_ranked_strips
 
         out_dir = vis_dir or Path(f"ranked_{model.stem}")
-        files = write_ranked_strips(out_dir, query_gallery_distances(query, gallery, rerank_cfg), query.samples,
-                                    gallery.samples, embedder.info.modalities, visualize, top_k)
+        if dist is None:
+            dist = query_gallery_distances(query, gallery, None)
+        files = write_ranked_strips(out_dir, dist, query.samples, gallery.samples, embedder.info.modalities,
+                                    visualize, top_k)
         console().print(f"wrote {len(files)} ranked-result strips to {out_dir}"
                         + (" (re-ranked order)" if rerank_cfg else ""), soft_wrap=True)
     write_json_output(json_out, {**result, "model": str(model), "data": str(data)})
