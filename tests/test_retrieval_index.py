@@ -181,3 +181,27 @@ def test_bad_input_is_one_line(setup, tmp_path: Path, monkeypatch, args, needle)
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_loose_files_without_ids(setup, tmp_path: Path) -> None:
+    """A folder of side-by-side images with arbitrary names: unknown ids (null in JSON), grey frames, still ranked."""
+    ckpt, _, data = setup
+    loose = tmp_path / "cam"
+    loose.mkdir()
+    for i, f in enumerate(sorted((data / "rgbir" / "bounding_box_test").iterdir())[:6]):
+        shutil.copy(f, loose / f"frame{i}.jpg")
+    (loose / "notes.txt").write_text("not an image")
+    samples = find_images(loose, ("rgb", "nir"), "gallery")  # no metadata beside them: 6:1 aspect -> rgb|nir|tir
+    assert len(samples) == 6 and all(s.pid == -1 and s.camid == -1 for s in samples)
+    assert [src.slot for src in samples[0].sources] == [0, 1]
+    out = tmp_path / "hits.json"
+    assert runner.invoke(app, ["index", "build", str(ckpt), str(loose), "--out", str(tmp_path / "idx")]).exit_code == 0
+    res = runner.invoke(app, ["index", "search", str(tmp_path / "idx"), str(loose), "--top", "2", "--json", str(out),
+                              "--visualize", "1"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert [q["results"][0]["path"] for q in doc["queries"]] == [q["path"] for q in doc["queries"]]  # itself first
+    assert all(q["id"] is None and q["results"][0]["id"] is None for q in doc["queries"])
+    strip = np.asarray(Image.open(next((tmp_path / "idx" / "ranked").glob("*.png"))).convert("RGB"))
+    layout = StripLayout.for_image(64, 32)
+    assert tuple(strip[layout.caption + 1, layout.cell[0] + 2 * layout.border + layout.gap + 1]) == (128, 128, 128)
