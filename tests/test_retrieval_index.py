@@ -155,7 +155,7 @@ def test_cli_build_search_visualize(setup, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "12 images" in res.output
     res = runner.invoke(app, ["index", "search", str(idx), str(data), "--top", "3", "--json", str(out),
-                              "--visualize", "2", "--rerank"])
+                              "--visualize", "2", "--rerank", "--rerank-k1", "4", "--rerank-k2", "2"])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["rerank"] and len(doc["queries"]) == 5
@@ -163,6 +163,13 @@ def test_cli_build_search_visualize(setup, tmp_path: Path) -> None:
         assert [r["rank"] for r in q["results"]] == [1, 2, 3]
         dists = [r["distance"] for r in q["results"]]
         assert dists == sorted(dists) and q["id"] is not None
+    from graft_edge.evaluation import query_gallery_distances
+    from graft_edge.metrics import RerankConfig
+
+    query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=4)
+    ref = np.argsort(query_gallery_distances(query, gallery, RerankConfig(4, 2, 0.3)), axis=1, kind="stable")[:, :3]
+    names = [str(s.sources[0].path.resolve()) for s in gallery.samples]
+    assert [[r["path"] for r in q["results"]] for q in doc["queries"]] == [[names[j] for j in row] for row in ref]
     strips = sorted((idx / "ranked").glob("*.png"))
     assert len(strips) == 2
     assert Image.open(strips[0]).size == StripLayout.for_image(64, 32).size(3, 3) == (4 * 264 + 12, 3 * 136 + 14)

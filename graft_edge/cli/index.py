@@ -98,6 +98,11 @@ def search_cmd(
                                          help="Model for the queries: the index's own (default: its recorded path)."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking of each query's FAISS candidates."),
     pool: int = typer.Option(1000, "--rerank-pool", help="FAISS candidates per query that --rerank re-ranks.", min=1),
+    k1: int = typer.Option(20, "--rerank-k1", help="Re-ranking: k-reciprocal neighbours per image.", min=1),
+    k2: int = typer.Option(6, "--rerank-k2", help="Re-ranking: neighbours averaged in query expansion (1: none).",
+                            min=1),
+    lambda_value: float = typer.Option(0.3, "--rerank-lambda", min=0.0, max=1.0,
+                                       help="Re-ranking: weight of the original distance (0..1)."),
     nprobe: int = typer.Option(16, "--nprobe", help="IVF lists visited per query (IVF indexes only).", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json",
                                            help="Write the ranked entries as JSON to this file ('-' for stdout)."),
@@ -129,7 +134,8 @@ def search_cmd(
     with progress_bar("embedding queries") as (advance, total):
         total(len(samples))
         feats = embed_samples(embedder, samples, batch_size, advance)
-    result = search_index(index, manifest, feats, top, RerankConfig() if rerank else None, pool, nprobe)
+    rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
+    result = search_index(index, manifest, feats, top, rerank_cfg, pool, nprobe)
     entries = load_entries(index, manifest)
     records = search_records(result, samples, entries)
     _print_results(records)
