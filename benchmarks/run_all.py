@@ -9,6 +9,7 @@ OUT/summary.json with the machine record:
   prune_latency     dense vs structured vs unstructured pruning, PyTorch (benchmarks/prune_latency.py)
   matmul_peak       model latency as a share of this CPU's measured GEMM rate (benchmarks/matmul_peak.py)
   demo              the frontier of the synthetic preset: `graft-edge demo` (train, prune, export, time)
+  rerank_speed      k-reciprocal re-ranking vs the loop-per-image reference, large sizes (benchmarks/rerank_speed.py)
 
     python benchmarks/run_all.py                 # the README's settings (DeiT-B sized models: an hour or more on 2 cores)
     python benchmarks/run_all.py --quick         # small models and short runs (a few minutes)
@@ -119,12 +120,30 @@ def _demo_ratios(doc: dict) -> list[str]:
     return lines + ["times: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc.get("seconds", {}).items())]
 
 
+def _rerank_cmd(out: Path, quick: bool, threads: int | None) -> list[str]:
+    sizes = ["--side", "300x1500", "--large", "1000x5000", "--features", "2000x10000"] if quick else []
+    return _script("rerank_speed") + sizes + ["--out", str(out / "rerank_speed_work")]
+
+
+def _rerank_json(out: Path) -> Path:
+    return out / "rerank_speed_work" / "rerank_speed.json"
+
+
+def _rerank_ratios(doc: dict) -> list[str]:
+    a = doc.get("agreement") or {}
+    lines = [f"rerank {a['speedup']:.1f}x faster than the reference, identical top-1 {100 * a['top1_identical']:.1f}%, "
+             f"mAP difference {a['mAP_diff']:.1e}"] if a else []
+    return lines + [f"{r['kind']} {r['q']}x{r['g']}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB"
+                    for r in doc.get("rows", []) if "seconds" in r]
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., list[str]], Callable[[dict], list[str]], Callable[[Path], Path] | None]] = {
     "train_throughput": (_train_cmd, _train_ratios, None),
     "export_latency": (_export_cmd, _export_ratios, None),
     "prune_latency": (_prune_cmd, _prune_ratios, None),
     "matmul_peak": (_matmul_cmd, _matmul_ratios, None),
     "demo": (_demo_cmd, _demo_ratios, _demo_json),
+    "rerank_speed": (_rerank_cmd, _rerank_ratios, _rerank_json),
 }
 
 

@@ -1,13 +1,15 @@
-"""The one evaluation path: features of any Embedder over query/gallery loaders, then mAP and CMC.
+"""The one evaluation path: features of any Embedder over query/gallery loaders, then mAP and CMC (and, on
+request, the same after k-reciprocal re-ranking).
 
 `eval`, `bench`, the frontier, training's model selection and pruning's finetuning all call it, so a
 number means the same thing wherever it is printed.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,8 +18,17 @@ from graft_edge.artefact import Embedder, EmbedderInfo
 from graft_edge.config import ModelConfig
 from graft_edge.data import build_eval_loaders
 from graft_edge.finite import check_features
-from graft_edge.metrics import evaluate_rank, pairwise_distance
+from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 from graft_edge.model.embedder import ModelEmbedder
+
+
+class SplitFeatures(NamedTuple):
+    """One split's embeddings (N, D), ids (N,), cameras (N,) and the samples they came from, in order."""
+
+    feats: np.ndarray
+    ids: np.ndarray
+    cams: np.ndarray
+    samples: list
 
 
 def model_config_of(info: EmbedderInfo) -> ModelConfig:
@@ -41,23 +52,64 @@ def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None)
     return features, np.concatenate(ids), np.concatenate(cams)
 
 
-def evaluate_loaders(embedder: Embedder, query_loader: Iterable, gallery_loader: Iterable,
-                     progress: Any = None) -> dict[str, Any]:
-    """mAP, R1/R5/R10 (fractions) and counts of an embedder on query/gallery loaders."""
-    qf, qi, qc = extract_features(embedder, query_loader, progress)  # (Nq, D)
-    gf, gi, gc = extract_features(embedder, gallery_loader, progress)  # (Ng, D)
-    result = evaluate_rank(pairwise_distance(qf, gf), qi, gi, qc, gc)
-    return {**result.summary(), "num_query": int(len(qi)), "num_gallery": int(len(gi)),
-            "num_query_skipped": int(result.num_skipped)}
+def split_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> SplitFeatures:
+    """One split's features, ids, cameras and samples (from the loader's dataset, when it has them)."""
+    samples = list(getattr(getattr(loader, "dataset", None), "samples", []))
+    return SplitFeatures(*extract_features(embedder, loader, progress), samples)
+
+
+def evaluate_loaders(embedder: Embedder, query_loader: Iterable, gallery_loader: Iterable, progress: Any = None,
+                     rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 (fractions) and counts of an embedder on query/gallery loaders (+ re-ranked ones)."""
+    return score_splits(split_features(embedder, query_loader, progress),
+                        split_features(embedder, gallery_loader, progress), rerank_cfg)
+
+
+def embed_splits(embedder: Embedder, data_root: str | Path, batch_size: int = 64, num_workers: int = 0,
+                 progress: Any = None) -> tuple[SplitFeatures, SplitFeatures]:
+    """Embed ROOT's query and gallery splits with the embedder's own preprocessing."""
+    query, gallery = build_eval_loaders(data_root, model_config_of(embedder.info), batch_size=batch_size,
+                                        num_workers=num_workers)
+    return split_features(embedder, query, progress), split_features(embedder, gallery, progress)
+
+
+def query_gallery_distances(query: SplitFeatures, gallery: SplitFeatures,
+                            rerank_cfg: RerankConfig | None = None) -> np.ndarray:
+    """Plain Euclidean distances (Q, G), or their k-reciprocal re-ranking when rerank_cfg is given.
+
+    Re-ranking works from the features (`rerank_features`: the same result as `rerank` on the three
+    distance blocks, without holding the G x G matrix).
+    """
+    if rerank_cfg is None:
+        return pairwise_distance(query.feats, gallery.feats)
+    return rerank_features(query.feats, gallery.feats, rerank_cfg.k1, rerank_cfg.k2, rerank_cfg.lambda_value)
+
+
+def score_splits(query: SplitFeatures, gallery: SplitFeatures, rerank_cfg: RerankConfig | None = None,
+                 reranked: np.ndarray | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 and counts; with rerank_cfg also the re-ranked ones under "rerank".
+
+    `reranked` passes re-ranked distances already computed with rerank_cfg (they are not recomputed).
+    """
+    dist = pairwise_distance(query.feats, gallery.feats)
+    result = evaluate_rank(dist, query.ids, gallery.ids, query.cams, gallery.cams)
+    out: dict[str, Any] = {**result.summary(), "num_query": len(query.ids), "num_gallery": len(gallery.ids),
+                           "num_query_skipped": int(result.num_skipped)}
+    if rerank_cfg is not None:
+        if reranked is None:
+            reranked = query_gallery_distances(query, gallery, rerank_cfg)
+        rr = evaluate_rank(reranked, query.ids, gallery.ids, query.cams, gallery.cams)
+        out["rerank"] = {**rr.summary(), "k1": rerank_cfg.k1, "k2": rerank_cfg.k2,
+                         "lambda": rerank_cfg.lambda_value}
+    return out
 
 
 def evaluate_embedder(embedder: Embedder, data_root: str | Path, batch_size: int = 64,
-                      num_workers: int = 0, progress: Any = None) -> dict[str, Any]:
-    """mAP, R1/R5/R10 (fractions) and counts of an embedder on ROOT's query/gallery splits."""
-    query_loader, gallery_loader = build_eval_loaders(
-        data_root, model_config_of(embedder.info), batch_size=batch_size, num_workers=num_workers
-    )
-    return evaluate_loaders(embedder, query_loader, gallery_loader, progress)
+                      num_workers: int = 0, progress: Any = None,
+                      rerank_cfg: RerankConfig | None = None) -> dict[str, Any]:
+    """mAP, R1/R5/R10 (fractions) and counts for an embedder on ROOT's query/gallery splits (+ re-ranked ones)."""
+    query, gallery = embed_splits(embedder, data_root, batch_size, num_workers, progress)
+    return score_splits(query, gallery, rerank_cfg)
 
 
 def evaluate_model(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""ReID ranking metrics under the Market-1501 protocol: mAP and the CMC curve."""
+"""ReID ranking metrics under the Market-1501 protocol: mAP and the CMC curve; k-reciprocal re-ranking re-exported."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -6,6 +6,9 @@ from typing import NamedTuple
 import numpy as np
 
 from graft_edge.errors import GraftError
+from graft_edge.rerank import RerankConfig, rerank, rerank_features
+
+__all__ = ["RankResult", "RerankConfig", "evaluate_rank", "pairwise_distance", "rerank", "rerank_features"]
 
 
 class RankResult(NamedTuple):

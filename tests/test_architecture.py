@@ -4,10 +4,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pytest
 
 import graft_edge
 
@@ -93,16 +90,30 @@ def test_package_import_graph_is_acyclic_and_one_way():
     assert [a for a, deps in graph.items() if "cli" in deps] == ["__main__"]  # only `python -m graft_edge`
 
 
-@pytest.mark.slow
-def test_every_module_imports_alone_in_a_fresh_interpreter():
-    def run(module: str) -> tuple[str, int, str]:
-        p = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
-        return module, p.returncode, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+_IMPORT_EACH_ALONE = """
+import importlib, json, sys
+import numpy, torch, timm, onnx, onnxruntime  # third-party packages stay loaded: only graft_edge's order is tested
+failed = []
+for name in json.loads(sys.argv[1]):
+    for loaded in [m for m in sys.modules if m == "graft_edge" or m.startswith("graft_edge.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed.append([name, f"{type(exc).__name__}: {exc}"])
+print(json.dumps(failed))
+"""
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        failed = [(m, err) for m, rc, err in pool.map(run, [m for m in _modules() if m != "graft_edge.__main__"])
-                  if rc != 0]
-    assert not failed, failed
+
+def test_every_module_imports_alone():
+    """Each module first in a clean graft_edge namespace (a hidden cycle fails when its other end comes first)."""
+    import json
+
+    names = [m for m in _modules() if m != "graft_edge.__main__"]
+    p = subprocess.run([sys.executable, "-c", _IMPORT_EACH_ALONE, json.dumps(names)], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == []
 
 
 def test_running_a_pruned_checkpoint_does_not_import_the_pruning_library(tmp_path):

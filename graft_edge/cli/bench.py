@@ -78,7 +78,8 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
             status = short_status(run["status"])
             row = [*(head if i == 0 else ["", ""]), status, size if i == 0 else "", params if i == 0 else ""]
             if with_map:
-                row.append(f"{100 * acc['mAP']:.1f}" if i == 0 else "")
+                rr = f"/{100 * acc['rerank']['mAP']:.1f}" if "rerank" in acc else ""  # plain/re-ranked
+                row.append(f"{100 * acc['mAP']:.1f}{rr}" if i == 0 else "")
             cpu = run.get("memory", {}).get("cpu", {})
             row += [str(run["batch"])] + ([_fmt(lat.get("p50_ms"))] if wide else []) + [
                 _fmt(lat.get("per_sample_ms"), ".3f"), _fmt(lat.get("throughput"), ".1f")] + (
@@ -103,6 +104,7 @@ def bench_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: also measure mAP/R1/R5/R10 of each model on its query/gallery splits."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v1) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
+    rerank: bool = typer.Option(False, "--rerank", help="With --data: also k-reciprocal re-ranked mAP/CMC (shown as plain/re-ranked mAP)."),
 ) -> None:
     """Time models side by side: latency mean/p50/p90/p99/min/max (ms), throughput (samples/s), peak memory,
     parameters, size on disk, and on NVIDIA GPUs power (W), energy per sample (J) and utilisation.
@@ -120,7 +122,7 @@ def bench_cmd(
         raise GraftError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
-                             eval_batch_size=eval_batch_size)
+                             eval_batch_size=eval_batch_size, rerank=rerank)
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
     out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON

@@ -1,7 +1,7 @@
 """The `graft-edge` typer app: one line per command, each command thin over the library.
 
 Commands follow the pipeline: data (synth) -> model (init, inspect) -> train -> compress (prune)
--> export -> profile (eval, bench, frontier) -> demo (all of it).
+-> export -> profile (eval, bench, frontier) -> demo (all of it); index (build/add/search) deploys a gallery.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from graft_edge.cli.bench import bench_cmd
 from graft_edge.cli.demo import demo_cmd
 from graft_edge.cli.export import export_cmd
 from graft_edge.cli.frontier import frontier_cmd
+from graft_edge.cli.index import index_app
 from graft_edge.cli.model_cmds import eval_cmd, init_cmd, inspect_cmd
 from graft_edge.cli.prune import prune_cmd
 from graft_edge.cli.synth import synth
@@ -34,6 +35,7 @@ app.command("eval")(eval_cmd)
 app.command("bench")(bench_cmd)
 app.command("frontier")(frontier_cmd)
 app.command("demo")(demo_cmd)
+app.add_typer(index_app, name="index")
 
 
 def main() -> None:

@@ -12,8 +12,10 @@ from graft_edge.checkpoint import save_checkpoint
 from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import evaluate_embedder
+from graft_edge.evaluation import embed_splits, query_gallery_distances, score_splits
+from graft_edge.metrics import RerankConfig
 from graft_edge.model import build_model, embedding_params
+from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 from graft_edge.units import format_count
 
@@ -108,20 +110,42 @@ def eval_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
+    rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/CMC (Zhong et al. 2017)."),
+    k1: int = typer.Option(20, "--rerank-k1", help="Re-ranking: k-reciprocal neighbours per image.", min=1),
+    k2: int = typer.Option(6, "--rerank-k2", help="Re-ranking: neighbours averaged in local query expansion (1: none).", min=1),
+    lambda_value: float = typer.Option(0.3, "--rerank-lambda", help="Re-ranking: weight of the original distance (0..1).",
+                                       min=0.0, max=1.0),
+    visualize: int = typer.Option(0, "--visualize", help="Write ranked-result strips for this many queries (0: none).", min=0),
+    top_k: int = typer.Option(10, "--top", help="Gallery images per strip.", min=1),
+    vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: ./ranked_<model name>."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     check_output_file(json_out, "--json")
     embedder = load_embedder(model, device=device, threads=threads)
+    rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console(), transient=True) as bar:
         task = bar.add_task("eval", total=None)
-        result = evaluate_embedder(embedder, data, batch_size=batch_size,
-                                   progress=lambda n: bar.advance(task, n))
+        query, gallery = embed_splits(embedder, data, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+    dist = query_gallery_distances(query, gallery, rerank_cfg) if rerank_cfg and visualize else None
+    result = score_splits(query, gallery, rerank_cfg, reranked=dist)
     console().print(
         f"mAP {100 * result['mAP']:.2f}  R1 {100 * result['R1']:.2f}  R5 {100 * result['R5']:.2f}  "
         f"R10 {100 * result['R10']:.2f}  (query {result['num_query']}, gallery {result['num_gallery']}"
         + (f", {result['num_query_skipped']} queries without a match skipped" if result["num_query_skipped"] else "") + ")"
     )
+    if rerank_cfg is not None:
+        rr = result["rerank"]
+        console().print(f"re-ranked (k1 {k1}, k2 {k2}, lambda {lambda_value}): mAP {100 * rr['mAP']:.2f}  "
+                        f"R1 {100 * rr['R1']:.2f}  R5 {100 * rr['R5']:.2f}  R10 {100 * rr['R10']:.2f}")
+    if visualize:
+        out_dir = vis_dir or Path(f"ranked_{model.stem}")
+        if dist is None:
+            dist = query_gallery_distances(query, gallery, None)
+        files = write_ranked_strips(out_dir, dist, query.samples, gallery.samples, embedder.info.modalities,
+                                    visualize, top_k)
+        console().print(f"wrote {len(files)} ranked-result strips to {out_dir}"
+                        + (" (re-ranked order)" if rerank_cfg else ""), soft_wrap=True)
     write_json_output(json_out, {**result, "model": str(model), "data": str(data)})

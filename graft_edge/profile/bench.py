@@ -9,14 +9,15 @@ Schema "graft-edge/bench" v1::
       "schema": "graft-edge/bench", "schema_version": 1, "created": "<ISO-8601 UTC>",
       "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
-                   threads: int|null, device: str, data: str|null},
+                   threads: int|null, device: str, data: str|null, rerank: bool},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
          "format": "torch"|"onnx"|"tensorrt"|null, "precision": str|null,
          "params_embedding": int|null, "params_nonzero": int|null,
          "size_bytes": int|null, "files": [str],           # incl. ONNX external-data files
          "modalities": [str], "img_size": [H, W], "device": str, "load_s": float|null,
-         "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery"},
+         "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery",
+                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}]},
          "runs": [                                   # one per batch size
            {"batch": int, "status": "ok" | "error: ...", "error": str|null,
             "latency": null | {batch, n, mean_ms, std_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms,
@@ -51,6 +52,7 @@ from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_embedder
 from graft_edge.formats import runtime_of
+from graft_edge.metrics import RerankConfig
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, synthetic_batch, time_embedder, warm_up
 from graft_edge.profile.progress import ProgressHook, no_progress
@@ -74,11 +76,13 @@ class BenchSettings:
     device: str = "cpu"
     data: str | None = None
     eval_batch_size: int = 64
+    rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
 
     def to_dict(self) -> dict[str, Any]:
         """The `settings` record."""
         return {"batches": list(self.batches), "warmup": self.warmup, "iters": self.iters,
-                "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data}
+                "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data,
+                "rerank": self.rerank}
 
 
 def check_data_modalities(info_modalities: Sequence[str], data_root: str | Path) -> None:
@@ -184,7 +188,7 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
             check_data_modalities(info.modalities, settings.data)
             advance = progress(f"{path.name} mAP", None)
             res["accuracy"] = evaluate_embedder(embedder, settings.data, batch_size=settings.eval_batch_size,
-                                                progress=advance)
+                                                progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
     except Exception as exc:  # one line per bad model; the others are still measured
         msg = one_line(exc)
         res.update(status=f"error: {msg}", error=msg)
