@@ -12,7 +12,17 @@ from graft_edge.cli.common import console, err_console, guarded, write_json_outp
 from graft_edge.errors import GraftError
 from graft_edge.metrics import RerankConfig
 from graft_edge.retrieval.images import find_images
-from graft_edge.retrieval.index import IndexOptions, add_to_index, build_index, read_manifest
+from graft_edge.retrieval.index import (
+    IndexOptions,
+    add_to_index,
+    build_index,
+    check_model,
+    embed_samples,
+    load_entries,
+    model_identity,
+    read_manifest,
+    search_index,
+)
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 
@@ -113,15 +123,6 @@ def search_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Print (and with --json write) the top gallery entries of every query image, with distances."""
-    from graft_edge.retrieval.index import (
-        check_model,
-        embed_samples,
-        load_entries,
-        model_identity,
-        read_manifest,
-        search_index,
-    )
-
     manifest = read_manifest(index)
     model = model or Path(manifest["model"]["path"])
     embedder = load_embedder(model, device=device, threads=threads)
