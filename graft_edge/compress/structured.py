@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from graft_edge.errors import GraftError
+from graft_edge.inputs import random_images
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import (
     backbone_blocks,
@@ -74,10 +75,10 @@ def default_importance() -> tp.importance.Importance:
 
 
 def example_inputs(model: nn.Module, batch: int = 1) -> dict[str, torch.Tensor]:
-    """Random inputs for every modality of the model at its configured size (for graph tracing)."""
-    h, w = model.cfg.img_size
+    """Random inputs for every modality of the model at its configured size (for graph tracing; the global RNG
+    is left alone, so tracing does not change what training draws next)."""
     dev = next(model.parameters()).device
-    return {m: torch.randn(batch, 3, h, w, device=dev) for m in model.modalities}
+    return {m: torch.from_numpy(x).to(dev) for m, x in random_images(model.modalities, model.cfg.img_size, batch).items()}
 
 
 def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
