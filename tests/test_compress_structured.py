@@ -199,3 +199,23 @@ def test_structured_pruning_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(123)
     prune_to_target(model, int(0.6 * embedding_params(model)))
     assert torch.equal(torch.rand(4), expected)
+
+
+@torch.no_grad()
+def test_head_dim_pruning_keeps_the_attention_temperature() -> None:
+    """Dims whose q/k/v/proj weights are zero contribute nothing: cutting them must not change the block."""
+    model = build_model(tiny_config().model).eval()
+    block = model.backbone.blocks[0]
+    attn = block.attn
+    nh, hd, width = attn.num_heads, attn.head_dim, attn.qkv.in_features
+    dead = [h * hd + d for h in range(nh) for d in range(hd // 2, hd)]  # the upper half of every head
+    for third in range(3):
+        rows = [third * nh * hd + c for c in dead]
+        attn.qkv.weight[rows] = 0.0
+        attn.qkv.bias[rows] = 0.0
+    attn.proj.weight[:, dead] = 0.0
+    x = torch.randn(2, 17, width)
+    expected = block(x)
+    StructuredPruner(model, attn_unit="head_dims").step(widths={"backbone.blocks.0.attn": hd // 2})
+    assert attn.head_dim == hd // 2
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)

@@ -18,6 +18,7 @@ about 12K parameters on DeiT-B) below it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -79,6 +80,21 @@ def example_inputs(model: nn.Module, batch: int = 1) -> dict[str, torch.Tensor]:
     is left alone, so tracing does not change what training draws next)."""
     dev = next(model.parameters()).device
     return {m: torch.from_numpy(x).to(dev) for m, x in random_images(model.modalities, model.cfg.img_size, batch).items()}
+
+
+@torch.no_grad()
+def keep_temperature(attn: nn.Module, old_head_dim: int, new_head_dim: int) -> None:
+    """Fold sqrt(new/old) into the query projection of a head-dim-pruned attention.
+
+    Attention divides q.k by sqrt(head_dim) (timm's fused path always uses the current head size), so
+    removing head dimensions would sharpen every softmax by sqrt(old/new); scaling q by sqrt(new/old)
+    keeps the logits of the kept dimensions exactly what they were.
+    """
+    factor = math.sqrt(new_head_dim / old_head_dim)
+    rows = attn.qkv.out_features // 3  # q is the first third of the fused projection
+    attn.qkv.weight[:rows].mul_(factor)
+    if attn.qkv.bias is not None:
+        attn.qkv.bias[:rows].mul_(factor)
 
 
 def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
@@ -294,6 +310,7 @@ class StructuredPruner:
                 if layer.kind == "heads":
                     set_attention_widths(layer.owner, new, layer.owner.head_dim)
                 elif layer.kind == "head_dims":
+                    keep_temperature(layer.owner, layer.owner.head_dim, new)
                     set_attention_widths(layer.owner, layer.owner.num_heads, new)
         self.layers = self._collect()
         got = self.params()
