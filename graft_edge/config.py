@@ -51,6 +51,9 @@ class DataConfig:
     vflip: float = 0.5
     erase: float = 0.5
     eval_batch_size: int = 64
+    # training ids held out for validation (model selection, tuning); official code: train_ratio 0.8. 0 disables
+    val_fraction: float = 0.2
+    val_seed: int = 0  # which ids are held out; fixed apart from train.seed so seeds compare on one val set
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ def validate(cfg: GraftConfig) -> GraftConfig:
             raise GraftError(f"train.{st_name}.schedule={st.schedule!r}: expected 'warmup_sqrt' or 'constant'")
     if cfg.data.instances_per_id < 2:
         raise GraftError("data.instances_per_id must be >= 2 (a positive per anchor is needed)")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise GraftError(f"data.val_fraction={cfg.data.val_fraction}: expected a fraction in [0, 1) (0 disables validation)")
     if cfg.data.ids_per_batch < 2:
         raise GraftError("data.ids_per_batch must be >= 2 (a negative per anchor is needed)")
     _check_numbers(cfg)

@@ -207,7 +207,7 @@ def test_build_loaders(tmp_path: Path) -> None:
     root = write_side_by_side(tmp_path, ("rgb", "nir"))
     cfg = get_preset("synthetic")
     cfg = replace(cfg, model=replace(cfg.model, modalities=("rgb", "nir"), img_size=(16, 32)),
-                  data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, num_workers=0))
+                  data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, num_workers=0, val_fraction=0.0))
     loader, sampler, n = build_train_loader(root, cfg)
     assert n == 3 and len(loader) == len(sampler) == 3  # 6 chunks of K=2 / P=2
     images, labels, camids = next(iter(loader))

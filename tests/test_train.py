@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_train_config(**train_changes) -> GraftConfig:
-    """Synthetic preset shrunk to seconds: 1-block ViT at 16x32, batches of 2 ids x 2 images."""
+    """Synthetic preset shrunk to seconds: 1-block ViT at 16x32, batches of 2 ids x 2 images, no validation split."""
     cfg = get_preset("synthetic")
     model = replace(cfg.model, backbone_args={**cfg.model.backbone_args, "depth": 1, "embed_dim": 32, "num_heads": 2},
                     img_size=(16, 32), enc_heads=2, enc_ff=32)
-    data = replace(cfg.data, ids_per_batch=2, instances_per_id=2, eval_batch_size=16)
+    data = replace(cfg.data, ids_per_batch=2, instances_per_id=2, eval_batch_size=16, val_fraction=0.0)
     s1 = replace(cfg.train.stage1, epochs=2, warmup_steps=2)
     s2 = replace(cfg.train.stage2, epochs=1)
     train = replace(cfg.train, stage1=s1, stage2=s2, eval_every=1, **train_changes)
@@ -207,6 +207,36 @@ def test_run_training_two_stages_stage2_starts_from_stage1_best(tiny_data: Path,
     assert len(lines) == 3 and '"stage": 2' in lines[-1] and '"samples_per_s"' in lines[0]
     assert (run / "config.yaml").is_file() and any((run / "tb").iterdir())
     torch.load(run / "last.pt", weights_only=True)
+
+
+def test_best_checkpoints_are_chosen_on_validation_not_test(tiny_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from graft_edge.train import runner as train_runner
+
+    scores = {"val": iter([0.2, 0.8, 0.5]), "test": iter([0.9, 0.1, 0.3])}  # test alone would pick stage 1 epoch 1
+    real_eval = train_runner.evaluate_model
+
+    def fake_eval(model, query, gallery, device):
+        split = "val" if len(query.dataset) == 2 else "test"  # 1 held-out id x 2 cameras vs 4 test queries
+        return {**real_eval(model, query, gallery, device), "mAP": next(scores[split])}
+
+    monkeypatch.setattr(train_runner, "evaluate_model", fake_eval)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.25))
+    result = run_training(cfg, tiny_data, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.num_ids == 3 and result.stage_best == {1: 0.8, 2: 0.5}  # 4 train ids, 1 held out
+    s1 = read_checkpoint(run / "stage1_best.pt").meta
+    assert s1["epoch"] == 2 and s1["val_mAP"] == 0.8 and s1["mAP"] == 0.1 and s1["selected_on"] == "val_mAP"
+    assert result.metrics["val_mAP"] == 0.5 and result.metrics["mAP"] == 0.3 and result.metrics["stage"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["val_mAP"], r["mAP"]) for r in rows] == [(0.2, 0.9), (0.8, 0.1), (0.5, 0.3)]
+    assert rows[0]["val_R1"] is not None and rows[0]["R1"] is not None
+    summary = json.loads((run / "result.json").read_text())
+    assert summary["selected_on"] == "val_mAP" and summary["metrics"]["val_mAP"] == 0.5
+    assert summary["metrics"]["mAP"] == 0.3 and summary["num_ids"] == 3
 
 
 def test_modality_subset_trains_on_three_modality_data(tiny_data: Path, tmp_path: Path) -> None:

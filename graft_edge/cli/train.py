@@ -15,7 +15,7 @@ from graft_edge.fileio import read_yaml
 from graft_edge.train import run_training
 from graft_edge.train.distributed import check_devices_per_node, launch_module, torchrun_args
 from graft_edge.train.rundir import RunPaths, check_run_dir
-from graft_edge.train.runner import preflight
+from graft_edge.train.runner import preflight, score_line
 
 
 def resolve_config(preset: str | None, config: Path | None, sets: list[str], resume: bool, out: Path) -> GraftConfig:
@@ -80,8 +80,9 @@ def train_cmd(
 ) -> None:
     """Train GraFT in two stages (paper §4.1/§5.2): stage 1 from the initial model, stage 2 from stage 1's best.
 
-    Evaluates mAP/R1 on query/gallery every train.eval_every epochs and at each stage's end; RUN/best.pt
-    is the delivered model (stage 2's best by mAP), usable by `graft-edge eval`/`export`/`prune`.
+    Evaluates every train.eval_every epochs and at each stage's end on the validation split (data.val_fraction
+    of the training ids, held out) and on query/gallery (test, reported only); RUN/best.pt is the delivered
+    model (stage 2's best by validation mAP), usable by `graft-edge eval`/`export`/`prune`.
     """
     launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port)  # checks the launch options
     cfg = resolve_config(preset, config, sets, resume, out)
@@ -101,6 +102,6 @@ def train_cmd(
     if not result.metrics and int(os.environ.get("RANK", 0)) != 0:
         return
     m = result.metrics
-    score = (f"mAP {100 * m['mAP']:.2f}  R1 {100 * m['R1']:.2f}  R5 {100 * m['R5']:.2f}  R10 {100 * m['R10']:.2f} "
-             f"(stage {m.get('stage')} epoch {m.get('epoch')})") if "mAP" in m else "no evaluation ran"
+    score = (f"{score_line(m)} (stage {m.get('stage')} epoch {m.get('epoch')}, chosen on "
+             f"{m.get('selected_on', 'mAP')})") if "mAP" in m else "no evaluation ran"
     console().print(f"{result.best}: {score}; {result.steps} steps in {result.seconds:.0f} s", soft_wrap=True)

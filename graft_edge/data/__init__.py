@@ -2,6 +2,7 @@
 
 Loader items are (images: {modality: (B, 3, H, W)}, labels (B,), camids (B,)); labels are
 training labels 0..N-1 in the train loader and the on-disk pids in the query/gallery loaders.
+The train loader serves only the ids left after the validation split (data.val_fraction, split.py).
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from graft_edge.data.dataset import ReidDataset
 from graft_edge.data.layouts import Layout, Sample, Source, detect_layout, num_ids, parse_name, read_split, relabel
 from graft_edge.data.protocol import require_valid_queries
 from graft_edge.data.sampler import IdentityBatchSampler
+from graft_edge.data.split import TrainValSplit, split_train_val
 from graft_edge.data.transforms import AugParams, PairedTransform
 from graft_edge.errors import GraftError
 
 __all__ = [
     "AugParams", "IdentityBatchSampler", "Layout", "PairedTransform", "ReidDataset", "Sample", "Source",
-    "build_eval_loaders", "build_train_loader", "dataset_modalities", "detect_layout", "parse_name",
-    "read_split", "relabel",
+    "TrainValSplit", "build_eval_loaders", "build_train_loader", "build_val_loaders", "dataset_modalities",
+    "detect_layout", "parse_name", "read_split", "relabel", "train_val_split",
 ]
 
 
@@ -44,11 +46,9 @@ def _loader_kwargs(num_workers: int) -> dict:
 def build_train_loader(
     root: str | Path, cfg: GraftConfig, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, IdentityBatchSampler, int]:
-    """Training loader over ROOT's train split: P x K batches of this rank, augmented; and the id count."""
+    """Training loader over ROOT's train split less the validation ids: P x K batches of this rank; and the id count."""
     m, d = cfg.model, cfg.data
-    samples = read_split(root, "train", m.modalities)
-    if not samples:
-        raise GraftError(f"data root {root} has no training images (pid -1 junk images are skipped)")
+    samples = list(train_val_split(root, cfg).train)
     transform = PairedTransform(m.img_size, m.mean, m.std, train=True, hflip=d.hflip, vflip=d.vflip, erase=d.erase)
     dataset = ReidDataset(samples, m.modalities, transform)
     sampler = IdentityBatchSampler(
@@ -59,20 +59,48 @@ def build_train_loader(
     return loader, sampler, num_ids(samples)
 
 
+def train_val_split(root: str | Path, cfg: GraftConfig) -> TrainValSplit:
+    """ROOT's train split divided into training ids and held-out validation ids (data.val_fraction, data.val_seed)."""
+    samples = read_split(root, "train", cfg.model.modalities)
+    if not samples:
+        raise GraftError(f"data root {root} has no training images (pid -1 junk images are skipped)")
+    return split_train_val(samples, cfg.data.val_fraction, cfg.data.val_seed)
+
+
+def _eval_loader(samples: list[Sample], model_cfg: ModelConfig, batch_size: int, num_workers: int) -> DataLoader:
+    """Resize + normalise only, fixed order."""
+    transform = PairedTransform(model_cfg.img_size, model_cfg.mean, model_cfg.std, train=False)
+    dataset = ReidDataset(samples, model_cfg.modalities, transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers))
+
+
+def build_val_loaders(root: str | Path, cfg: GraftConfig, num_workers: int | None = None
+                      ) -> tuple[DataLoader, DataLoader] | None:
+    """Validation query and gallery loaders over the held-out training ids; None when data.val_fraction is 0."""
+    split = train_val_split(root, cfg)
+    if not split.val_ids:
+        return None
+    if not split.has_val:
+        raise GraftError(f"data.val_fraction={cfg.data.val_fraction}: the {len(split.val_ids)} held-out id(s) of {root} "
+                         "were each seen by one camera only, so no validation query exists; raise the fraction or use 0")
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    bs = cfg.data.eval_batch_size
+    return (_eval_loader(list(split.val_query), cfg.model, bs, workers),
+            _eval_loader(list(split.val_gallery), cfg.model, bs, workers))
+
+
 def build_eval_loaders(
     root: str | Path, model_cfg: ModelConfig, batch_size: int, num_workers: int = 0
 ) -> tuple[DataLoader, DataLoader]:
     """Query and gallery loaders (resize + normalise only, fixed order); labels are on-disk pids."""
     if batch_size < 1:
         raise GraftError(f"batch size {batch_size}: expected a positive integer")
-    transform = PairedTransform(model_cfg.img_size, model_cfg.mean, model_cfg.std, train=False)
     loaders, splits = [], []
     for split in ("query", "gallery"):
         samples = read_split(root, split, model_cfg.modalities)
         if not samples:
             raise GraftError(f"data root {root} has no {split} images")
         splits.append(samples)
-        dataset = ReidDataset(samples, model_cfg.modalities, transform)
-        loaders.append(DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers)))
+        loaders.append(_eval_loader(samples, model_cfg, batch_size, num_workers))
     require_valid_queries(root, *splits)
     return loaders[0], loaders[1]

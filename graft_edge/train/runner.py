@@ -1,8 +1,10 @@
 """`run_training`: the two-stage GraFT recipe (paper §4.1, §5.2) with DDP, evaluation, best/last checkpoints, resume.
 
 Stage 1 trains from the initial model (backbone frozen per its StageConfig); stage 2 starts from
-stage 1's best checkpoint by mAP. Evaluation runs on rank 0 only while the other ranks wait at a
-barrier (query/gallery sets are small next to training). Only rank 0 writes files or prints.
+stage 1's best checkpoint. "Best" is by validation mAP (held-out training ids, data.val_fraction) and
+falls back to the query/gallery test mAP only when validation is disabled; the test split is otherwise
+only reported. Evaluation runs on rank 0 only while the other ranks wait at a barrier. Only rank 0
+writes files or prints.
 """
 from __future__ import annotations
 
@@ -12,16 +14,16 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
 from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
-from graft_edge.data import build_eval_loaders, build_train_loader
+from graft_edge.data import build_eval_loaders, build_train_loader, build_val_loaders
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model
-from graft_edge.fileio import atomic_write, read_yaml, write_yaml
+from graft_edge.fileio import atomic_write, read_yaml, write_json, write_yaml
 from graft_edge.finite import check_weights
 from graft_edge.model.graft import GraFT, build_model
 from graft_edge.outdir import OutputLock
@@ -40,6 +42,8 @@ from graft_edge.train.state import require_same_config, rng_state, seed_everythi
 
 STATE_FORMAT = "graft-edge-train-state"
 DEFAULT_CHECKPOINT_STEPS = 500
+METRIC_KEYS = ("mAP", "R1", "R5", "R10")
+EvalHook = Callable[[Mapping[str, Any]], None]  # rank 0, after each evaluation, with its metrics.jsonl row
 
 
 @dataclass
@@ -48,8 +52,8 @@ class TrainResult:
 
     run_dir: Path
     best: Path  # RUN/best.pt, the delivered model (stage 2's best, or stage 1's when stage 2 has no steps)
-    metrics: dict[str, Any]  # mAP/R1/R5/R10 (fractions) of best.pt, with its stage/epoch/step
-    stage_best: dict[int, float]  # best mAP per stage (-1 when a stage did not run)
+    metrics: dict[str, Any]  # test mAP/R1/R5/R10 and val_mAP/... (fractions) of best.pt, with its stage/epoch/step
+    stage_best: dict[int, float]  # best selection mAP per stage (val, or test without validation; -1: none)
     steps: int  # optimizer steps over both stages
     seconds: float
     num_ids: int
@@ -75,6 +79,7 @@ class Trainer:
     loader: Any
     sampler: Any
     eval_loaders: tuple[Any, Any] | None
+    val_loaders: tuple[Any, Any] | None
     logger: RunLogger
     model: GraFT
     max_steps: int | None
@@ -82,6 +87,12 @@ class Trainer:
     pos: Position = field(default_factory=Position)
     best: dict[int, float] = field(default_factory=lambda: {1: -1.0, 2: -1.0})
     resume: Checkpoint | None = None
+    on_eval: EvalHook | None = None
+
+    @property
+    def select_key(self) -> str:
+        """The metric best checkpoints are chosen on: val_mAP, or the test mAP when validation is off."""
+        return "val_mAP" if self.cfg.data.val_fraction > 0 else "mAP"
 
 
 def _sampler_epoch(stage: int, epoch: int) -> int:
@@ -123,10 +134,13 @@ def save_last(tr: Trainer, run: StageRun | None) -> None:
 
 
 def _evaluate(tr: Trainer) -> dict[str, Any] | None:
-    """Rank 0 evaluates on query/gallery while the others wait."""
+    """Rank 0 evaluates on validation (val_mAP, ...) and query/gallery test (mAP, ...) while the others wait."""
     metrics = None
     if tr.env.is_main and tr.eval_loaders is not None:
-        metrics = evaluate_model(tr.model, *tr.eval_loaders)
+        metrics = dict(evaluate_model(tr.model, *tr.eval_loaders))
+        if tr.val_loaders is not None:
+            val = evaluate_model(tr.model, *tr.val_loaders)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
     distributed.barrier(tr.env)
     return metrics
 
@@ -159,7 +173,7 @@ def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
         tr.model.load_state_dict(ck.state_dict)
     elif stage == 2 and tr.env.is_main and tr.paths.stage_best(1).is_file():
         tr.model.load_state_dict(read_checkpoint(tr.paths.stage_best(1)).state_dict)  # DDP broadcasts it
-        tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} (mAP {100 * tr.best[1]:.2f})")
+        tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} ({tr.select_key} {100 * tr.best[1]:.2f})")
     run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp)
     if mid:
         load_stage_state(run, ck.extra["stage_state"])
@@ -173,8 +187,9 @@ def _epoch_row(tr: Trainer, stage: int, epoch: int, run: StageRun, losses: dict[
     m = metrics or {}
     return {"stage": stage, "epoch": epoch + 1, "step": tr.pos.step, "stage_step": run.stage_step,
             "loss": losses["loss"], "triplet": losses["triplet"], "center": losses["center"], "ce": losses["ce"],
-            "lr": run.optimizer.param_groups[0]["lr"], "mAP": m.get("mAP"), "R1": m.get("R1"), "R5": m.get("R5"),
-            "R10": m.get("R10"), "samples_per_s": losses["samples_per_s"], "seconds": seconds}
+            "lr": run.optimizer.param_groups[0]["lr"], **{k: m.get(k) for k in METRIC_KEYS},
+            **{f"val_{k}": m.get(f"val_{k}") for k in METRIC_KEYS},
+            "samples_per_s": losses["samples_per_s"], "seconds": seconds}
 
 
 def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float], seconds: float) -> None:
@@ -192,14 +207,9 @@ def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float
                    f"(triplet {losses['triplet']:.4f} ce {losses['ce']:.4f} center {losses['center']:.4f}) "
                    f"lr {row['lr']:.3g}  {losses['samples_per_s']:.1f} samples/s  {seconds:.1f} s")
     if metrics is not None and tr.env.is_main:
-        better = metrics["mAP"] > tr.best[stage]
-        if better:
-            tr.best[stage] = metrics["mAP"]
-            meta = {"kind": f"stage{stage}_best", "stage": stage, "epoch": epoch + 1, "step": tr.pos.step,
-                    **{k: float(metrics[k]) for k in ("mAP", "R1", "R5", "R10")}}
-            save_checkpoint(tr.paths.stage_best(stage), tr.model, cfg, meta=meta)
-        tr.logger.info(f"eval stage {stage} epoch {epoch + 1}: mAP {100 * metrics['mAP']:.2f}  R1 {100 * metrics['R1']:.2f}"
-                       f"  R5 {100 * metrics['R5']:.2f}  R10 {100 * metrics['R10']:.2f}" + ("  (best)" if better else ""))
+        _keep_best(tr, stage, epoch, metrics)
+        if tr.on_eval is not None:
+            tr.on_eval(row)
     if epoch_done:
         tr.pos.epoch, tr.pos.batch = epoch + 1, 0
     if stage_done:
@@ -207,6 +217,27 @@ def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float
         save_last(tr, None)
     elif epoch_done and cfg.train.checkpoint_every > 0 and tr.pos.epoch % cfg.train.checkpoint_every == 0:
         save_last(tr, run)
+
+
+def score_line(metrics: Mapping[str, Any]) -> str:
+    """'val mAP .. R1 .. | test mAP .. R1 ..' (percent; the val part only when validation ran)."""
+    def fmt(prefix: str) -> str:
+        return "  ".join(f"{k} {100 * metrics[prefix + k]:.2f}" for k in METRIC_KEYS)
+
+    return (f"val {fmt('val_')} | " if metrics.get("val_mAP") is not None else "") + f"test {fmt('')}"
+
+
+def _keep_best(tr: Trainer, stage: int, epoch: int, metrics: Mapping[str, Any]) -> None:
+    """Save stage{N}_best.pt when the selection metric improved; print val and test scores separately."""
+    score = float(metrics[tr.select_key])
+    better = score > tr.best[stage]
+    if better:
+        tr.best[stage] = score
+        meta = {"kind": f"stage{stage}_best", "stage": stage, "epoch": epoch + 1, "step": tr.pos.step,
+                "selected_on": tr.select_key, "score": score,
+                **{k: float(v) for k, v in metrics.items() if k.removeprefix("val_") in METRIC_KEYS}}
+        save_checkpoint(tr.paths.stage_best(stage), tr.model, tr.cfg, meta=meta)
+    tr.logger.info(f"eval stage {stage} epoch {epoch + 1}: {score_line(metrics)}" + ("  (best)" if better else ""))
 
 
 def run_stage(tr: Trainer, stage: int) -> None:
@@ -239,8 +270,9 @@ def run_stage(tr: Trainer, stage: int) -> None:
 
 
 def preflight(cfg: GraftConfig, data_root: str | Path, world_size: int = 1) -> int:
-    """Check the data before launching workers (train ids vs the sampler, query/gallery present); returns num_ids."""
+    """Check the data before launching workers (train ids vs the sampler, val split, query/gallery); returns num_ids."""
     _, _, num_ids = build_train_loader(data_root, cfg, 0, world_size)
+    build_val_loaders(data_root, cfg, 0)
     build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, 0)
     return num_ids
 
@@ -261,9 +293,12 @@ def _read_resume(paths: RunPaths, env: distributed.DistEnv, max_steps: int | Non
 
 
 def _best_map(paths: RunPaths, stage: int, fallback: float) -> float:
-    """mAP recorded in RUN/stage{N}_best.pt (it may be newer than last.pt), else `fallback`."""
+    """Selection score recorded in RUN/stage{N}_best.pt (it may be newer than last.pt), else `fallback`."""
     path = paths.stage_best(stage)
-    return float(read_checkpoint(path).meta.get("mAP", fallback)) if path.is_file() else fallback
+    if not path.is_file():
+        return fallback
+    meta = read_checkpoint(path).meta
+    return float(meta.get("score", meta.get("mAP", fallback)))
 
 
 def _prepare_dir(paths: RunPaths, cfg: GraftConfig, env: distributed.DistEnv, resume: Checkpoint | None,
@@ -293,7 +328,8 @@ def _finish(tr: Trainer) -> dict[str, Any]:
         return {}
     atomic_write(tr.paths.best, lambda tmp: shutil.copyfile(source, tmp))
     meta = read_checkpoint(tr.paths.best).meta
-    return {k: meta[k] for k in ("stage", "epoch", "step", "mAP", "R1", "R5", "R10") if k in meta}
+    keys = ("stage", "epoch", "step", "selected_on", *METRIC_KEYS, *(f"val_{k}" for k in METRIC_KEYS))
+    return {k: meta[k] for k in keys if k in meta}
 
 
 def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | Path, paths: RunPaths, resume: bool,
@@ -306,9 +342,10 @@ def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | 
     cfg = validate(replace(cfg, model=replace(cfg.model, num_ids=num_ids)))
     if ck is not None:
         require_same_config(read_yaml(paths.config), config_to_dict(cfg), str(paths.config))
-    evals = None
+    evals = vals = None
     if env.is_main:
         evals = build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, cfg.data.num_workers)
+        vals = build_val_loaders(data_root, cfg)
     _prepare_dir(paths, cfg, env, ck, overwrite)
     pos = Position()
     if ck is not None:
@@ -316,7 +353,8 @@ def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | 
         pos = Position(int(x["stage"]), int(x["epoch"]), int(x["batch"]), int(x["step"]))
     logger = RunLogger(paths, env.is_main, progress, purge_step=pos.step if ck is not None else None)
     model = build_model(cfg.model).to(env.device)
-    tr = Trainer(cfg, env, paths, loader, sampler, evals, logger, model, max_steps, checkpoint_steps, pos, resume=ck)
+    tr = Trainer(cfg, env, paths, loader, sampler, evals, vals, logger, model, max_steps, checkpoint_steps, pos,
+                 resume=ck)
     if ck is not None:
         tr.best = {s: _best_map(paths, s, float(ck.extra["best"][str(s)])) for s in (1, 2)}
         if pos.stage > 2 or "stage_state" not in ck.extra:
@@ -333,11 +371,14 @@ def run_training(
     max_steps: int | None = None,
     progress: bool = True,
     checkpoint_steps: int = DEFAULT_CHECKPOINT_STEPS,
+    on_eval: EvalHook | None = None,
 ) -> TrainResult:
     """Two-stage training of cfg on data_root into run_dir; under torchrun every rank calls this (DDP).
 
     max_steps caps each stage's optimizer steps (the lr schedule is laid out over the capped
     length). checkpoint_steps: also write last.pt every N steps inside an epoch (0: epoch ends only).
+    on_eval(row) runs on rank 0 after each evaluation (e.g. a tuner's pruner); an exception it raises
+    stops the run (last.pt keeps the position of the previous save).
     """
     if max_steps is not None and max_steps < 1:
         raise GraftError(f"--max-steps {max_steps}: expected a positive integer")
@@ -350,14 +391,19 @@ def run_training(
             lock.acquire()
         tr = _build_trainer(env, validate(cfg), data_root, RunPaths(Path(run_dir)), resume, overwrite, max_steps,
                             progress, checkpoint_steps)
+        tr.on_eval = on_eval
         s = tr.sampler
         tr.logger.info(f"training {tr.cfg.preset} ({','.join(tr.cfg.model.modalities)}) on {data_root}: "
                        f"{tr.cfg.model.num_ids} ids, {s.num_samples} images, {s.batches_per_epoch} batches/epoch "
-                       f"x {env.world_size} rank(s) on {env.device}")
+                       f"x {env.world_size} rank(s) on {env.device}; best checkpoints chosen on {tr.select_key}")
         for stage in (1, 2):
             if tr.pos.stage <= stage:
                 run_stage(tr, stage)
         metrics = _finish(tr)
+        if env.is_main:
+            write_json(tr.paths.root / "result.json", {"best": str(tr.paths.best), "selected_on": tr.select_key,
+                                                       "steps": tr.pos.step, "num_ids": tr.cfg.model.num_ids,
+                                                       "metrics": metrics})
         distributed.barrier(env)
         tr.logger.close()
         return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
