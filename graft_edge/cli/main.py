@@ -1,6 +1,6 @@
 """The `graft-edge` typer app: one line per command, each command thin over the library.
 
-Commands follow the pipeline: data (synth) -> model (init, inspect) -> train -> compress (prune)
+Commands follow the pipeline: data (synth) -> model (init, inspect) -> train (tune) -> compress (prune)
 -> export -> profile (eval, bench, frontier) -> demo (all of it); index (build/add/search) deploys a gallery.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from graft_edge.cli.model_cmds import eval_cmd, init_cmd, inspect_cmd
 from graft_edge.cli.prune import prune_cmd
 from graft_edge.cli.synth import synth
 from graft_edge.cli.train import train_cmd
+from graft_edge.cli.tune import tune_cmd
 
 app = typer.Typer(
     name="graft-edge",
@@ -29,6 +30,7 @@ app.command("synth")(synth)
 app.command("init")(init_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("train")(train_cmd)
+app.command("tune")(tune_cmd)
 app.command("prune")(prune_cmd)
 app.command("export")(export_cmd)
 app.command("eval")(eval_cmd)

@@ -1,0 +1,259 @@
+"""`graft-edge tune`: an Optuna study over training hyperparameters, objective = validation mAP.
+
+Every trial is a normal training run directory under OUT/trials/ (config.yaml, metrics.jsonl, best.pt);
+the validation mAP of each evaluation is reported to the pruner, which stops poor trials early. The
+study lives in an Optuna RDB storage (a SQLite file in OUT by default, or any database URL Optuna
+supports, so that workers on several machines share one study). Trials send a heartbeat; a trial whose
+process died (SIGKILL, power loss) is marked FAIL once its heartbeat is older than the grace period,
+and the study goes on. `trials` counts finished (complete or pruned) trials over all workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graft_edge.config import GraftConfig, config_to_dict
+from graft_edge.errors import GraftError
+from graft_edge.fileio import write_yaml
+from graft_edge.train.rundir import RunPaths
+from graft_edge.train.runner import run_training
+from graft_edge.workflows.tune_report import TuneResult, states, write_results
+from graft_edge.workflows.tune_space import (
+    TuneConfig,
+    apply_params,
+    check_space,
+    suggest,
+)
+
+STUDY_FILE = "study.db"
+LOCK_FILE = ".tune.lock"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How one `tune` worker runs: the study, its budget and each trial's launch."""
+
+    out: Path  # OUT: trials/, study.db (default storage), results and plots
+    trials: int  # finished trials wanted in the study, over all workers
+    storage: str | None = None  # Optuna database URL; None: sqlite:///OUT/study.db
+    study: str = "graft-edge"
+    nproc: int = 1  # processes per trial (> 1: each trial runs `graft-edge train --nproc N`)
+    max_steps: int | None = None  # cap each stage of each trial at N optimizer steps
+    heartbeat_s: int = 60  # trial heartbeat; a trial silent for 2x this is marked failed
+    sampler_seed: int | None = None  # TPE seed (None: random; workers must not share one)
+
+    def storage_url(self) -> str:
+        """The database URL this worker opens."""
+        return self.storage or f"sqlite:///{(self.out / STUDY_FILE).resolve()}"
+
+
+def _optuna() -> Any:
+    """Optuna, imported on use (an optional heavy dependency)."""
+    try:
+        import optuna
+    except ImportError:
+        raise GraftError("tune needs optuna: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_storage(settings: TuneSettings, attempts: int = 5) -> Any:
+    """An RDBStorage with heartbeats; one clear line when the database cannot be reached.
+
+    Workers starting together may race to create the tables; the loser retries (the tables exist then).
+    """
+    optuna = _optuna()
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+    url = settings.storage_url()
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=settings.heartbeat_s,
+                                                  grace_period=2 * settings.heartbeat_s)
+        except OperationalError as exc:
+            racing = "already exists" in str(exc) or "locked" in str(exc)
+            if not racing or attempt == attempts - 1:
+                raise GraftError(_storage_error(url, exc)) from None
+            time.sleep(0.5 * (attempt + 1))
+        except (SQLAlchemyError, ImportError, ValueError) as exc:  # bad URL, missing driver, unreachable server
+            raise GraftError(_storage_error(url, exc)) from None
+    raise AssertionError("unreachable")
+
+
+def _storage_error(url: str, exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"--storage {url!r}: cannot open the study database ({type(exc).__name__}: {first})"
+
+
+def _pruner(optuna: Any, tune: TuneConfig) -> Any:
+    if tune.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_evals)
+    if tune.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(settings: TuneSettings, tune: TuneConfig) -> Any:
+    """Create or join the named study (maximise validation mAP); the space must match the one it was made with."""
+    optuna = _optuna()
+    storage = open_storage(settings)
+    study = optuna.create_study(storage=storage, study_name=settings.study, direction="maximize",
+                                load_if_exists=True, pruner=_pruner(optuna, tune),
+                                sampler=optuna.samplers.TPESampler(seed=settings.sampler_seed))
+    space = [config_to_dict(p) for p in tune.space]
+    known = study.user_attrs.get("space")
+    if known is None:
+        study.set_user_attr("space", space)
+    elif known != space:
+        raise GraftError(f"study {settings.study!r} in {settings.storage_url()} was created with another search space; "
+                         "use the same --param/--space or a new --study NAME")
+    return study
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[Any]:
+    """An exclusive lock on a file (workers on this machine take turns to start trials)."""
+    from filelock import FileLock
+
+    lock = FileLock(str(path))
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        if lock.is_locked:
+            lock.release()
+
+
+def _fail_stale(study: Any) -> None:
+    """Mark trials whose heartbeat stopped (killed workers) as FAIL."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+
+
+def _objective(cfg: GraftConfig, tune: TuneConfig, data_root: Path, settings: TuneSettings,
+               log: Log, release: Callable[[], None]) -> Callable[[Any], float]:
+    """The trial function: draw, train into OUT/trials/trial_NNNN, report val mAP per evaluation."""
+    optuna = _optuna()
+
+    def objective(trial: Any) -> float:
+        release()  # this worker's trial exists now: others may start theirs
+        values = suggest(trial, tune.space)
+        trial_cfg = apply_params(cfg, values)
+        run_dir = settings.out / "trials" / f"trial_{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        log(f"trial {trial.number}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        evals = iter(range(1, 1_000_000))
+
+        def on_eval(row: Mapping[str, Any]) -> None:
+            value = row.get("val_mAP")
+            if value is None:
+                return
+            trial.report(float(value), next(evals))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val mAP {100 * value:.2f} at stage {row['stage']} epoch {row['epoch']}")
+
+        summary = _run_trial(trial_cfg, data_root, run_dir, settings, on_eval)
+        metrics = summary.get("metrics", {})
+        if metrics.get("val_mAP") is None:
+            raise GraftError(f"trial {trial.number} ran no validation (see {run_dir}/metrics.jsonl)")
+        trial.set_user_attr("test_mAP", metrics.get("mAP"))
+        trial.set_user_attr("test_R1", metrics.get("R1"))
+        return float(metrics["val_mAP"])
+
+    return objective
+
+
+def _run_trial(cfg: GraftConfig, data_root: Path, run_dir: Path, settings: TuneSettings,
+               on_eval: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+    """One training run: in this process, or through `graft-edge train --nproc N` while following metrics.jsonl."""
+    if settings.nproc <= 1:
+        run_training(cfg, data_root, run_dir, overwrite=run_dir.exists(), max_steps=settings.max_steps,
+                     progress=False, on_eval=on_eval)
+    else:
+        _run_trial_subprocess(cfg, data_root, run_dir, settings, on_eval)
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def train_argv(cfg_file: Path, data_root: Path, run_dir: Path, settings: TuneSettings) -> list[str]:
+    """The `graft-edge train` command line of a multi-process trial."""
+    argv = [sys.executable, "-m", "graft_edge", "train", "--config", str(cfg_file), "--data", str(data_root),
+            "--out", str(run_dir), "--nproc", str(settings.nproc), "--overwrite"]
+    return argv + (["--max-steps", str(settings.max_steps)] if settings.max_steps else [])
+
+
+def _run_trial_subprocess(cfg: GraftConfig, data_root: Path, run_dir: Path, settings: TuneSettings,
+                          on_eval: Callable[[Mapping[str, Any]], None]) -> None:
+    """Launch the trial under torchrun and feed each new metrics.jsonl evaluation to on_eval (which may stop it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = settings.out / "trials" / f"{run_dir.name}.yaml"
+    write_yaml(cfg_file, config_to_dict(cfg))
+    proc = subprocess.Popen(train_argv(cfg_file, data_root, run_dir, settings))
+    seen = 0
+    try:
+        while True:
+            done = proc.poll() is not None
+            lines = RunPaths(run_dir).metrics.read_text().splitlines() if RunPaths(run_dir).metrics.exists() else []
+            for line in lines[seen:]:
+                on_eval(json.loads(line))
+            seen = len(lines)
+            if done:
+                break
+            time.sleep(1.0)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    if proc.returncode != 0:
+        raise GraftError(f"trial run {run_dir} failed (graft-edge train exited with {proc.returncode})")
+
+
+def _wait_or_start(study: Any, settings: TuneSettings) -> bool:
+    """True when this worker should start a trial; waits while other workers' running trials may still finish."""
+    while True:
+        _fail_stale(study)
+        counts = states(study)
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        if finished >= settings.trials:
+            return False
+        if finished + counts.get("RUNNING", 0) < settings.trials:
+            return True
+        time.sleep(min(5.0, float(settings.heartbeat_s)))  # a running trial may yet fail: then we run one more
+
+
+def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings: TuneSettings,
+             log: Log = lambda _: None) -> TuneResult:
+    """Run trials in this worker until the study holds `settings.trials` finished trials; write the results."""
+    if settings.trials < 1:
+        raise GraftError(f"--trials {settings.trials}: expected at least 1 trial")
+    if cfg.data.val_fraction <= 0:
+        raise GraftError("tune needs a validation split (its objective is validation mAP, never the test split): "
+                         "data.val_fraction is 0; set it to e.g. 0.2")
+    tune = TuneConfig(check_space(cfg, tune), tune.pruner, tune.startup_trials, tune.warmup_evals)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings, tune)
+    lock_path = out / LOCK_FILE
+    while True:
+        with _file_lock(lock_path) as lock:
+            if not _wait_or_start(study, settings):
+                break
+            objective = _objective(cfg, tune, Path(data_root), settings, log, lock.release)
+            study.optimize(objective, n_trials=1, catch=())
+        last = study.get_trials(deepcopy=False)[-1]
+        log(f"study {settings.study}: trial {last.number} {last.state.name.lower()}"
+            + (f", val mAP {100 * last.value:.2f}" if last.value is not None else ""))
+    return write_results(study, cfg, out, log)
