@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from graft_edge.errors import GraftError
 
 MODALITIES: tuple[str, ...] = ("rgb", "nir", "tir")
-FUSIONS: tuple[str, ...] = ("token", "cls", "avg")
+FUSIONS: tuple[str, ...] = ("token", "cls", "avg", "multistream")
 TRIPLET_COMBOS: tuple[str, ...] = ("FFD", "DDD", "FFF", "FDD", "DFF", "DFD", "DDF", "FDF")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +30,7 @@ class ModelConfig:
     num_ids: int = 50  # classifier width (training identities)
     pretrained: bool = True
     pretrained_file: str | None = None  # local weights instead of the timm hub
-    fusion: str = "token"  # token (GraFT) | cls | avg (paper Table 5 vanilla fusion)
+    fusion: str = "token"  # token (GraFT) | cls | avg (Table 5 vanilla fusion) | multistream (Tables 1-2 baseline)
     enc_heads: int = 8
     enc_ff: int = 2048
     enc_dropout: float = 0.1

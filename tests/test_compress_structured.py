@@ -20,6 +20,7 @@ VARIANTS = {
     "tir-only": lambda: tiny_config(("tir",)),
     "cls-fusion": lambda: tiny_config(fusion="cls"),
     "distilled": lambda: tiny_config(backbone="deit_tiny_distilled_patch16_224"),
+    "multistream": lambda: tiny_config(("rgb", "nir"), fusion="multistream"),
 }
 
 

@@ -1,4 +1,8 @@
-"""GraFT: shared ViT backbone -> per-modality fusion encoders -> averaged fusion token (paper §3)."""
+"""GraFT: shared ViT backbone -> per-modality fusion encoders -> averaged fusion token (paper §3).
+
+With model.fusion=multistream the same class is the multi-stream baseline: one ViT per modality
+(multistream.py), each modality's CLS token averaged into the embedding.
+"""
 from __future__ import annotations
 
 from typing import Mapping, NamedTuple
@@ -12,6 +16,7 @@ from graft_edge.errors import GraftError
 from graft_edge.model.backbone import create_backbone
 from graft_edge.model.fusion import create_fusion
 from graft_edge.model.head import BNNeck
+from graft_edge.model.multistream import MultiStreamBackbone, StreamFusion
 
 
 class GraftOutput(NamedTuple):
@@ -31,10 +36,11 @@ class GraFT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.modalities = tuple(cfg.modalities)
-        self.backbone = create_backbone(cfg, pretrained)
+        multi = cfg.fusion == "multistream"
+        self.backbone = MultiStreamBackbone(cfg, pretrained) if multi else create_backbone(cfg, pretrained)
         dim = int(self.backbone.embed_dim)
         self.embed_dim = dim
-        self.fusion = create_fusion(dim, cfg)
+        self.fusion = StreamFusion(cfg) if multi else create_fusion(dim, cfg)
         self.head = BNNeck(dim, cfg.num_ids)
 
     def present(self, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
@@ -50,10 +56,13 @@ class GraFT(nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> GraftOutput:
         """inputs: {modality: (B, 3, H, W)}; missing modalities are averaged out."""
         present = self.present(inputs)
-        x = torch.stack([inputs[m] for m in present])  # (M, B, 3, H, W)
-        M, B = x.shape[:2]
-        tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
-        tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
+        if isinstance(self.backbone, MultiStreamBackbone):
+            tokens = self.backbone.stream_tokens(inputs, present)  # (M, B, N, D), one ViT per modality
+        else:
+            x = torch.stack([inputs[m] for m in present])  # (M, B, 3, H, W)
+            M, B = x.shape[:2]
+            tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
+            tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
         fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
         embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present
         neck, logits = self.head(embedding)
