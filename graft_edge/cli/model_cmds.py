@@ -29,6 +29,7 @@ def init_cmd(
     pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local backbone weights (.pth/.safetensors) instead of the hub."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="timm ViT name, e.g. deit_base_distilled_patch16_224. Default: the preset's."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of rgb,nir,tir. Default: the preset's."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help="token (GraFT), cls / avg (one joint encoder, Table 5) or multistream (one ViT per modality, the Tables 1-2 baseline). Default: token."),
 ) -> None:
     """Write a checkpoint of a preset's architecture (to inspect, benchmark or export before training)."""
     check_output_file(out, "--out")
@@ -43,6 +44,8 @@ def init_cmd(
         mcfg = replace(mcfg, backbone=backbone)
     if modalities:
         mcfg = replace(mcfg, modalities=parse_modalities(modalities))
+    if fusion:
+        mcfg = replace(mcfg, fusion=fusion)
     cfg = validate(replace(cfg, model=mcfg))
     model = build_model(cfg.model)
     save_checkpoint(out, model, cfg)
