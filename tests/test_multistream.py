@@ -109,3 +109,17 @@ def test_trains_with_the_same_losses_each_stream_learns(tmp_path: Path) -> None:
         key = f"backbone.streams.{m}.blocks.0.mlp.fc1.weight"
         assert not torch.equal(trained.state_dict()[key], start[key])
     assert trained.cfg.fusion == "multistream" and result.steps == 4 and 0.0 <= result.metrics["mAP"] <= 1.0
+
+
+def test_init_writes_a_multistream_checkpoint(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from graft_edge.cli.main import app
+
+    res = CliRunner().invoke(app, ["init", "synthetic", "--out", str(tmp_path / "m.pt"), "--fusion", "multistream",
+                                   "--modalities", "rgb,nir"])
+    assert res.exit_code == 0, res.output
+    model, ck = load_model(tmp_path / "m.pt")
+    assert ck.config.model.fusion == "multistream" and list(model.backbone.streams) == ["rgb", "nir"]
+    bad = CliRunner().invoke(app, ["init", "synthetic", "--out", str(tmp_path / "x.pt"), "--fusion", "nope"])
+    assert bad.exit_code == 2 and "model.fusion='nope'" in bad.output

@@ -192,3 +192,21 @@ def test_killed_trial_is_marked_failed_and_the_study_continues(data: Path, cfg_f
     assert states[0] == "FAIL" and sorted(states) == [0, 1, 2]
     assert [states[1], states[2]].count("COMPLETE") + [states[1], states[2]].count("PRUNED") == 2
     assert "2 complete" in stdout or "pruned" in stdout
+
+
+@pytest.mark.slow
+def test_nproc_trials_run_under_torchrun_and_report_validation(data: Path, cfg_file: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from graft_edge.checkpoint import read_checkpoint
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on the CPU, GPUs or not
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "ddp"
+    res = runner.invoke(app, _tune_argv(data, cfg_file, out, 1, "--nproc", "2", "--pruner", "none"))
+    assert res.exit_code == 0, res.output
+    run = out / "trials" / "trial_0000"
+    assert read_checkpoint(run / "last.pt").extra["world_size"] == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    trial = _study(out).get_trials()[0]
+    assert trial.state.name == "COMPLETE" and len(trial.intermediate_values) == len(rows) == 3
+    assert list(trial.intermediate_values.values()) == [r["val_mAP"] for r in rows]
