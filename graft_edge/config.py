@@ -352,10 +352,21 @@ def _from_dict(cls: type, data: Mapping[str, Any], where: str, base: Any = None)
     return replace(base, **changes)
 
 
+_PRE_VAL_KEYS = {"ids_per_batch", "instances_per_id", "num_workers", "hflip", "vflip", "erase", "eval_batch_size"}
+
+
+def _legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A full config written before the validation split existed trained on every training id: val_fraction 0."""
+    section = data.get("data")
+    if isinstance(section, Mapping) and set(section) == _PRE_VAL_KEYS:
+        return {**data, "data": {**section, "val_fraction": 0.0}}
+    return data
+
+
 def config_from_dict(data: Mapping[str, Any]) -> GraftConfig:
     """Build a GraftConfig from a plain dict, starting from the preset it names."""
     preset = str(data.get("preset", "rgbnt100"))
-    return validate(_from_dict(GraftConfig, data, "", base=get_preset(preset)))
+    return validate(_from_dict(GraftConfig, _legacy(data), "", base=get_preset(preset)))
 
 
 def apply_overrides(cfg: GraftConfig, sets: list[str] | tuple[str, ...]) -> GraftConfig:

@@ -98,3 +98,13 @@ def test_val_loaders_and_disabled_split(data: Path) -> None:
 def test_bad_fractions_are_one_clear_line(data: Path, fraction: float, needle: str) -> None:
     with pytest.raises(GraftError, match=needle):
         held_out_ids(range(10), fraction, 0)
+
+
+def test_configs_written_before_the_split_keep_training_on_every_id() -> None:
+    from graft_edge.config import config_from_dict, config_to_dict
+
+    full = config_to_dict(get_preset("synthetic"))
+    legacy = {**full, "data": {k: v for k, v in full["data"].items() if k not in ("val_fraction", "val_seed")}}
+    assert config_from_dict(legacy).data.val_fraction == 0.0  # a checkpoint's classifier covers every train id
+    assert config_from_dict(full).data.val_fraction == 0.2
+    assert config_from_dict({"preset": "synthetic", "data": {"num_workers": 1}}).data.val_fraction == 0.2

@@ -386,6 +386,7 @@ def run_training(
     env = distributed.init_distributed()
     start = time.perf_counter()
     lock = OutputLock(run_dir, "train") if env.is_main else None  # rank 0 writes; it holds the folder's lock
+    tr: Trainer | None = None
     try:
         if lock is not None:
             lock.acquire()
@@ -409,6 +410,8 @@ def run_training(
         return TrainResult(run_dir=Path(run_dir), best=tr.paths.best, metrics=metrics, stage_best=dict(tr.best),
                            steps=tr.pos.step, seconds=time.perf_counter() - start, num_ids=tr.cfg.model.num_ids)
     finally:
+        if tr is not None:
+            tr.logger.close()  # also when on_eval stopped the run (TensorBoard files flushed and closed)
         if lock is not None:
             lock.release()
         if owns_group:
