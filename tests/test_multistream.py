@@ -123,3 +123,18 @@ def test_init_writes_a_multistream_checkpoint(tmp_path: Path) -> None:
     assert ck.config.model.fusion == "multistream" and list(model.backbone.streams) == ["rgb", "nir"]
     bad = CliRunner().invoke(app, ["init", "synthetic", "--out", str(tmp_path / "x.pt"), "--fusion", "nope"])
     assert bad.exit_code == 2 and "model.fusion='nope'" in bad.output
+
+
+def test_flops_count_the_fusion_encoders_and_match_the_shared_backbone() -> None:
+    from graft_edge.profile.flops import model_flops_per_sample
+
+    torch.manual_seed(0)
+    graft = build_model(replace(_cfg().model, fusion="token")).eval()
+    multi = build_model(_cfg().model).eval()
+    # the shared backbone runs once per modality, like the three streams: the difference is GraFT's encoders
+    n_tokens = (32 // 8) * (64 // 8) + 1 + 1  # patches + cls + fusion token
+    d, ff = graft.embed_dim, graft.cfg.enc_ff
+    linear = 2 * n_tokens * (4 * d * d + 2 * d * ff)  # q, k, v, out projections and the feed-forward, per encoder
+    attention = 2 * 2 * n_tokens * n_tokens * d  # QK^T and AV (the CPU SDPA kernel may go uncounted)
+    diff = model_flops_per_sample(graft) - model_flops_per_sample(multi)
+    assert 3 * linear <= diff <= 3 * (linear + attention)
