@@ -33,7 +33,7 @@ def test_demo_fast_end_to_end(tmp_path, monkeypatch):
     from graft_edge.cli.main import app
 
     # the scale check on the synthetic architecture instead of DeiT-B: the same code path, in seconds
-    tiny = D.DemoSettings(ids=16, cameras=4, images_per_camera=2, max_steps=1, frontier=FrontierSettings(
+    tiny = D.DemoSettings(ids=20, cameras=4, images_per_camera=2, max_steps=1, frontier=FrontierSettings(
         targets=("45%",), formats=("torch", "int8"), finetune_epochs=0, batch=8, iters=2, rounds=1, warmup=0,
         calib_samples=16, eval_batch_size=64), scale_preset="synthetic", scale=FrontierSettings(
         targets=("45%",), formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=2, rounds=1, warmup=0))

@@ -18,7 +18,7 @@ from graft_edge.workflows.frontier import parse_targets
 @guarded
 def demo_cmd(
     out: Path = typer.Option(Path("graft-edge-demo"), "--out", help="Folder for the data, the training run and the frontier (rerunning resumes)."),
-    fast: bool = typer.Option(False, "--fast", help="Smoke-test size: 16 ids, 4 training steps per stage, one target (45%), batch 16: the whole pipeline in about a minute; the numbers mean nothing."),
+    fast: bool = typer.Option(False, "--fast", help="Smoke-test size: 20 ids (8 train after the validation split), 4 training steps per stage, one target (45%), batch 16: the whole pipeline in about a minute; the numbers mean nothing."),
     targets: Optional[str] = typer.Option(None, "--targets", help="Frontier sizes as fractions of the trained model (default 70%,45%; --fast: 45%)."),
     formats: Optional[str] = typer.Option(None, "--formats", help="Frontier formats (default torch,onnx,int8)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Latency batch size; per-sample ms is reported (default 64: the tiny model needs a batch for compute, not framework overhead, to dominate; --fast: 16).", min=1),

@@ -52,7 +52,7 @@ class DemoSettings:
     @staticmethod
     def fast() -> DemoSettings:
         """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
-        return DemoSettings(ids=16, cameras=4, images_per_camera=2, max_steps=4, frontier=FrontierSettings(
+        return DemoSettings(ids=20, cameras=4, images_per_camera=2, max_steps=4, frontier=FrontierSettings(
             targets=("45%",), formats=DEFAULT_FORMATS, finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
             calib_samples=16), scale=None)
 
