@@ -46,7 +46,7 @@ def synthetic_part(args) -> list[dict]:
         print(write_synthetic(data).line(), flush=True)
     sets = list(args.sets) + (["train.stage1.epochs=2", "train.stage2.epochs=1"] if args.quick else [])
     rows, embedders = [], {}
-    for fusion in FUSIONS:
+    for fusion in args.fusions:
         cfg = apply_overrides(get_preset("synthetic"), [*sets, f"model.fusion={fusion}"])
         runs = []
         for seed in args.seeds:
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs/multistream_vs_graft"))
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--fusions", type=lambda s: s.split(","), default=list(FUSIONS), help="synthetic part: token,multistream")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-paper", action="store_true")

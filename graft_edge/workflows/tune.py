@@ -206,7 +206,8 @@ def _run_trial_subprocess(cfg: GraftConfig, data_root: Path, run_dir: Path, sett
     try:
         while True:
             done = proc.poll() is not None
-            lines = RunPaths(run_dir).metrics.read_text().splitlines() if RunPaths(run_dir).metrics.exists() else []
+            text = RunPaths(run_dir).metrics.read_text() if RunPaths(run_dir).metrics.exists() else ""
+            lines = text[: text.rfind("\n") + 1].splitlines()  # complete lines only (a write may be under way)
             for line in lines[seen:]:
                 on_eval(json.loads(line))
             seen = len(lines)
@@ -252,8 +253,9 @@ def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings
             if not _wait_or_start(study, settings):
                 break
             objective = _objective(cfg, tune, Path(data_root), settings, log, lock.release)
-            study.optimize(objective, n_trials=1, catch=())
-        last = study.get_trials(deepcopy=False)[-1]
-        log(f"study {settings.study}: trial {last.number} {last.state.name.lower()}"
-            + (f", val mAP {100 * last.value:.2f}" if last.value is not None else ""))
+            mine: list[Any] = []
+            study.optimize(objective, n_trials=1, catch=(), callbacks=[lambda _, trial, mine=mine: mine.append(trial)])
+        for t in mine:  # this worker's trial (others may have finished theirs meanwhile)
+            log(f"study {settings.study}: trial {t.number} {t.state.name.lower()}"
+                + (f", val mAP {100 * t.value:.2f}" if t.value is not None else ""))
     return write_results(study, cfg, out, log)
