@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from graft_edge.checkpoint import load_model, save_checkpoint
-from graft_edge.compress import extract_arch, prune_to_target
+from graft_edge.compress import prune_to_target
 from graft_edge.config import get_preset
 from graft_edge.model import build_model, count_params, embedding_params
+from graft_edge.model.arch import extract_arch
 from graft_edge.model.backbone import create_backbone
 
 
@@ -74,7 +75,7 @@ def test_structured_prune_save_reload_and_onnx_parity(tmp_path: Path) -> None:
     cfg = _cfg()
     model = build_model(cfg.model).eval()
     dense = embedding_params(model)
-    model, arch, history = prune_to_target(model, cfg, int(0.5 * dense), "structured")
+    model, arch, history = prune_to_target(model, int(0.5 * dense))
     assert 0.45 * dense <= embedding_params(model) <= 0.5 * dense and len(arch["blocks"]) == 12
     assert arch["encoders"] == {}
     path = save_checkpoint(tmp_path / "p.pt", model, cfg, arch=arch, history=history)

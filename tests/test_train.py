@@ -218,9 +218,9 @@ def test_best_checkpoints_are_chosen_on_validation_not_test(tiny_data: Path, tmp
     scores = {"val": iter([0.2, 0.8, 0.5]), "test": iter([0.9, 0.1, 0.3])}  # test alone would pick stage 1 epoch 1
     real_eval = train_runner.evaluate_model
 
-    def fake_eval(model, query, gallery, device):
+    def fake_eval(model, query, gallery):
         split = "val" if len(query.dataset) == 2 else "test"  # 1 held-out id x 2 cameras vs 4 test queries
-        return {**real_eval(model, query, gallery, device), "mAP": next(scores[split])}
+        return {**real_eval(model, query, gallery), "mAP": next(scores[split])}
 
     monkeypatch.setattr(train_runner, "evaluate_model", fake_eval)
     cfg = tiny_train_config()

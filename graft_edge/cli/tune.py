@@ -4,21 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.cli.train import resolve_config
 from graft_edge.errors import GraftError
+from graft_edge.fileio import read_yaml
+from graft_edge.workflows.tune import TuneSettings, run_tune
+from graft_edge.workflows.tune_space import TuneConfig, parse_param, space_from_mapping
 
 
 def _space(params: list[str], space_file: Path | None) -> tuple:
     """--space FILE and --param NAME=LOW:HIGH[:log] (the latter win); None of both: the authors' ranges."""
-    from graft_edge.fileio import read_yaml
-    from graft_edge.workflows.tune_space import (
-        TuneConfig,
-        parse_param,
-        space_from_mapping,
-    )
-
     ranges: dict = {}
     if space_file is not None:
         data = read_yaml(space_file)
@@ -56,17 +54,11 @@ def tune_cmd(
     Run the same command on several machines with one --storage database URL to share the study.
     The best trial's resolved config is written to OUT/best_config.yaml for `graft-edge train --config`.
     """
-    from graft_edge.cli.train import resolve_config
-    from graft_edge.workflows.tune import TuneSettings, run_tune
-    from graft_edge.workflows.tune_space import TuneConfig
-
     if trials < 1:
         raise GraftError(f"--trials {trials}: expected at least 1 trial")
     cfg = resolve_config(preset, config, sets, False, out)
     tune = TuneConfig(space=_space(params, space), pruner=pruner)
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
     settings = TuneSettings(out=out, trials=trials, storage=storage, study=study, nproc=nproc, max_steps=max_steps,
                             heartbeat_s=heartbeat, sampler_seed=seed)

@@ -26,12 +26,7 @@ from graft_edge.fileio import write_yaml
 from graft_edge.train.rundir import RunPaths
 from graft_edge.train.runner import run_training
 from graft_edge.workflows.tune_report import TuneResult, states, write_results
-from graft_edge.workflows.tune_space import (
-    TuneConfig,
-    apply_params,
-    check_space,
-    suggest,
-)
+from graft_edge.workflows.tune_space import TuneConfig, apply_params, check_space, suggest
 
 STUDY_FILE = "study.db"
 LOCK_FILE = ".tune.lock"
