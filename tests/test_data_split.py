@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from graft_edge.config import get_preset
-from graft_edge.data import (
-    build_train_loader,
-    build_val_loaders,
-    read_split,
-    train_val_split,
-)
+from graft_edge.data import build_train_loader, build_val_loaders, read_split, train_val_split
 from graft_edge.data.split import held_out_ids, split_train_val, val_id_count
 from graft_edge.errors import GraftError
 

@@ -18,13 +18,7 @@ from graft_edge.cli.main import app
 from graft_edge.config import config_to_dict, get_preset
 from graft_edge.errors import GraftError
 from graft_edge.fileio import read_yaml, write_yaml
-from graft_edge.workflows.tune_space import (
-    ParamRange,
-    TuneConfig,
-    apply_params,
-    check_space,
-    parse_param,
-)
+from graft_edge.workflows.tune_space import ParamRange, TuneConfig, apply_params, check_space, parse_param
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
