@@ -67,7 +67,7 @@ def open_storage(settings: TuneSettings, attempts: int = 5) -> Any:
     Workers starting together may race to create the tables; the loser retries (the tables exist then).
     """
     optuna = _optuna()
-    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
     url = settings.storage_url()
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -77,8 +77,8 @@ def open_storage(settings: TuneSettings, attempts: int = 5) -> Any:
                 warnings.simplefilter("ignore")
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=settings.heartbeat_s,
                                                   grace_period=2 * settings.heartbeat_s)
-        except OperationalError as exc:
-            racing = "already exists" in str(exc) or "locked" in str(exc)
+        except (OperationalError, IntegrityError) as exc:  # another worker creating the same tables right now
+            racing = any(k in str(exc) for k in ("already exists", "locked", "UNIQUE constraint", "duplicate key"))
             if not racing or attempt == attempts - 1:
                 raise GraftError(_storage_error(url, exc)) from None
             time.sleep(0.5 * (attempt + 1))
@@ -241,8 +241,9 @@ def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings
     tune = TuneConfig(check_space(cfg, tune), tune.pruner, tune.startup_trials, tune.warmup_evals)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings, tune)
     lock_path = out / LOCK_FILE
+    with _file_lock(lock_path):  # workers on this machine create the database one at a time
+        study = open_study(settings, tune)
     while True:
         with _file_lock(lock_path) as lock:
             if not _wait_or_start(study, settings):
