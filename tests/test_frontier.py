@@ -173,3 +173,16 @@ def test_frontier_cli_runs_and_reuses(tiny_checkpoint, data, tmp_path):
     assert "dense" in r.output and "45%" in r.output and "frontier.png" in r.output
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "reused" in r.output
+
+
+def test_frontier_rerank_adds_reranked_accuracy_to_existing_rows(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "fr"
+    plain = F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch",)))
+    assert all(r["mAP_rerank"] is None for r in plain.rows)
+    res = F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch",), rerank=True))
+    assert not any(d.endswith(": pruned") for d in res.done)  # only re-evaluated, nothing pruned again
+    for before, after in zip(plain.rows, res.rows):
+        assert after["mAP"] == pytest.approx(before["mAP"]) and 0.0 < after["mAP_rerank"] <= 1.0
+        assert 0.0 <= after["R1_rerank"] <= 1.0
+    with open(res.files["csv"]) as f:
+        assert all(row["mAP_rerank"] for row in csv.DictReader(f))

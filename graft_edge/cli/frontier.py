@@ -68,6 +68,7 @@ def frontier_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
     device: str = typer.Option(D.device, "--device", help="cpu or cuda[:N] for evaluation and timing."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
+    rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
 ) -> None:
     """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
@@ -77,7 +78,7 @@ def frontier_cmd(
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),
-                               eval_batch_size=eval_batch_size)
+                               eval_batch_size=eval_batch_size, rerank=rerank)
     err = err_console()
     with rich_progress(err) as hook:
         result = run_frontier(model, data, out, settings, overwrite=overwrite, progress=hook,

@@ -25,13 +25,14 @@ from graft_edge.formats import markers
 from graft_edge.units import format_count
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
-               "R10", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto",
+               "R10", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto",
                "artefact")
 
 
 ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": "ms per sample (fastest call / batch)",
              "p90_ms": "ms per sample (p90 of the call / batch)", "p99_ms": "ms per sample (p99 of the call / batch)",
-             "mAP": "fraction", "R1": "fraction", "R5": "fraction", "R10": "fraction", "size_bytes": "bytes",
+             "mAP": "fraction", "R1": "fraction", "mAP_rerank": "fraction (k-reciprocal re-ranked, --rerank)",
+             "R1_rerank": "fraction (k-reciprocal re-ranked, --rerank)", "R5": "fraction", "R10": "fraction", "size_bytes": "bytes",
              "params": "parameters of the embedding model"}
 
 

@@ -42,6 +42,7 @@ from graft_edge.formats import (
     needing_calibration,
     parse_formats,
 )
+from graft_edge.metrics import RerankConfig
 from graft_edge.model import embedding_params
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
@@ -99,6 +100,7 @@ class FrontierSettings:
     device: str = "cpu"
     eval_batch_size: int = 128
     calib_samples: int = 256
+    rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -312,23 +314,25 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     emb = load_embedder(path, device=s.device, threads=s.threads)
     advance = job.progress(f"{label}: mAP", None)
     started = time.perf_counter()
-    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance)
+    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
+                            rerank_cfg=RerankConfig() if s.rerank else None)
     acc["seconds"] = time.perf_counter() - started
     return acc
 
 
-def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None) -> bool:
-    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data)."""
+def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False) -> bool:
+    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
+    one without re-ranked numbers when --rerank asks for them)."""
     if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
         return True
-    return data_root is not None and rec.accuracy.get("mAP") is None
+    return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
 
 
 def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecord) -> None:
     """Export the variant's missing, failed or changed formats, then measure mAP on every artefact not yet evaluated."""
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
-    todo = [f for f in job.settings.formats if _needs_work(v.formats.get(f), out, job.data_root)]
+    todo = [f for f in job.settings.formats if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank)]
     stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(stale)}")

@@ -43,6 +43,7 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) ->
                 "variant": v.label, "target": v.target, "params": v.params, "params_nonzero": v.params_nonzero,
                 "format": fmt, "artefact": rec.path or None, "size_bytes": rec.size_bytes, "status": rec.status,
                 "mAP": acc.get("mAP"), "R1": acc.get("R1"), "R5": acc.get("R5"), "R10": acc.get("R10"),
+                "mAP_rerank": (acc.get("rerank") or {}).get("mAP"), "R1_rerank": (acc.get("rerank") or {}).get("R1"),
                 "batch": batch if stats else None, "latency_ms": _per_sample(stats, "p50_ms"),
                 "min_ms": _per_sample(stats, "min_ms"), "p90_ms": _per_sample(stats, "p90_ms"),
                 "p99_ms": _per_sample(stats, "p99_ms"), "speedup": None, "speedup_min": None,
