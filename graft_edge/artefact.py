@@ -27,6 +27,8 @@ from graft_edge.fileio import atomic_write, sha256_file, write_json
 FORMAT = "graft-edge-export"
 FORMAT_VERSION = 1
 OUTPUT_NAME = "embedding"
+# the optional (B, M) float32 0/1 input saying which modalities each sample has (missing sensors, see GraFT.embed_masked)
+PRESENCE_INPUT = "present"
 # keys every runtime relies on; ArtefactMeta.from_dict checks they are present
 REQUIRED_KEYS = ("format", "modalities", "input_names", "output_name", "img_size", "mean", "std", "embed_dim",
                  "precision")
@@ -155,6 +157,7 @@ class ArtefactMeta:
     output_name: str = OUTPUT_NAME
     batch: BatchRange | None = None  # None: any batch up to MAX_BATCH
     extra: dict[str, Any] = field(default_factory=dict)
+    presence_input: str | None = None  # name of the (B, M) presence-mask input; None: every modality is required
 
     def to_dict(self) -> dict[str, Any]:
         """The flat JSON form (the keys of ONNX metadata_props and the sidecar)."""
@@ -166,6 +169,8 @@ class ArtefactMeta:
                                "precision": self.precision}
         if self.batch is not None:
             out["batch_range"] = [self.batch.min, self.batch.opt, self.batch.max]
+        if self.presence_input:
+            out["presence_input"] = self.presence_input
         return out
 
     @classmethod
@@ -189,10 +194,11 @@ class ArtefactMeta:
             raise GraftError(f"{where}: malformed metadata (modalities {list(mods)}, img_size {list(size)}, "
                              f"mean {list(mean)}, std {list(std)})")
         typed = {"format", "format_version", "modalities", "input_names", "output_name", "img_size", "mean", "std",
-                 "embed_dim", "precision", "batch_range"}
+                 "embed_dim", "precision", "batch_range", "presence_input"}
         return cls(modalities=mods, img_size=size, mean=mean, std=std, embed_dim=dim, precision=str(meta["precision"]),
                    input_names=tuple(str(n) for n in meta["input_names"]), output_name=str(meta["output_name"]),
-                   batch=batch, extra={k: v for k, v in meta.items() if k not in typed})
+                   batch=batch, extra={k: v for k, v in meta.items() if k not in typed},
+                   presence_input=str(meta["presence_input"]) if meta.get("presence_input") else None)
 
 
 def encode_props(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -303,7 +309,8 @@ def embedder_info(meta: Mapping[str, Any], path: str | Path, runtime: str,
     rec = ArtefactMeta.from_dict(meta, str(path))
     skip = {"params_embedding", "params_nonzero", "input_layout", "output", "artefact"}
     info_extra = {k: v for k, v in rec.extra.items() if k not in skip}
-    info_extra.update(precision=rec.precision, input_names=list(rec.input_names), output_name=rec.output_name)
+    info_extra.update(precision=rec.precision, input_names=list(rec.input_names), output_name=rec.output_name,
+                      presence_input=rec.presence_input)
     if rec.batch is not None:
         info_extra["batch_range"] = [rec.batch.min, rec.batch.opt, rec.batch.max]
     info_extra.update(extra or {})

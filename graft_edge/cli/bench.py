@@ -105,6 +105,7 @@ def bench_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v1) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="With --data: also k-reciprocal re-ranked mAP/CMC (shown as plain/re-ranked mAP)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the models' modalities (e.g. rgb,nir) to time and evaluate, as if the other sensors were missing. Default: all."),
 ) -> None:
     """Time models side by side: latency mean/p50/p90/p99/min/max (ms), throughput (samples/s), peak memory,
     parameters, size on disk, and on NVIDIA GPUs power (W), energy per sample (J) and utilisation.
@@ -122,7 +123,8 @@ def bench_cmd(
         raise GraftError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
-                             eval_batch_size=eval_batch_size, rerank=rerank)
+                             eval_batch_size=eval_batch_size, rerank=rerank,
+                             modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
     out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON

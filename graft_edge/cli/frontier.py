@@ -70,6 +70,7 @@ def frontier_cmd(
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
 ) -> None:
     """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
     measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
@@ -78,7 +79,8 @@ def frontier_cmd(
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(),
-                               eval_batch_size=eval_batch_size, rerank=rerank)
+                               eval_batch_size=eval_batch_size, rerank=rerank,
+                               modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     err = err_console()
     with rich_progress(err) as hook:
         result = run_frontier(model, data, out, settings, overwrite=overwrite, progress=hook,

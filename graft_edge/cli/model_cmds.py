@@ -121,12 +121,13 @@ def eval_cmd(
     visualize: int = typer.Option(0, "--visualize", help="Write ranked-result strips for this many queries (0: none).", min=0),
     top_k: int = typer.Option(10, "--top", help="Gallery images per strip.", min=1),
     vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: ./ranked_<model name>."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir): evaluate as if the other sensors were missing. Default: all."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     check_output_file(json_out, "--json")
-    embedder = load_embedder(model, device=device, threads=threads)
+    embedder = load_embedder(model, device=device, threads=threads, modalities=modalities)
     rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console(), transient=True) as bar:
@@ -151,4 +152,5 @@ def eval_cmd(
                                     visualize, top_k)
         console().print(f"wrote {len(files)} ranked-result strips to {out_dir}"
                         + (" (re-ranked order)" if rerank_cfg else ""), soft_wrap=True)
-    write_json_output(json_out, {**result, "model": str(model), "data": str(data)})
+    write_json_output(json_out, {**result, "model": str(model), "data": str(data),
+                                 "modalities": list(embedder.info.modalities)})

@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from graft_edge.artefact import PRESENCE_INPUT
 from graft_edge.export.fp16 import FP32_OPS, convert_fp16
-from graft_edge.export.onnx import check_exported, export_onnx
+from graft_edge.export.onnx import check_exported, export_onnx, graph_inputs
 from graft_edge.export.options import ExportOptions
 from graft_edge.export.quantize import quantize_dynamic_int8, quantize_static_int8
 
@@ -31,7 +32,7 @@ class BuildInputs:
 def build_fp32(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
     """FP32 ONNX straight from the model (the source of every other format)."""
     export_onnx(job.model, dst, opset=job.options.opset, external_data=job.options.external_data)
-    check_exported(dst, tuple(job.model.modalities), job.options.opset)
+    check_exported(dst, graph_inputs(job.model), job.options.opset)
     return {"tolerance": job.options.tolerance}
 
 
@@ -44,7 +45,11 @@ def build_int8_dynamic(job: BuildInputs, src: Path | None, dst: Path) -> dict[st
 
 def build_int8_static(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
     """Static INT8 Q/DQ of the FP32 ONNX, calibrated on the train split of --calib-data."""
-    quantize_static_int8(src, dst, job.calib, method=job.options.calib_method)
+    calib = dict(job.calib)
+    if PRESENCE_INPUT in graph_inputs(job.model):  # calibrated with every sensor present
+        n = len(next(iter(calib.values())))
+        calib[PRESENCE_INPUT] = np.ones((n, len(job.model.modalities)), dtype=np.float32)
+    quantize_static_int8(src, dst, calib, method=job.options.calib_method)
     return {"quantization": {
         "mode": "static", "format": "QDQ", "weights": "int8 symmetric per-channel",
         "activations": "int8 symmetric per-tensor", "calibration": job.options.calib_method,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from graft_edge.artefact import ArtefactMeta, software_versions
+from graft_edge.artefact import PRESENCE_INPUT, ArtefactMeta, software_versions
 from graft_edge.model import count_params, embedding_params
 
 
@@ -29,7 +29,12 @@ def model_metadata(model: Any, checkpoint: Any, checkpoint_path: str | Path, sou
         "tool_versions": software_versions(),
         "opset": opset,
     }
+    masked = bool(getattr(model, "supports_presence_mask", False))
+    if masked:
+        provenance["missing_modalities"] = (f"any non-empty subset: feed zeros for an absent modality and 0 in its "
+                                            f"column of {PRESENCE_INPUT} (B, M float32, modalities order)")
     return ArtefactMeta(modalities=tuple(model.modalities), img_size=tuple(int(v) for v in cfg.img_size),
                         mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std),
-                        embed_dim=int(model.embed_dim), precision="fp32", input_names=tuple(model.modalities),
-                        extra=provenance)
+                        embed_dim=int(model.embed_dim), precision="fp32",
+                        input_names=tuple(model.modalities) + ((PRESENCE_INPUT,) if masked else ()),
+                        extra=provenance, presence_input=PRESENCE_INPUT if masked else None)

@@ -1,7 +1,11 @@
 """FP32 ONNX export of `GraFT.embed` with the torch.export-based exporter (torch.onnx.export, dynamo=True).
 
 The graph has one named input per modality of the model, in the model's order (`rgb`, `nir`, `tir`:
-float32 B x 3 x H x W, already normalised), and one output `embedding` (B x D, L2-normalised).
+float32 B x 3 x H x W, already normalised), then - for GraFT's fusion-token models - `present`
+(float32 B x M, 1 where the sample has that modality, 0 where its sensor is missing), and one output
+`embedding` (B x D, L2-normalised). One graph serves every subset of sensors: the fusion tokens are
+averaged over the present modalities (GraFT.embed_masked), which is what PyTorch computes for that
+subset; the alternative, one artefact per subset, multiplies files, engines and Triton models by 2^M - 1.
 The batch dimension is dynamic: the exporter freezes a batch-1 example at 1, so the example uses
 batch >= 2 and the caller verifies another batch size in ONNX Runtime (see parity.py).
 
@@ -22,7 +26,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, MAX_BATCH, OUTPUT_NAME, data_file
+from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, MAX_BATCH, OUTPUT_NAME, PRESENCE_INPUT, data_file
 from graft_edge.errors import GraftError
 from graft_edge.inputs import random_images
 
@@ -45,6 +49,26 @@ class EmbedWrapper(nn.Module):
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
         """images: one (B, 3, H, W) tensor per modality, in `self.modalities` order -> (B, D)."""
         return self.model.embed(dict(zip(self.modalities, images)))
+
+
+class MaskedEmbedWrapper(EmbedWrapper):
+    """`model.embed_masked`: one (B, 3, H, W) tensor per modality, then the (B, M) presence mask."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *images, present = inputs
+        return self.model.embed_masked(dict(zip(self.modalities, images)), present)
+
+
+def wrapper_for(model: nn.Module) -> EmbedWrapper:
+    """The masked wrapper when the model can drop modalities per sample, the plain one otherwise."""
+    masked = bool(getattr(model, "supports_presence_mask", False))
+    return (MaskedEmbedWrapper if masked else EmbedWrapper)(model).eval()
+
+
+def graph_inputs(model: nn.Module) -> list[str]:
+    """The exported graph's input names, in order."""
+    masked = bool(getattr(model, "supports_presence_mask", False))
+    return list(model.modalities) + ([PRESENCE_INPUT] if masked else [])
 
 
 def check_opset(opset: int) -> int:
@@ -90,9 +114,10 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _example(modalities: Sequence[str], img_size: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """The example inputs the exporter traces with: one (EXAMPLE_BATCH, 3, H, W) tensor per modality."""
-    return tuple(torch.from_numpy(x) for x in random_images(modalities, img_size, EXAMPLE_BATCH).values())
+def _example(modalities: Sequence[str], img_size: Sequence[int], masked: bool) -> tuple[torch.Tensor, ...]:
+    """The example inputs the exporter traces with: one (EXAMPLE_BATCH, 3, H, W) tensor per modality (+ a mask)."""
+    images = tuple(torch.from_numpy(x) for x in random_images(modalities, img_size, EXAMPLE_BATCH).values())
+    return images + ((torch.ones(EXAMPLE_BATCH, len(modalities)),) if masked else ())
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
@@ -105,22 +130,23 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
     check_opset(opset)
     path = Path(path)
     model = model.eval()
-    wrapper = EmbedWrapper(model).eval()
+    wrapper = wrapper_for(model)
     modalities = wrapper.modalities
+    names = graph_inputs(model)
     img_size = tuple(model.cfg.img_size)
     if external_data is None:
         external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     # *images is one varargs entry for torch.export: its dynamic shapes are a tuple inside a 1-tuple
-    dynamic_shapes = (tuple({0: batch} for _ in modalities),)
+    dynamic_shapes = (tuple({0: batch} for _ in names),)
     for stale in (path, data_file(path)):
         if stale.exists():
             stale.unlink()
     try:
         with quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                wrapper, _example(modalities, img_size), str(path), dynamo=True,
-                input_names=list(modalities), output_names=[OUTPUT_NAME], opset_version=opset,
+                wrapper, _example(modalities, img_size, len(names) > len(modalities)), str(path), dynamo=True,
+                input_names=names, output_names=[OUTPUT_NAME], opset_version=opset,
                 dynamic_shapes=dynamic_shapes, external_data=bool(external_data), optimize=True, verbose=False,
             )
     except GraftError:
@@ -132,14 +158,14 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
     return path
 
 
-def check_exported(path: str | Path, modalities: Sequence[str], opset: int) -> None:
+def check_exported(path: str | Path, inputs: Sequence[str], opset: int) -> None:
     """Inputs/outputs/opset of a freshly exported file are what the export promised."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     names = [i.name for i in proto.graph.input]
-    if names != list(modalities):
-        raise GraftError(f"exported ONNX has inputs {names}, expected {list(modalities)}")
+    if names != list(inputs):
+        raise GraftError(f"exported ONNX has inputs {names}, expected {list(inputs)}")
     outs = [o.name for o in proto.graph.output]
     if outs != [OUTPUT_NAME]:
         raise GraftError(f"exported ONNX has outputs {outs}, expected ['{OUTPUT_NAME}']")

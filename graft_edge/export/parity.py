@@ -2,12 +2,14 @@
 
 Every artefact is run at two batch sizes (1 and 4 by default: the ONNX batch is dynamic, so a
 second size is the check that it really is) on random normalised-image-like inputs and, when a
-dataset is given, on real images. FP32 must match within an absolute tolerance; reduced
+dataset is given, on real images; then, for a model that can drop modalities, once more per proper
+non-empty subset of its modalities (missing sensors) at the larger batch. FP32 must match within an absolute tolerance; reduced
 precisions (FP16, INT8) are judged by the cosine of their embeddings with the FP32 ones.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +33,7 @@ class ParityCheck:
     max_abs_diff: float
     min_cosine: float
     mean_cosine: float
+    modalities: str = "all"  # the subset present ("rgb+nir"), or "all"
 
 
 @dataclass
@@ -98,29 +101,46 @@ def torch_reference(model: torch.nn.Module) -> EmbedFn:
     return run
 
 
+def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every proper non-empty subset of the modalities, in the model's order (smallest first)."""
+    mods = tuple(modalities)
+    return [c for k in range(1, len(mods)) for c in combinations(mods, k)]
+
+
 def parity_inputs(modalities: Sequence[str], img_size: Sequence[int], real: Batch | None,
-                  batches: Sequence[int] = PARITY_BATCHES) -> list[tuple[str, int, Batch]]:
+                  batches: Sequence[int] = PARITY_BATCHES, missing: bool = False) -> list[tuple[str, int, Batch]]:
     """(kind, batch size, inputs) for every check: random at each of `batches`; real (when given) at
-    batch 1 and at all of its samples (two sizes, and enough samples for cosine statistics)."""
+    batch 1 and at all of its samples (two sizes, and enough samples for cosine statistics); with
+    `missing`, each proper subset of the modalities on random (largest batch) and real (all samples) inputs."""
     big = max(batches)
     rand = random_images(modalities, img_size, big, seed=PARITY_SEED)
     out = [("random", b, slice_batch(rand, b)) for b in batches]
     if real:
         n = len(next(iter(real.values())))
         out += [("real", b, slice_batch(real, b)) for b in sorted({1, n})]
+    for subset in subsets(modalities) if missing else []:
+        out.append(("random", big, {m: rand[m] for m in subset}))
+        if real:
+            out.append(("real", len(next(iter(real.values()))), {m: real[m] for m in subset}))
     return out
 
 
-def measure(reference: Mapping[tuple[str, int], np.ndarray], candidate: EmbedFn,
+def _key(kind: str, b: int, batch: Batch) -> tuple[str, int, str]:
+    return kind, b, "+".join(batch)
+
+
+def measure(reference: Mapping[tuple[str, int, str], np.ndarray], candidate: EmbedFn,
             inputs: Sequence[tuple[str, int, Batch]], reference_name: str = "pytorch-fp32") -> ParityReport:
     """Run the candidate on every input and compare with the precomputed reference embeddings."""
     report = ParityReport(reference=reference_name)
+    full = max((len(batch) for _, _, batch in inputs), default=0)
     for kind, b, batch in inputs:
-        diff, cmin, cmean = compare(reference[(kind, b)], candidate(batch))
-        report.checks.append(ParityCheck(kind, b, diff, cmin, cmean))
+        diff, cmin, cmean = compare(reference[_key(kind, b, batch)], candidate(batch))
+        subset = "all" if len(batch) == full else "+".join(batch)
+        report.checks.append(ParityCheck(kind, b, diff, cmin, cmean, subset))
     return report
 
 
-def reference_embeddings(ref: EmbedFn, inputs: Sequence[tuple[str, int, Batch]]) -> dict[tuple[str, int], np.ndarray]:
+def reference_embeddings(ref: EmbedFn, inputs: Sequence[tuple[str, int, Batch]]) -> dict[tuple[str, int, str], np.ndarray]:
     """The reference's embeddings of every parity input, computed once and shared by all artefacts."""
-    return {(kind, b): ref(batch) for kind, b, batch in inputs}
+    return {_key(kind, b, batch): ref(batch) for kind, b, batch in inputs}

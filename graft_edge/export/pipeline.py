@@ -38,6 +38,7 @@ from graft_edge.fileio import sha256_file, write_json
 from graft_edge.formats import FORMATS, Format
 from graft_edge.outdir import FolderBusy, OutputLock, clean_stale_temps
 from graft_edge.runtime.onnx_backend import session_options
+from graft_edge.runtime.presence import presence_feeds
 from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
 
 SUMMARY_FILE = "export.json"
@@ -196,7 +197,7 @@ class ExportJob:
     base: ArtefactMeta  # the FP32 record every artefact's metadata starts from
     calib: dict[str, np.ndarray] | None
     inputs: list[tuple[str, int, parity.Batch]]  # parity inputs
-    reference: dict[tuple[str, int], np.ndarray]  # PyTorch embeddings of the parity inputs
+    reference: dict[tuple[str, int, str], np.ndarray]  # PyTorch embeddings of the parity inputs (kind, batch, subset)
     result: ExportResult
 
     def record(self, fmt: Format, cand_meta: dict[str, Any], report: parity.ParityReport | None) -> dict[str, Any]:
@@ -215,8 +216,10 @@ class ExportJob:
         except Exception as exc:
             raise GraftError(f"ONNX Runtime cannot load the exported {path.name}: {one_line(exc)}") from None
 
+        mods, size = self.base.modalities, self.base.img_size
+
         def run(batch: parity.Batch) -> np.ndarray:
-            return session.run(None, {m: np.ascontiguousarray(x) for m, x in batch.items()})[0]
+            return session.run(None, presence_feeds(batch, mods, size, self.base.presence_input, path.name))[0]
 
         return parity.measure(self.reference, run, self.inputs)
 
@@ -273,7 +276,7 @@ def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
         log(f"read {len(next(iter(real.values())))} real images for parity"
             + (f" and {len(next(iter(calib.values())))} for calibration" if calib else "")
             + f" from {opt.calib_data} ({time.perf_counter() - t:.1f} s)")
-    inputs = parity.parity_inputs(mods, tuple(cfg.img_size), real)
+    inputs = parity.parity_inputs(mods, tuple(cfg.img_size), real, missing=model.supports_presence_mask)
     t = time.perf_counter()
     reference = parity.reference_embeddings(parity.torch_reference(model), inputs)
     log(f"PyTorch reference embeddings computed ({time.perf_counter() - t:.1f} s)")

@@ -74,6 +74,30 @@ class GraFT(nn.Module):
         feat = out.embedding if self.cfg.neck_feat == "before" else out.neck
         return F.normalize(feat, dim=-1)
 
+    @property
+    def supports_presence_mask(self) -> bool:
+        """True when a missing modality can be masked per sample: each fusion token sees only its own modality."""
+        return self.cfg.fusion == "token"
+
+    def embed_masked(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Every modality's images (anything finite where absent) + a (B, M) 0/1 mask -> `embed` of each row's subset.
+
+        One graph for every subset of sensors (what exported artefacts run): all modalities go through the
+        backbone, and the fusion tokens are averaged over the present ones only. Equal to `embed` of the
+        present modalities because a GraFT fusion token attends to its own modality's tokens only.
+        """
+        if not self.supports_presence_mask:
+            raise GraftError(f"model.fusion={self.cfg.fusion!r} mixes modalities in one encoder: a missing one "
+                             "cannot be masked out (only fusion=token models can)")
+        x = torch.stack([inputs[m] for m in self.modalities])  # (M, B, 3, H, W)
+        M, B = x.shape[:2]
+        tokens = self.backbone.forward_features(x.flatten(0, 1)).unflatten(0, (M, B))
+        fusion_tokens, _ = self.fusion(tokens, self.modalities)  # (B, M, D)
+        weight = present.to(fusion_tokens.dtype).unsqueeze(-1)  # (B, M, 1)
+        embedding = (fusion_tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        feat = embedding if self.cfg.neck_feat == "before" else self.head.bn(embedding)
+        return F.normalize(feat, dim=-1)
+
 
 def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> GraFT:
     """Create a GraFT model from its config (pretrained backbone when cfg.pretrained)."""

@@ -9,7 +9,8 @@ Schema "graft-edge/bench" v1::
       "schema": "graft-edge/bench", "schema_version": 1, "created": "<ISO-8601 UTC>",
       "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
-                   threads: int|null, device: str, data: str|null, rerank: bool},
+                   threads: int|null, device: str, data: str|null, rerank: bool,
+                   modalities: [str]|null},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
          "format": "torch"|"onnx"|"tensorrt"|null, "precision": str|null,
@@ -77,12 +78,13 @@ class BenchSettings:
     data: str | None = None
     eval_batch_size: int = 64
     rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
+    modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all
 
     def to_dict(self) -> dict[str, Any]:
         """The `settings` record."""
         return {"batches": list(self.batches), "warmup": self.warmup, "iters": self.iters,
                 "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data,
-                "rerank": self.rerank}
+                "rerank": self.rerank, "modalities": list(self.modalities) if self.modalities else None}
 
 
 def check_data_modalities(info_modalities: Sequence[str], data_root: str | Path) -> None:
@@ -178,7 +180,8 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
             res["files"] = [str(f) for f in artefact_files(path)]
             res["size_bytes"] = artefact_size(path)
         t0 = time.perf_counter()
-        embedder = load_embedder(path, device=settings.device, threads=settings.threads)
+        embedder = load_embedder(path, device=settings.device, threads=settings.threads,
+                                 modalities=settings.modalities)
         res["load_s"] = time.perf_counter() - t0
         info = embedder.info
         res.update(format=info.format, precision=info.extra.get("precision", "fp32" if info.format == "torch" else None),

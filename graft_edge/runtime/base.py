@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from graft_edge.artefact import Embedder
 from graft_edge.errors import GraftError
 from graft_edge.formats import runtime_of
+from graft_edge.runtime.presence import SubsetEmbedder
 
 
 def _torch(path: Path, device: str, threads: int | None) -> Embedder:
@@ -30,12 +32,16 @@ def _tensorrt(path: Path, device: str, threads: int | None) -> Embedder:
 RUNTIMES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt}
 
 
-def load_embedder(path: str | Path, device: str = "cpu", threads: int | None = None) -> Embedder:
-    """Open a checkpoint, ONNX file or TensorRT engine as an Embedder."""
+def load_embedder(path: str | Path, device: str = "cpu", threads: int | None = None,
+                  modalities: str | Sequence[str] | None = None) -> Embedder:
+    """Open a checkpoint, ONNX file or TensorRT engine as an Embedder (restricted to `modalities` when given)."""
     path = Path(path)
     runtime = runtime_of(path)
     if not path.is_file():
         raise GraftError(f"model {path} does not exist")
     if threads is not None and threads < 1:
         raise GraftError(f"--threads {threads}: expected a positive integer")
-    return RUNTIMES[runtime](path, device, threads)
+    embedder = RUNTIMES[runtime](path, device, threads)
+    if modalities is None:
+        return embedder
+    return SubsetEmbedder(embedder, modalities.split(",") if isinstance(modalities, str) else modalities)

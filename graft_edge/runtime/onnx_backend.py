@@ -14,6 +14,7 @@ import numpy as np
 
 from graft_edge.artefact import EmbedderInfo, artefact_size, data_file, decode_props, embedder_info, read_metadata
 from graft_edge.errors import GraftError, one_line
+from graft_edge.runtime.presence import presence_feeds
 
 
 def session_options(threads: int | None = None):
@@ -76,7 +77,8 @@ class OnnxEmbedder:
         info = onnx_info(self.path, self.session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        missing = [m for m in self.input_names if m not in info.modalities]
+        self.presence_input = info.extra.get("presence_input")
+        missing = [m for m in self.input_names if m not in info.modalities and m != self.presence_input]
         if missing:
             raise GraftError(f"{self.path}: graph input {missing[0]!r} is not one of its metadata's modalities {','.join(info.modalities)}")
         self.device = device
@@ -84,24 +86,12 @@ class OnnxEmbedder:
                                          "threads": threads or "onnxruntime default (one per physical core)"})
 
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """{modality: float32 (B, 3, H, W) normalised} -> float32 (B, D); every graph input is required."""
-        missing = [m for m in self.input_names if m not in batch]
-        if missing:
-            raise GraftError(
-                f"{self.path.name} needs every modality it was exported with ({','.join(self.input_names)}); "
-                f"missing {','.join(missing)} (export a model built for the modalities you have)"
-            )
-        H, W = self.info.img_size
-        feeds = {}
-        sizes = set()
-        for m in self.input_names:
-            x = np.ascontiguousarray(batch[m], dtype=np.float32)
-            if x.ndim != 4 or x.shape[1:] != (3, H, W):
-                raise GraftError(f"input {m!r} has shape {tuple(x.shape)}: expected (B, 3, {H}, {W})")
-            sizes.add(x.shape[0])
-            feeds[m] = x
-        if len(sizes) != 1:
-            raise GraftError(f"modalities have different batch sizes {sorted(sizes)}")
+        """{modality: float32 (B, 3, H, W) normalised} -> float32 (B, D).
+
+        With a presence-mask input any non-empty subset of modalities will do (plus an optional per-sample
+        `present` (B, M) mask); without one every modality is required.
+        """
+        feeds = presence_feeds(batch, self.info.modalities, self.info.img_size, self.presence_input, self.path.name)
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from graft_edge.artefact import BatchRange, EmbedderInfo, embedder_info, read_sidecar, sidecar_path
 from graft_edge.errors import GraftError, one_line
+from graft_edge.runtime.presence import presence_feeds
 
 INSTALL_HINT = "install graft-edge's trt extra (pip install tensorrt) on a machine with an NVIDIA GPU"
 
@@ -117,23 +118,18 @@ class TensorRTEmbedder:
         """{modality: float32 (B, 3, H, W)} -> float32 (B, D); B must be inside the engine's batch profile."""
         import torch
 
-        missing = [m for m in self.input_names if m not in batch]
-        if missing:
-            raise GraftError(f"{self.path.name} needs every modality it was built with ({','.join(self.input_names)}); "
-                             f"missing {','.join(missing)}")
-        B = int(np.asarray(batch[self.input_names[0]]).shape[0])
+        feeds = presence_feeds(batch, self.info.modalities, self.info.img_size, self.info.extra.get("presence_input"),
+                               self.path.name)
+        B = int(next(iter(feeds.values())).shape[0])
         if not self.batch_range.contains(B):
             raise GraftError(
                 f"batch of {B} is outside {self.path.name}'s optimisation profile {self.batch_range.min}..{self.batch_range.max} "
                 f"(use --batch-size within it, or re-export with --batch MIN:OPT:MAX covering {B})"
             )
-        H, W = self.info.img_size
         keep = []
         with torch.cuda.stream(self.stream):
             for name in self.input_names:
-                x = np.ascontiguousarray(batch[name], dtype=np.float32)
-                if x.shape != (B, 3, H, W):
-                    raise GraftError(f"input {name!r} has shape {tuple(x.shape)}: expected ({B}, 3, {H}, {W})")
+                x = feeds[name]
                 dtype = _torch_dtype(self.trt, self.engine.get_tensor_dtype(name))
                 t = torch.from_numpy(x).to(self.device, non_blocking=False).to(dtype).contiguous()
                 keep.append(t)

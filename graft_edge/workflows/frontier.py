@@ -101,6 +101,7 @@ class FrontierSettings:
     eval_batch_size: int = 128
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
+    modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -311,19 +312,23 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[s
 
 def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     s = job.settings
-    emb = load_embedder(path, device=s.device, threads=s.threads)
+    emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities)
     advance = job.progress(f"{label}: mAP", None)
     started = time.perf_counter()
     acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
                             rerank_cfg=RerankConfig() if s.rerank else None)
     acc["seconds"] = time.perf_counter() - started
+    acc["modalities"] = list(s.modalities) if s.modalities else None
     return acc
 
 
-def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False) -> bool:
+def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
+                modalities: tuple[str, ...] | None = None) -> bool:
     """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
-    one without re-ranked numbers when --rerank asks for them)."""
+    one without re-ranked numbers when --rerank asks for them, one of another --modalities subset)."""
     if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
+        return True
+    if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
         return True
     return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
 
@@ -332,7 +337,8 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
     """Export the variant's missing, failed or changed formats, then measure mAP on every artefact not yet evaluated."""
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
-    todo = [f for f in job.settings.formats if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank)]
+    todo = [f for f in job.settings.formats
+            if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities)]
     stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(stale)}")
@@ -387,9 +393,11 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
     hashes = {k: ok[k].sha256 or "" for k in keys}
     lat = state.latency
     if not keys or (lat is not None and lat.keys == keys and lat.hashes == hashes and lat.batch == s.batch
-                    and lat.device == s.device and lat.threads == s.threads):
+                    and lat.device == s.device and lat.threads == s.threads
+                    and lat.modalities == (list(s.modalities) if s.modalities else None)):
         return False
-    embedders = {k: load_embedder(resolve(job.out, ok[k].path), device=s.device, threads=s.threads) for k in keys}
+    embedders = {k: load_embedder(resolve(job.out, ok[k].path), device=s.device, threads=s.threads,
+                                  modalities=s.modalities) for k in keys}
     inputs = {k: synthetic_batch(e.info, s.batch) for k, e in embedders.items()}
     per_round = max(1, -(-s.iters // s.rounds))
     job.log(f"timing {len(keys)} artefacts side by side: batch {s.batch}, {s.rounds} rounds x {per_round} calls each")
@@ -398,6 +406,7 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
     times = interleaved_latency(embedders, inputs, rounds=s.rounds, iters_per_round=per_round, warmup=s.warmup,
                                 on_iter=advance)
     state.latency = LatencyRecord(keys=keys, hashes=hashes, batch=s.batch, device=s.device, threads=s.threads,
+                                  modalities=list(s.modalities) if s.modalities else None,
                                   measured=now(), machine=machine_info(), loadavg=[load_before, _loadavg()],
                                   results={k: summarize(t, s.batch).to_dict() for k, t in times.items()})
     return True

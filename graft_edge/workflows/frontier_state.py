@@ -117,6 +117,7 @@ class LatencyRecord:
     batch: int = 1
     device: str = "cpu"
     threads: int | None = None
+    modalities: list[str] | None = None  # the subset timed (--modalities); None: every trained modality
     measured: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     loadavg: list[float | None] = field(default_factory=list)
