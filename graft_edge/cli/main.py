@@ -14,6 +14,7 @@ from graft_edge.cli.frontier import frontier_cmd
 from graft_edge.cli.index import index_app
 from graft_edge.cli.model_cmds import eval_cmd, init_cmd, inspect_cmd
 from graft_edge.cli.prune import prune_cmd
+from graft_edge.cli.serve import loadtest_cmd, serve_cmd
 from graft_edge.cli.synth import synth
 from graft_edge.cli.train import train_cmd
 from graft_edge.cli.tune import tune_cmd
@@ -38,6 +39,8 @@ app.command("bench")(bench_cmd)
 app.command("frontier")(frontier_cmd)
 app.command("demo")(demo_cmd)
 app.add_typer(index_app, name="index")
+app.command("serve")(serve_cmd)
+app.command("loadtest")(loadtest_cmd)
 
 
 def main() -> None:
