@@ -79,7 +79,8 @@ def test_metadata_props_and_sidecar(exported):
     from graft_edge.fileio import sha256_file
 
     props = read_onnx_props(out / "model.onnx")
-    assert props["modalities"] == list(modalities) == props["input_names"]
+    assert props["modalities"] == list(modalities) and props["input_names"] == list(modalities) + ["present"]
+    assert props["presence_input"] == "present"
     assert props["img_size"] == [32, 64] and props["mean"] == [0.5, 0.5, 0.5] and props["std"] == [0.5, 0.5, 0.5]
     assert props["embed_dim"] == 32 and props["precision"] == "fp32" and props["output_name"] == "embedding"
     assert props["source_sha256"] == sha256_file(ckpt)

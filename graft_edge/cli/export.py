@@ -11,6 +11,7 @@ from graft_edge.cli.common import console, err_console, guarded
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
 from graft_edge.formats import FORMATS
+from graft_edge.serve.triton_repo import RepoOptions, model_config_pb2, write_repository
 
 D = ExportOptions()  # the defaults shown and used by the options below
 
@@ -80,6 +81,11 @@ def export_cmd(
     sparse_weights: Optional[bool] = typer.Option(None, "--sparse-weights/--no-sparse-weights", help="TensorRT SPARSE_WEIGHTS (2:4 sparse tensor cores). Default: on when the checkpoint's pruning history says 2:4."),
     name: str = typer.Option(D.name, "--name", help="File stem of the artefacts (NAME.onnx, NAME.json, ...)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of the table (progress stays on stderr)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here: one model per ONNX / TensorRT artefact (ONNX Runtime / TensorRT backend) with its config.pbtxt."),
+    triton_max_batch: int = typer.Option(64, "--triton-max-batch", help="max_batch_size of the Triton models (capped by an engine's --batch MAX).", min=1),
+    triton_queue_delay_us: int = typer.Option(2000, "--triton-queue-delay-us", help="Dynamic batcher: microseconds a request may wait for others.", min=0),
+    triton_instances: int = typer.Option(1, "--triton-instances", help="Instances per Triton model.", min=1),
+    triton_gpu: bool = typer.Option(False, "--triton-gpu", help="Run the ONNX models on GPU instances (TensorRT engines always are)."),
 ) -> None:
     """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality, output `embedding`),
     ONNX Runtime INT8 (dynamic / static Q/DQ), FP16 ONNX and TensorRT engines.
@@ -106,7 +112,15 @@ def export_cmd(
                 text = f"[{style}]{word.strip()}[/] " + escape(msg[len(word):])
         log_console.print(text, soft_wrap=True, emoji=False)
 
+    repo = RepoOptions(max_batch=triton_max_batch, queue_delay_us=triton_queue_delay_us, instances=triton_instances,
+                       gpu=triton_gpu).validated() if triton is not None else None
+    if repo is not None:
+        model_config_pb2()  # fail before exporting when tritonclient is missing
     result = export_model(model, out, options, log=log, raise_on_failure=False)
+    if repo is not None:
+        kept = [a.path for a in result.artefacts if a.status == "ok"]
+        for name, folder in write_repository(kept, triton, repo).items():
+            log(f"ok Triton model {name}: {folder}")
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:

@@ -1,0 +1,265 @@
+"""`graft-edge serve` on a real Triton server (PyTriton) over the loopback, `loadtest`, and `export --triton`.
+
+Skipped only where nvidia-pytriton / tritonclient are not installed (graft-edge's serve extra).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _export_fixtures import make_checkpoint
+from PIL import Image
+from typer.testing import CliRunner
+
+from graft_edge.cli.main import app
+from graft_edge.data.transforms import PairedTransform
+from graft_edge.errors import GraftError
+from graft_edge.runtime import load_embedder
+from graft_edge.serve.loadtest import LoadSettings, loopback_target, run_loadtest
+from graft_edge.serve.server import ServeOptions, model_name, start
+
+pytest.importorskip("pytriton")
+http = pytest.importorskip("tritonclient.http")
+grpc = pytest.importorskip("tritonclient.grpc")
+pytestmark = pytest.mark.slow  # a Triton server starts in about 5 s
+
+MODS = ("rgb", "nir", "tir")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tiny 3-modality checkpoint served on free loopback ports; (ports, local embedder, client)."""
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", MODS)
+    h, g, m = free_ports(3)
+    opt = ServeOptions(http_port=h, grpc_port=g, metrics_port=m, max_batch=8, queue_delay_us=1000, drain_seconds=5)
+    triton = start([ckpt], opt)
+    client = http.InferenceServerClient(f"127.0.0.1:{h}", network_timeout=30)
+    try:
+        yield {"http": h, "grpc": g, "metrics": m}, load_embedder(ckpt), client
+    finally:
+        client.close()
+        triton.stop()
+
+
+def _input(mod, name: str, x: np.ndarray, dtype: str):
+    inp = mod.InferInput(name, list(x.shape), dtype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def _images(seed: int, n: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {m: rng.standard_normal((n, 3, 32, 64), dtype=np.float32) for m in MODS}
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_tensor_requests_match_the_runtime(server):
+    ports, local, client = server
+    x = _images(1)
+    res = client.infer("tiny", [_input(http, m, x[m], "FP32") for m in MODS])
+    assert np.abs(res.as_numpy("embedding") - local.embed(x)).max() <= 1e-5
+    # a missing sensor: only rgb and tir sent, then an explicit per-sample mask
+    res = client.infer("tiny", [_input(http, m, x[m], "FP32") for m in ("rgb", "tir")])
+    assert np.abs(res.as_numpy("embedding") - local.embed({"rgb": x["rgb"], "tir": x["tir"]})).max() <= 1e-5
+    mask = np.array([[1, 0, 1], [0, 1, 0]], np.float32)
+    res = client.infer("tiny", [_input(http, m, x[m], "FP32") for m in MODS] + [_input(http, "present", mask, "FP32")])
+    got = res.as_numpy("embedding")
+    assert np.abs(got[0] - local.embed({"rgb": x["rgb"][:1], "tir": x["tir"][:1]})[0]).max() <= 1e-5
+    assert np.abs(got[1] - local.embed({"nir": x["nir"][1:]})[0]).max() <= 1e-5
+
+
+def test_encoded_image_requests_use_the_artefacts_preprocessing(server):
+    ports, local, client = server
+    rng = np.random.default_rng(2)
+    side = rng.integers(0, 255, size=(40, 3 * 70, 3), dtype=np.uint8)  # 3 slots of 70x40, resized to 64x32
+    encoded = _jpeg(side)
+    with Image.open(io.BytesIO(encoded)) as img:
+        img = img.convert("RGB")
+        slots = {m: img.crop((i * 70, 0, (i + 1) * 70, 40)) for i, m in enumerate(MODS)}
+    t = PairedTransform((32, 64), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), train=False)
+    want = local.embed({m: v.numpy()[None] for m, v in t.apply(slots, t.draw()).items()})
+    res = client.infer("tiny", [_input(http, "image", np.array([[encoded]], dtype=object), "BYTES")])
+    assert np.abs(res.as_numpy("embedding") - want).max() <= 1e-5
+    # one image per modality, over gRPC, nir missing
+    g = grpc.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+    per = {m: _jpeg(np.asarray(slots[m])) for m in ("rgb", "tir")}
+    decoded = {m: Image.open(io.BytesIO(b)).convert("RGB") for m, b in per.items()}
+    want = local.embed({m: v.numpy()[None] for m, v in t.apply(decoded, t.draw()).items()})
+    res = g.infer("tiny", [_input(grpc, f"{m}_image", np.array([[b]], dtype=object), "BYTES") for m, b in per.items()])
+    g.close()
+    assert np.abs(res.as_numpy("embedding") - want).max() <= 1e-5
+
+
+BAD = {
+    "wrong shape": ([("rgb", np.zeros((1, 3, 16, 16), np.float32), "FP32")], "unexpected shape for input 'rgb'"),
+    "wrong dtype": ([("rgb", np.zeros((1, 3, 32, 64), np.float64), "FP64")], "input 'rgb' data-type is 'FP64', but model 'tiny' expects 'FP32'"),
+    "missing input": ([("present", np.ones((1, 3), np.float32), "FP32")], "request has no input"),
+    "undecodable bytes": ([("image", np.array([[b"not a jpeg"]], dtype=object), "BYTES")],
+                          "input 'image' does not decode as an image"),
+    "unknown modality": ([("uv", np.zeros((1, 3, 32, 64), np.float32), "FP32")], "unexpected inference input 'uv'"),
+    "mixed forms": ([("rgb", np.zeros((1, 3, 32, 64), np.float32), "FP32"),
+                     ("image", np.array([[b"x"]], dtype=object), "BYTES")], "mixes input forms"),
+    "empty mask row": ([("rgb", np.zeros((1, 3, 32, 64), np.float32), "FP32"),
+                        ("present", np.zeros((1, 3), np.float32), "FP32")], "has no modality present"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_request_gets_an_error_naming_it_and_the_server_stays_healthy(server, kind):
+    ports, local, client = server
+    inputs, message = BAD[kind]
+    with pytest.raises(Exception) as info:
+        client.infer("tiny", [_input(http, n, x, d) for n, x, d in inputs])
+    assert message in str(info.value)
+    assert client.is_server_ready() and client.is_model_ready("tiny")
+    x = _images(3, 1)
+    res = client.infer("tiny", [_input(http, m, x[m], "FP32") for m in MODS])
+    assert np.abs(res.as_numpy("embedding") - local.embed(x)).max() <= 1e-5
+
+
+def test_health_and_prometheus_metrics_come_from_triton(server):
+    import urllib.request
+
+    ports, _, client = server
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith("nv_inference_request_success{") and "tiny" in ln)
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_loadtest_cli_reports_numbers(server, tmp_path):
+    ports, _, _ = server
+    res = CliRunner().invoke(app, ["loadtest", f"127.0.0.1:{ports['grpc']}", "--model", "tiny", "--concurrency", "1,3",
+                                   "--seconds", "1.5", "--json", str(tmp_path / "lt.json"), "--plot",
+                                   str(tmp_path / "lt.png")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "lt.json").read_text())
+    assert rep["schema"] == "graft-edge/loadtest" and rep["ok"] and [lv["concurrency"] for lv in rep["levels"]] == [1, 3]
+    for lv in rep["levels"]:
+        assert lv["errors"] == 0 and lv["requests"] > 0 and 0 < lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"]
+        assert abs(lv["throughput_rps"] - lv["requests"] / lv["seconds"]) < 1e-6
+        assert lv["seconds"] < 1.5 + 10
+    assert (tmp_path / "lt.png").stat().st_size > 1000
+
+
+def test_loadtest_refuses_other_hosts():
+    with pytest.raises(GraftError, match="loadtest only talks to this machine"):
+        loopback_target("8.8.8.8:8001")
+    with pytest.raises(GraftError, match="expected HOST:PORT"):
+        loopback_target("localhost")
+    assert loopback_target("localhost:8001") == ("localhost", 8001)
+
+
+def _serve_process(ckpt: Path, ports: list[int], *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "graft_edge", "serve", str(ckpt), "--http-port", str(ports[0]), "--grpc-port",
+           str(ports[1]), "--metrics-port", str(ports[2]), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 90) -> None:
+    client = http.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        try:
+            if client.is_server_ready() and client.is_model_ready("tiny"):
+                client.close()
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("server did not become ready")
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", MODS)
+    ports = free_ports(3)
+    proc = _serve_process(ckpt, ports, "--queue-delay-us", "1500000", "--max-batch", "8", "--drain-seconds", "20")
+    try:
+        _wait_ready(ports[0], proc)
+        x = _images(4, 1)
+        got: dict = {}
+
+        def request() -> None:
+            c = grpc.InferenceServerClient(f"127.0.0.1:{ports[1]}")
+            try:
+                got["emb"] = c.infer("tiny", [_input(grpc, m, x[m], "FP32") for m in MODS], client_timeout=30)
+            except Exception as exc:  # recorded for the assertion below
+                got["error"] = str(exc)
+            c.close()
+
+        t = threading.Thread(target=request)
+        t.start()
+        time.sleep(0.5)  # the request now waits in the dynamic batcher's queue (1.5 s delay)
+        proc.send_signal(signal.SIGTERM)  # to the serve process, as docker stop / kubernetes do
+        t.join(timeout=40)
+        assert "emb" in got, got
+        assert np.abs(got["emb"].as_numpy("embedding") - load_embedder(ckpt).embed(x)).max() <= 1e-5
+        assert proc.wait(timeout=40) == 0
+    finally:
+        _end(proc)
+
+
+def test_killing_the_server_mid_load_fails_the_loadtest_in_time(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", MODS)
+    ports = free_ports(3)
+    proc = _serve_process(ckpt, ports)
+    killer = None
+    try:
+        _wait_ready(ports[0], proc)
+        killer = threading.Timer(3.0, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        killer.start()
+        started = time.time()
+        rep = run_loadtest(LoadSettings(target=f"127.0.0.1:{ports[1]}", model="tiny", concurrency=(2, 4),
+                                        seconds=20, timeout=5, max_errors=20))
+        took = time.time() - started
+        assert not rep["ok"] and rep["levels"][0]["requests"] > 0 and rep["levels"][0]["errors"] > 0
+        assert rep["levels"][0]["stopped_early"] and took < 20 + 5 + 10
+        assert len(rep["levels"]) == 2 and rep["levels"][1]["requests"] == 0  # the sweep stops at the dead server
+    finally:
+        if killer is not None:
+            killer.cancel()
+        _end(proc)
+
+
+def test_serve_options_and_names_are_checked():
+    assert model_name("out/model.int8-dynamic.onnx") == "model.int8-dynamic" and model_name("best.pt") == "best"
+    with pytest.raises(GraftError, match="must differ"):
+        ServeOptions(http_port=8000, grpc_port=8000).validated()
+    with pytest.raises(GraftError, match="--instances 0"):
+        ServeOptions(instances=0).validated()
