@@ -10,11 +10,12 @@ import graft_edge
 
 ROOT = Path(graft_edge.__file__).parent
 # edges that would put a package below one it serves (the stack: data -> model -> train -> compress ->
-# export / runtime -> profile -> workflows -> cli); each pair is (importer, imported)
+# export / runtime -> profile / serve -> workflows -> cli); each pair is (importer, imported)
 FORBIDDEN = [("runtime", "export"), ("checkpoint", "compress"), ("model", "compress"), ("compress", "train"),
              ("compress", "workflows"), ("compress", "export"), ("compress", "runtime"), ("train", "compress"),
              ("train", "runtime"), ("profile", "workflows"), ("artefact", "export"), ("artefact", "runtime"),
-             ("evaluation", "runtime"), ("data", "model")]
+             ("evaluation", "runtime"), ("data", "model"), ("runtime", "serve"), ("export", "serve"),
+             ("profile", "serve"), ("serve", "workflows")]
 
 
 def _modules() -> list[str]:
