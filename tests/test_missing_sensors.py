@@ -155,3 +155,16 @@ def test_presence_feeds_zero_fills_and_masks():
     assert list(feeds) == ["rgb", "nir", "tir", "present"]
     assert not feeds["rgb"].any() and not feeds["tir"].any() and feeds["nir"].all()
     np.testing.assert_array_equal(feeds["present"], [[0, 1, 0], [0, 1, 0]])  # absent inputs are never present
+
+
+def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
+    from graft_edge.workflows.frontier import _needs_work
+    from graft_edge.workflows.frontier_state import FormatRecord
+
+    (tmp_path / "m.onnx").write_bytes(b"graph")
+    rec = FormatRecord(status="ok", accuracy={"mAP": 0.5, "modalities": None})
+    rec.record(tmp_path, tmp_path / "m.onnx")
+    assert not _needs_work(rec, tmp_path, tmp_path)
+    assert _needs_work(rec, tmp_path, tmp_path, ("rgb", "nir"))
+    rec.accuracy["modalities"] = ["rgb", "nir"]
+    assert not _needs_work(rec, tmp_path, tmp_path, ("rgb", "nir")) and _needs_work(rec, tmp_path, tmp_path)
