@@ -87,11 +87,12 @@ def export_cmd(
     triton_instances: int = typer.Option(1, "--triton-instances", help="Instances per Triton model.", min=1),
     triton_gpu: bool = typer.Option(False, "--triton-gpu", help="Run the ONNX models on GPU instances (TensorRT engines always are)."),
 ) -> None:
-    """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality, output `embedding`),
+    """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality + `present`, output `embedding`),
     ONNX Runtime INT8 (dynamic / static Q/DQ), FP16 ONNX and TensorRT engines.
 
     Every artefact is checked against PyTorch on random inputs at batch 1 and 4 and, with --calib-data,
-    on real gallery images at batch 1 and 16; it carries its metadata (ONNX metadata_props and a NAME.json sidecar). Exit 0 when all
+    on real gallery images at batch 1 and 16, and once per proper subset of the modalities (the graph takes a
+    `present` mask, so a missing sensor still gives PyTorch's embedding); it carries its metadata (ONNX metadata_props and a NAME.json sidecar). Exit 0 when all
     checks pass, 1 when an artefact failed its check (kept as *.failed) or TensorRT was unavailable,
     2 on bad input (nothing written).
     """
