@@ -43,9 +43,10 @@ def serve_cmd(
 
 def loadtest_table(report: dict[str, Any]) -> Table:
     """One row per concurrency level."""
-    t = Table(title=f"{report['model']}: closed loop, batch {report['settings']['batch']}", title_justify="left")
-    for col in ("clients", "requests", "errors", "timeouts", "req/s", "samples/s", "p50 ms", "p90 ms", "p99 ms"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"{report['model']}: closed loop, batch {report['settings']['batch']}, latency in ms",
+              title_justify="left")
+    for col in ("clients", "answered", "errors", "timeouts", "req/s", "samples/s", "p50", "p90", "p99"):
+        t.add_column(col, justify="right", no_wrap=True)
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
