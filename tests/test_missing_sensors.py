@@ -165,6 +165,6 @@ def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
     rec = FormatRecord(status="ok", accuracy={"mAP": 0.5, "modalities": None})
     rec.record(tmp_path, tmp_path / "m.onnx")
     assert not _needs_work(rec, tmp_path, tmp_path)
-    assert _needs_work(rec, tmp_path, tmp_path, ("rgb", "nir"))
+    assert _needs_work(rec, tmp_path, tmp_path, modalities=("rgb", "nir"))
     rec.accuracy["modalities"] = ["rgb", "nir"]
-    assert not _needs_work(rec, tmp_path, tmp_path, ("rgb", "nir")) and _needs_work(rec, tmp_path, tmp_path)
+    assert not _needs_work(rec, tmp_path, tmp_path, modalities=("rgb", "nir")) and _needs_work(rec, tmp_path, tmp_path)
