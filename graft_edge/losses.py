@@ -16,41 +16,67 @@ def token_features(out: GraftOutput, kind: str) -> torch.Tensor:
     return out.embedding if kind == "F" else out.data_tokens.mean(dim=1)
 
 
-def _mine(dist_ap: torch.Tensor, dist_an: torch.Tensor, labels: torch.Tensor, mining: str,
-          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one positive and one negative distance per anchor: hardest, or uniformly at random."""
+def random_triplets(labels: torch.Tensor, per_anchor: int = 1,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (anchor, positive, negative) index triples: `per_anchor` per anchor that has both in the batch.
+
+    The official code draws `num_triplet_samples` (8) random triplets per anchor image
+    (Nano1337/GraFT data_utils/datasets/rgbnt_data_folders.py); here they are drawn inside the P x K
+    batch: positive uniformly among the anchor's other images, negative among the other ids' images.
+    """
+    n = len(labels)
+    same = labels[:, None] == labels[None, :]
+    pos_mask = (same & ~torch.eye(n, dtype=torch.bool, device=labels.device)).cpu()
+    neg_mask = (~same).cpu()
+    anchors = torch.nonzero(pos_mask.any(1) & neg_mask.any(1)).flatten()
+    t = max(1, int(per_anchor))
+    keys = torch.rand((2, len(anchors), t, n), generator=generator)  # uniform keys per candidate: argmax = draw
+    pos = keys[0].masked_fill(~pos_mask[anchors][:, None, :], -1.0).argmax(-1)
+    neg = keys[1].masked_fill(~neg_mask[anchors][:, None, :], -1.0).argmax(-1)
+    dev = labels.device
+    return anchors.repeat_interleave(t).to(dev), pos.flatten().to(dev), neg.flatten().to(dev)
+
+
+def _hardest(dist_ap: torch.Tensor, dist_an: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor the farthest positive and the closest negative distance (batch-hard mining)."""
     same = labels[:, None] == labels[None, :]
     pos_mask = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     neg_mask = ~same
     valid = pos_mask.any(1) & neg_mask.any(1)
-    if mining == "hard":
-        d_ap = dist_ap.masked_fill(~pos_mask, float("-inf")).amax(1)
-        d_an = dist_an.masked_fill(~neg_mask, float("inf")).amin(1)
-    else:
-        noise = torch.rand(dist_ap.shape, generator=generator, device="cpu").to(dist_ap.device)
-        pos_idx = noise.masked_fill(~pos_mask, -1.0).argmax(1)
-        neg_idx = noise.masked_fill(~neg_mask, -1.0).argmax(1)
-        d_ap = dist_ap.gather(1, pos_idx[:, None]).squeeze(1)
-        d_an = dist_an.gather(1, neg_idx[:, None]).squeeze(1)
+    d_ap = dist_ap.masked_fill(~pos_mask, float("-inf")).amax(1)
+    d_an = dist_an.masked_fill(~neg_mask, float("inf")).amin(1)
     return d_ap[valid], d_an[valid]
 
 
 def triplet_loss(out: GraftOutput, labels: torch.Tensor, combo: str = "FFD", mining: str = "hard",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Soft-margin triplet softplus(d(a,p) - d(a,n)) with anchor/positive/negative tokens from `combo`."""
+                 generator: torch.Generator | None = None, per_anchor: int = 1) -> torch.Tensor:
+    """Soft-margin triplet softplus(d(a,p) - d(a,n)) with anchor/positive/negative tokens from `combo`.
+
+    mining="random": `per_anchor` random triplets per anchor (the paper's and the official code's);
+    mining="hard": the batch-hard triplet of each anchor (an option, not the authors' recipe).
+    softplus(d_ap - d_an) is torch's SoftMarginLoss(d_an - d_ap, 1), as in Nano1337/GraFT loss/reid_loss.py.
+    """
     if combo not in TRIPLET_COMBOS:
         raise ValueError(f"unknown triplet combination {combo!r}: expected one of {TRIPLET_COMBOS}")
     anchor = token_features(out, combo[0]).float()
     positive = token_features(out, combo[1]).float()
     negative = token_features(out, combo[2]).float()
-    d_ap, d_an = _mine(torch.cdist(anchor, positive), torch.cdist(anchor, negative), labels, mining, generator)
+    if mining == "hard":
+        d_ap, d_an = _hardest(torch.cdist(anchor, positive), torch.cdist(anchor, negative), labels)
+    else:
+        a, p, n = random_triplets(labels, per_anchor, generator)
+        d_ap = (anchor[a] - positive[p]).norm(dim=1)
+        d_an = (anchor[a] - negative[n]).norm(dim=1)
     if d_ap.numel() == 0:
         return anchor.sum() * 0.0
     return F.softplus(d_ap - d_an).mean()
 
 
 class CenterLoss(nn.Module):
-    """Center loss (Wen et al. 2016): mean over the batch of ½‖f − c_y‖²; the centers are parameters."""
+    """Center loss Σ_b ‖f_b − c_{y_b}‖² / B, the official scaling (Nano1337/GraFT loss/reid_loss.py Center_Loss).
+
+    Wen et al. (2016) write ½·Σ; the official code (and so the authors' β = 0.0005) has no ½.
+    """
 
     def __init__(self, num_ids: int, dim: int) -> None:
         super().__init__()
@@ -58,7 +84,7 @@ class CenterLoss(nn.Module):
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """feats (B, D), labels (B,) -> scalar."""
-        return 0.5 * (feats.float() - self.centers[labels]).pow(2).sum(1).mean()
+        return (feats.float() - self.centers[labels]).pow(2).sum(1).mean()
 
 
 class LossParts(NamedTuple):
@@ -81,7 +107,7 @@ class GraftLoss(nn.Module):
     def forward(self, out: GraftOutput, labels: torch.Tensor) -> LossParts:
         """Combined loss of one batch."""
         c = self.cfg
-        trip = triplet_loss(out, labels, c.combo, c.mining)
+        trip = triplet_loss(out, labels, c.combo, c.mining, per_anchor=c.triplets_per_anchor)
         cent = self.center(out.embedding, labels) if c.beta > 0 else trip.new_zeros(())
         ce = F.cross_entropy(out.logits.float(), labels, label_smoothing=c.label_smoothing)
         return LossParts(c.alpha * trip + c.beta * cent + c.gamma * ce, trip.detach(), cent.detach(), ce.detach())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from graft_edge.config import TRIPLET_COMBOS, LossConfig
-from graft_edge.losses import CenterLoss, GraftLoss, token_features, triplet_loss
+from graft_edge.losses import CenterLoss, GraftLoss, random_triplets, token_features, triplet_loss
 from graft_edge.model import GraftOutput
 
 
@@ -108,7 +108,7 @@ def test_center_loss_hand_computed_and_centers_learn() -> None:
         loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     feats = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
     value = loss(feats, torch.tensor([0, 1]))
-    assert value.item() == pytest.approx(0.5 * (25 + 1) / 2)
+    assert value.item() == pytest.approx((25 + 1) / 2)  # official: sum of squared distances / B, no 1/2
     opt = torch.optim.SGD(loss.parameters(), lr=0.5)
     before = loss.centers.detach().clone()
     value.backward()
@@ -123,7 +123,7 @@ def test_total_weights_and_label_smoothing() -> None:
     logits = torch.randn(4, 5)
     out = GraftOutput(emb, emb, logits, emb[:, None].expand(4, 2, 3), torch.randn(4, 2, 3))
     labels = torch.tensor([0, 0, 1, 1])
-    cfg = LossConfig(alpha=0.5, beta=0.25, gamma=2.0, label_smoothing=0.1)
+    cfg = LossConfig(alpha=0.5, beta=0.25, gamma=2.0, label_smoothing=0.1, mining="hard")
     crit = GraftLoss(cfg, num_ids=5, dim=3)
     parts = crit(out, labels)
     ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
@@ -133,3 +133,57 @@ def test_total_weights_and_label_smoothing() -> None:
     assert parts.total.item() == pytest.approx((0.5 * trip + 0.25 * cent + 2.0 * ce).item(), rel=1e-5)
     # label smoothing really changes CE
     assert ce.item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+
+
+def test_center_loss_equals_the_official_formula_on_fixed_inputs() -> None:
+    """Nano1337/GraFT loss/reid_loss.py Center_Loss: (||x||^2 + ||c||^2 - 2 x.c) masked to the label, summed, / B."""
+    g = torch.Generator().manual_seed(0)
+    feats, centers = torch.randn(6, 5, generator=g), torch.randn(4, 5, generator=g)
+    labels = torch.tensor([0, 3, 3, 1, 2, 0])
+    loss = CenterLoss(num_ids=4, dim=5)
+    with torch.no_grad():
+        loss.centers.copy_(centers)
+    distmat = (feats.pow(2).sum(1, keepdim=True) + centers.pow(2).sum(1)[None, :]) - 2 * feats @ centers.T
+    mask = labels[:, None] == torch.arange(4)[None, :]
+    official = (distmat * mask).clamp(1e-12, 1e12).sum() / len(labels)
+    by_hand = sum(float(((feats[i] - centers[labels[i]]) ** 2).sum()) for i in range(6)) / 6
+    assert loss(feats, labels).item() == pytest.approx(official.item(), rel=1e-5)
+    assert loss(feats, labels).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize(("ids", "per_anchor"), [([0, 0, 1, 1, 2, 2, 2, 3], 8), ([5, 5, 5, 5, 9, 9, 9, 9], 3),
+                                                 ([0, 1, 1, 2], 4)])
+def test_random_triplets_are_valid(ids: list[int], per_anchor: int) -> None:
+    labels = torch.tensor(ids)
+    a, p, n = random_triplets(labels, per_anchor, torch.Generator().manual_seed(1))
+    counts = torch.bincount(labels)
+    has_pos = [counts[x] > 1 for x in ids]
+    assert len(a) == len(p) == len(n) == per_anchor * sum(has_pos)  # every anchor with a positive, T times
+    assert torch.equal(labels[a], labels[p]) and bool((a != p).all())  # positive: same id, another image
+    assert bool((labels[a] != labels[n]).all())  # negative: another id
+    assert torch.equal(a.unique(), torch.tensor([i for i, ok in enumerate(has_pos) if ok]))
+
+
+def test_random_triplets_cover_every_positive_and_negative() -> None:
+    labels = torch.tensor([0] * 8 + [1] * 8 + [2] * 8)  # K = 8 images per id: 7 positives per anchor
+    a, p, n = random_triplets(labels, 8, torch.Generator().manual_seed(0))
+    pairs_p = {(int(x), int(y)) for x, y in zip(a, p)}
+    pairs_n = {(int(x), int(y)) for x, y in zip(a, n)}
+    a2, p2, n2 = random_triplets(labels, 400, torch.Generator().manual_seed(1))
+    assert len({(int(x), int(y)) for x, y in zip(a2, p2)}) == 24 * 7  # uniform over all positives
+    assert len({(int(x), int(y)) for x, y in zip(a2, n2)}) == 24 * 16  # and over all negatives
+    assert len(pairs_p) > 24 and len(pairs_n) > 24  # 8 draws per anchor are not one repeated triplet
+
+
+def test_graft_loss_uses_the_configured_triplets_per_anchor() -> None:
+    torch.manual_seed(0)
+    emb = torch.randn(8, 3)
+    out = GraftOutput(emb, emb, torch.randn(8, 4), emb[:, None].expand(8, 2, 3), torch.randn(8, 2, 3))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    crit = GraftLoss(LossConfig(triplets_per_anchor=5), num_ids=4, dim=3)
+    torch.manual_seed(7)
+    got = crit(out, labels).triplet
+    torch.manual_seed(7)
+    want = triplet_loss(out, labels, "FFD", mining="random", per_anchor=5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert LossConfig().mining == "random" and LossConfig().triplets_per_anchor == 8  # the authors' recipe
