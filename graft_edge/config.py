@@ -44,8 +44,12 @@ class ModelConfig:
 class DataConfig:
     """How images are read, augmented and batched."""
 
-    ids_per_batch: int = 8  # P of the P x K identity-balanced sampler
-    instances_per_id: int = 4  # K: positives per anchor are K - 1
+    ids_per_batch: int = 13  # P of the P x K identity-balanced sampler
+    instances_per_id: int = 8  # K: positives per anchor are K - 1 (13 x 8 = 104 = official 26 per GPU x 4 GPUs)
+    # Each training image is an anchor this many times per epoch (official num_triplet_samples: 8): an epoch is
+    # ceil(images x anchor_repeats / (P x K)) batches and P x K is the global batch, split over the processes.
+    # 0: one pass over the images in P x K chunks per process (global batch = processes x P x K).
+    anchor_repeats: int = 8
     num_workers: int = 2
     hflip: float = 0.5
     vflip: float = 0.5
@@ -131,7 +135,8 @@ def _synthetic() -> GraftConfig:
             pretrained=False, enc_heads=4, enc_ff=128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         ),
         # no vertical flips and lighter erasing: upside-down cars and erased cues slow the tiny ViT down
-        data=DataConfig(ids_per_batch=8, instances_per_id=4, num_workers=0, vflip=0.0, erase=0.25, eval_batch_size=128),
+        data=DataConfig(ids_per_batch=8, instances_per_id=4, anchor_repeats=0, num_workers=0, vflip=0.0, erase=0.25,
+                        eval_batch_size=128),
         train=TrainConfig(stage1=stage1, stage2=stage2, eval_every=4, amp=False),
     )
 
@@ -206,7 +211,7 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("model.num_ids", 1, None, True, True), ("model.enc_heads", 1, None, True, True),
     ("model.enc_ff", 1, None, True, True), ("model.enc_dropout", 0, 1, True, False),
     ("model.data_token_index", 0, None, True, True),
-    ("data.num_workers", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
+    ("data.num_workers", 0, None, True, True), ("data.anchor_repeats", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
     ("data.hflip", 0, 1, True, True), ("data.vflip", 0, 1, True, True), ("data.erase", 0, 1, True, True),
     ("train.eval_every", 0, None, True, True), ("train.checkpoint_every", 0, None, True, True),
     ("train.seed", 0, None, True, True),

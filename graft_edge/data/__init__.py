@@ -52,7 +52,8 @@ def build_train_loader(
     transform = PairedTransform(m.img_size, m.mean, m.std, train=True, hflip=d.hflip, vflip=d.vflip, erase=d.erase)
     dataset = ReidDataset(samples, m.modalities, transform)
     sampler = IdentityBatchSampler(
-        dataset.labels, d.ids_per_batch, d.instances_per_id, seed=cfg.train.seed, rank=rank, world_size=world_size
+        dataset.labels, d.ids_per_batch, d.instances_per_id, seed=cfg.train.seed, rank=rank, world_size=world_size,
+        anchor_repeats=d.anchor_repeats,
     )
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # worker seeds, per rank
     loader = DataLoader(dataset, batch_sampler=sampler, generator=generator, **_loader_kwargs(d.num_workers))

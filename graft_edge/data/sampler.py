@@ -7,9 +7,18 @@ walks through (nearly) every image once. The global batch sequence depends only 
 (seed, epoch) and is generated batch by batch, so it is the same on every rank and its prefix
 does not depend on the world size; rank r takes global batches r, r + W, r + 2W, ... and every
 rank yields the same number of batches (DDP needs equal step counts).
+
+With `anchor_repeats` = T > 0 (the authors' recipe) the epoch follows the official rule instead:
+every training image is an anchor T times (Nano1337/GraFT data_utils/datasets/rgbnt_data_folders.py
+repeats each image `num_triplet_samples` = 8 times), so an epoch is ceil(images x T / (P x K))
+batches, walking through the images in as many passes as that takes. P x K is then the GLOBAL
+batch: each batch is cut into W contiguous slices, rank r training on slice r, so `--nproc N`
+sees the same batches, steps and samples as one GPU (the official per-GPU batch of 26 on 4 GPUs
+is one global batch of 104).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +38,7 @@ class IdentityBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        anchor_repeats: int = 0,
     ) -> None:
         if ids_per_batch < 1 or instances_per_id < 1:
             raise GraftError(
@@ -52,7 +62,16 @@ class IdentityBatchSampler(Sampler[list[int]]):
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_samples = len(labels)
         self.num_chunks = sum(max(1, len(p) // self.K) for p in self.pools)
-        self.batches_per_epoch = max(1, self.num_chunks // self.P // self.world_size)  # per rank
+        self.anchor_repeats = max(0, int(anchor_repeats))
+        if self.anchor_repeats:
+            if self.P * self.K < 2 * self.world_size:
+                raise GraftError(f"a global batch of {self.P}x{self.K} images cannot give each of {self.world_size} "
+                                 "processes 2 images: raise data.ids_per_batch or data.instances_per_id")
+            self.global_batches = math.ceil(self.num_samples * self.anchor_repeats / (self.P * self.K))
+            self.batches_per_epoch = self.global_batches  # per rank: every rank trains on a slice of every batch
+        else:
+            self.global_batches = max(1, self.num_chunks // self.P // self.world_size) * self.world_size
+            self.batches_per_epoch = self.global_batches // self.world_size  # per rank
         self.epoch, self.start_batch, self._yielded = 0, 0, 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
@@ -82,6 +101,10 @@ class IdentityBatchSampler(Sampler[list[int]]):
         everyone = np.arange(len(self.pools))
         batches = []
         for _ in range(count):
+            if self.anchor_repeats and np.count_nonzero(left) < self.P:  # next pass: fresh chunks for the spent ids
+                for i in np.flatnonzero(left == 0):
+                    chunks[i] = self._chunks(rng, self.pools[i])
+                    left[i] = len(chunks[i])
             avail = np.flatnonzero(left > 0)
             if len(avail) >= self.P:
                 chosen = rng.choice(avail, self.P, replace=False, p=left[avail] / left[avail].sum())
@@ -103,8 +126,13 @@ class IdentityBatchSampler(Sampler[list[int]]):
     def epoch_batches(self) -> list[list[int]]:
         """All of this rank's batches for the current epoch (cached)."""
         if self._cache is None or self._cache[0] != self.epoch:
-            every = self._global_batches(self.epoch, self.batches_per_epoch * self.world_size)
-            self._cache = (self.epoch, every[self.rank :: self.world_size])
+            every = self._global_batches(self.epoch, self.global_batches)
+            if self.anchor_repeats:  # contiguous slice r of every global batch (near-equal sizes)
+                n, w = self.P * self.K, self.world_size
+                mine = [b[n * self.rank // w : n * (self.rank + 1) // w] for b in every]
+            else:
+                mine = every[self.rank :: self.world_size]
+            self._cache = (self.epoch, mine)
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -135,6 +163,10 @@ class IdentityBatchSampler(Sampler[list[int]]):
                 )
         self.seed = int(state.get("seed", self.seed))
         self._cache = None
-        consumed = int(state.get("position", 0)) * int(state.get("world_size", self.world_size))  # global batches
-        start = min(self.batches_per_epoch, -(-consumed // self.world_size))
+        position = int(state.get("position", 0))
+        if self.anchor_repeats:  # positions count global batches: every rank trains on a slice of each
+            start = min(self.batches_per_epoch, position)
+        else:
+            consumed = position * int(state.get("world_size", self.world_size))  # global batches
+            start = min(self.batches_per_epoch, -(-consumed // self.world_size))
         self.set_epoch(int(state.get("epoch", 0)), start_batch=start)

@@ -105,7 +105,7 @@ def set_train_mode(model: GraFT, stage: StageConfig) -> None:
 
 
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
-               after_step: AfterStep | None = None) -> StageRun:
+               after_step: AfterStep | None = None, global_batches_per_step: int = 1) -> StageRun:
     """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective."""
     freeze_backbone(model, stage.freeze_backbone)
     num_ids = model.head.classifier.out_features
@@ -121,7 +121,7 @@ def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv,
 
         ids = [torch.device(env.device).index] if env.device.startswith("cuda") else None
         objective = DDP(objective, device_ids=ids)  # broadcasts rank 0's weights now
-    return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps),
+    return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps, global_batches_per_step),
                     stage, total_steps, env, amp and env.device.startswith("cuda"), after_step)
 
 

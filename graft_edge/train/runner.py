@@ -106,7 +106,11 @@ def _stage_cfg(cfg: GraftConfig, stage: int) -> StageConfig:
 
 
 def stage_steps(cfg: GraftConfig, stage: int, batches_per_epoch: int, max_steps: int | None) -> int:
-    """Optimizer steps of a stage: epochs x batches per epoch (per rank), capped by max_steps."""
+    """Optimizer steps of a stage: epochs x batches per epoch (per rank), capped by max_steps.
+
+    With data.anchor_repeats > 0 the batches per epoch are global batches (the same for any process
+    count), so one GPU and `--nproc N` take the same steps on the same samples.
+    """
     total = _stage_cfg(cfg, stage).epochs * batches_per_epoch
     return min(total, max_steps) if max_steps is not None else total
 
@@ -174,7 +178,8 @@ def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
     elif stage == 2 and tr.env.is_main and tr.paths.stage_best(1).is_file():
         tr.model.load_state_dict(read_checkpoint(tr.paths.stage_best(1)).state_dict)  # DDP broadcasts it
         tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} ({tr.select_key} {100 * tr.best[1]:.2f})")
-    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp)
+    per_step = 1 if tr.cfg.data.anchor_repeats else tr.env.world_size  # global batches one step trains on
+    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step)
     if mid:
         load_stage_state(run, ck.extra["stage_state"])
     set_train_mode(tr.model, st)

@@ -45,7 +45,18 @@ def lr_factor(step: int, total_steps: int, schedule: str = "warmup_sqrt", warmup
     return _warmup_sqrt(start, warmup_steps) * remaining / cool
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, total_steps: int) -> LambdaLR:
+def warmup_for(stage: StageConfig, global_batches_per_step: float = 1.0) -> int:
+    """Warm-up in this process's optimizer steps: `warmup_steps` counts global batches of the recipe.
+
+    When every step is one global batch (data.anchor_repeats > 0, any process count) it is used as is;
+    when N processes each take their own P x K batch (anchor_repeats = 0) one step is N global
+    batches, so the warm-up covers the same samples in warmup_steps / N steps.
+    """
+    return max(0, math.ceil(stage.warmup_steps / max(1.0, global_batches_per_step)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, total_steps: int,
+                    global_batches_per_step: float = 1.0) -> LambdaLR:
     """A LambdaLR applying `lr_factor` of the stage to every param group of the optimizer."""
-    return LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, stage.schedule, stage.warmup_steps,
-                                                   stage.cooldown_frac))
+    warmup = warmup_for(stage, global_batches_per_step)
+    return LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, stage.schedule, warmup, stage.cooldown_frac))
