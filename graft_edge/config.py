@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelConfig:
     """Architecture of a GraFT model (paper §3)."""
 
-    backbone: str = "deit_base_patch16_224"  # any timm ViT name
+    backbone: str = "deit_base_distilled_patch16_224"  # any timm ViT name; the authors used distilled DeiT-B (198 tokens)
     backbone_args: Mapping[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny ViTs)
     modalities: tuple[str, ...] = MODALITIES
     img_size: tuple[int, int] = (224, 224)  # (H, W) fed to the backbone

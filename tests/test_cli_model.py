@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from graft_edge.checkpoint import load_model
 from graft_edge.cli.main import app
 
 runner = CliRunner()
@@ -32,7 +34,12 @@ def test_init_rgbnt100_params(tmp_path: Path) -> None:
     out = tmp_path / "r100.pt"
     assert runner.invoke(app, ["init", "rgbnt100", "--no-pretrained", "--out", str(out)]).exit_code == 0
     facts = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).output)
-    assert abs(facts["params_embedding"] - 102.34e6) / 102.34e6 < 0.005
+    assert facts["params_embedding"] == 102_342_912  # measured with the distilled DeiT-B; paper: 102.34M
+    model, _ = load_model(out)
+    assert type(model.backbone).__name__ == "VisionTransformerDistilled"
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(torch.zeros(1, 3, 224, 224))
+    assert tuple(tokens.shape) == (1, 198, 768)  # CLS + distillation token + 14 x 14 patches
 
 
 @pytest.mark.parametrize("args, needle", [

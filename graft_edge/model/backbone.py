@@ -16,7 +16,7 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Modu
     """A timm ViT without its classifier; `pretrained` overrides cfg.pretrained (loading skips it)."""
     use_pretrained = cfg.pretrained if pretrained is None else pretrained
     if cfg.backbone not in timm.list_models():
-        raise GraftError(f"unknown timm backbone {cfg.backbone!r}: expected a timm ViT name such as deit_base_patch16_224")
+        raise GraftError(f"unknown timm backbone {cfg.backbone!r}: expected a timm ViT name such as deit_base_distilled_patch16_224")
     kwargs = dict(cfg.backbone_args)
     kwargs.update(num_classes=0, img_size=tuple(cfg.img_size))
     local = Path(cfg.pretrained_file) if use_pretrained and cfg.pretrained_file else None
