@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -116,6 +117,7 @@ class OutputLock:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 self.fd = fd
+                _HELD.add(self)
                 return self
             os.close(fd)
         raise GraftError(f"cannot lock {self.path}: it keeps being replaced")
@@ -138,6 +140,7 @@ class OutputLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+            _HELD.discard(self)
             if self.created:
                 with contextlib.suppress(OSError):
                     self.root.rmdir()  # a folder this run created and left empty (it failed early) goes too
@@ -147,6 +150,23 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_HELD: weakref.WeakSet[OutputLock] = weakref.WeakSet()  # locks this process holds
+
+
+def _drop_in_forked_child() -> None:
+    """A forked child (a DataLoader worker) closes its copies of the lock fds without unlocking: the flock
+    then lives exactly as long as the parent, so a SIGKILLed run's folder is free at once for --resume."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_forked_child)
 
 
 def _same_file(fd: int, path: Path) -> bool:

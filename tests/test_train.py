@@ -286,9 +286,12 @@ def _train_argv(data: Path, out: Path, cfg_path: Path, *extra: str) -> list[str]
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path, workers: int) -> None:
+    """With 2 persistent loader workers too: augmentation is seeded per item (data/seeding.py), not per worker."""
     cfg = tiny_train_config()
-    cfg = replace(cfg, train=replace(cfg.train, stage1=replace(cfg.train.stage1, epochs=3), checkpoint_every=1))
+    cfg = replace(cfg, train=replace(cfg.train, stage1=replace(cfg.train.stage1, epochs=3), checkpoint_every=1),
+                  data=replace(cfg.data, num_workers=workers, erase=1.0))  # every item's augmentation is random
     cfg_path = tmp_path / "cfg.yaml"
     write_yaml(cfg_path, config_to_dict(cfg))
     full = run_training(cfg, tiny_data, tmp_path / "full", progress=False, checkpoint_steps=1)
@@ -303,6 +306,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
     at_kill = read_checkpoint(killed / "last.pt").extra
     assert not at_kill["finished"] and at_kill["step"] < full.steps
+    assert at_kill["batch"] > 0  # killed mid-epoch: the resumed loader's workers get other batches than before
     res = runner.invoke(app, _train_argv(tiny_data, killed, cfg_path, "--resume", "--checkpoint-steps", "1"))
     assert res.exit_code == 0, res.output
     a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(killed / "last.pt")

@@ -6,6 +6,7 @@ The train loader serves only the ids left after the validation split (data.val_f
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from graft_edge.data.dataset import ReidDataset
 from graft_edge.data.layouts import Layout, Sample, Source, detect_layout, num_ids, parse_name, read_split, relabel
 from graft_edge.data.protocol import require_valid_queries
 from graft_edge.data.sampler import IdentityBatchSampler
+from graft_edge.data.seeding import SeededBatches, seed_worker
 from graft_edge.data.split import TrainValSplit, split_train_val
 from graft_edge.data.transforms import AugParams, PairedTransform
 from graft_edge.errors import GraftError
@@ -56,7 +58,10 @@ def build_train_loader(
         anchor_repeats=d.anchor_repeats,
     )
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # worker seeds, per rank
-    loader = DataLoader(dataset, batch_sampler=sampler, generator=generator, **_loader_kwargs(d.num_workers))
+    seeded = SeededBatches(sampler, cfg.train.seed, rank)  # augmentation seeded per item: exact resume with workers
+    loader = DataLoader(dataset, batch_sampler=seeded, generator=generator,
+                        worker_init_fn=functools.partial(seed_worker, seed=cfg.train.seed, rank=rank),
+                        **_loader_kwargs(d.num_workers))
     return loader, sampler, num_ids(samples)
 
 

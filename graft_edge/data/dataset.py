@@ -101,7 +101,16 @@ class ReidDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int | tuple[int, int]) -> Item:
+        """Item `index`; an (index, seed) key augments under that seed (data/seeding.py), leaving torch's RNG as it was."""
+        if isinstance(index, tuple):
+            index, seed = index
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._item(index)
+        return self._item(index)
+
+    def _item(self, index: int) -> Item:
         sample = self.samples[index]
         images = load_images(sample, self.modalities)
         if self.transform is None:
