@@ -146,9 +146,25 @@ def _rgbn300() -> GraftConfig:
     return replace(base, model=replace(base.model, modalities=("rgb", "nir"), num_ids=150))
 
 
+# timm's pretrained configs: vit_base_patch16_clip_224.openai (OpenAI CLIP statistics), vit_base_patch14_dinov2
+# (ImageNet statistics); tests/test_backbones.py checks these against timm.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _rgbnt100_on(preset: str, backbone: str, mean: tuple[float, float, float],
+                 std: tuple[float, float, float]) -> GraftConfig:
+    """The rgbnt100 recipe on another timm ViT, with that backbone's normalisation (recipe not re-tuned)."""
+    base = GraftConfig(preset=preset)
+    return replace(base, model=replace(base.model, backbone=backbone, mean=mean, std=std))
+
+
 PRESETS = {
     "rgbnt100": lambda: GraftConfig(preset="rgbnt100"),
     "rgbn300": _rgbn300,
+    "rgbnt100-dinov2": lambda: _rgbnt100_on("rgbnt100-dinov2", "vit_base_patch14_dinov2", IMAGENET_MEAN, IMAGENET_STD),
+    "rgbnt100-clip": lambda: _rgbnt100_on("rgbnt100-clip", "vit_base_patch16_clip_224", OPENAI_CLIP_MEAN,
+                                          OPENAI_CLIP_STD),
     "synthetic": _synthetic,
 }
 

@@ -262,8 +262,12 @@ runner.run_training(config_from_dict(read_yaml(sys.argv[1])), sys.argv[2], sys.a
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_gloo_end_with_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["token", "map"])
+def test_ddp_two_ranks_gloo_end_with_identical_weights(tiny_data: Path, tmp_path: Path, pool: str) -> None:
+    """pool=map: the backbone has an attention pool (`attn_pool`) that forward_features never runs, and the
+    backbone is trained: DDP needs find_unused_parameters there (it raises at the second step without)."""
     cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, backbone_args={**cfg.model.backbone_args, "global_pool": pool}))
     write_yaml(tmp_path / "cfg.yaml", config_to_dict(cfg))
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "run"

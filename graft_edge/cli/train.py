@@ -64,7 +64,7 @@ def _worker_args(preset: str | None, config: Path | None, data: Path, out: Path,
 def train_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset root in the RGBNT100/RGBN300 layout (train split to learn, query/gallery to evaluate)."),
     out: Path = typer.Option(..., "--out", help="Run directory: config.yaml, metrics.jsonl, tb/, stage1_best.pt, stage2_best.pt, best.pt, last.pt."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset: rgbnt100, rgbn300 or synthetic (tiny, trains on a CPU in minutes)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset: rgbnt100, rgbn300 (the authors' recipe), rgbnt100-dinov2, rgbnt100-clip (other backbones, same recipe) or synthetic (tiny, trains on a CPU in minutes)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Start from a YAML config file (e.g. a previous RUN/config.yaml) instead of --preset."),
     sets: list[str] = typer.Option([], "--set", help="Override a config key, repeatable: --set train.stage1.epochs=5 --set model.modalities=rgb,nir."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node; > 1 relaunches through torchrun (DDP: NCCL on GPUs, gloo on CPU)."),

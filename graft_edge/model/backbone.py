@@ -82,3 +82,14 @@ def load_backbone_file(model: nn.Module, path: Path, name: str) -> None:
         raise GraftError(f"pretrained weights file {path} does not fit {name}: {wrong} is "
                          f"{tuple(state[wrong].shape)}, the model needs {tuple(own[wrong].shape)}")
     model.load_state_dict({k: state[k] for k in own})
+
+
+# timm ViT submodules that only `forward_head` runs (pooling and classifier heads): `forward_features`,
+# which GraFT calls, never touches them (e.g. SigLIP's attention-pool `attn_pool`, DeiT's `head_dist`).
+HEAD_MODULES: tuple[str, ...] = ("attn_pool", "fc_norm", "head", "head_dist")
+
+
+def unused_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's head submodules that hold parameters but are not on the `forward_features` path."""
+    found = [getattr(backbone, name, None) for name in HEAD_MODULES]
+    return [m for m in found if isinstance(m, nn.Module) and any(True for _ in m.parameters())]

@@ -13,7 +13,7 @@ from torch import nn
 
 from graft_edge.config import ModelConfig
 from graft_edge.errors import GraftError
-from graft_edge.model.backbone import create_backbone
+from graft_edge.model.backbone import create_backbone, unused_modules
 from graft_edge.model.fusion import create_fusion
 from graft_edge.model.head import BNNeck
 from graft_edge.model.multistream import MultiStreamBackbone, StreamFusion
@@ -113,8 +113,9 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
 
 
 def embedding_params(model: GraFT, nonzero: bool = False) -> int:
-    """Parameters of the deployed embedding model: the training-only classifier (and an unused BNNeck) excluded."""
-    excluded = [model.head.classifier]
+    """Parameters of the deployed embedding model: the training-only classifier (and an unused BNNeck) excluded,
+    and the backbone's own pooling/classifier heads, which `forward_features` never runs (e.g. `attn_pool`)."""
+    excluded = [model.head.classifier, *unused_modules(model.backbone)]
     if model.cfg.neck_feat == "before":
         excluded.append(model.head.bn)
     return count_params(model, nonzero) - sum(count_params(m, nonzero) for m in excluded)

@@ -16,6 +16,7 @@ from torch import nn
 from graft_edge.config import StageConfig
 from graft_edge.finite import check_loss, check_weights
 from graft_edge.losses import GraftLoss, LossParts
+from graft_edge.model.backbone import unused_modules
 from graft_edge.model.graft import GraFT
 from graft_edge.train.distributed import DistEnv, all_reduce_sum
 from graft_edge.train.schedule import build_scheduler
@@ -104,6 +105,11 @@ def set_train_mode(model: GraFT, stage: StageConfig) -> None:
         model.backbone.eval()
 
 
+def needs_unused_search(model: GraFT) -> bool:
+    """DDP's find_unused_parameters: only when a trainable backbone head (`attn_pool`, ...) gets no gradient."""
+    return any(p.requires_grad for m in unused_modules(model.backbone) for p in m.parameters())
+
+
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
                after_step: AfterStep | None = None, global_batches_per_step: int = 1) -> StageRun:
     """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective."""
@@ -120,7 +126,8 @@ def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(env.device).index] if env.device.startswith("cuda") else None
-        objective = DDP(objective, device_ids=ids)  # broadcasts rank 0's weights now
+        # broadcasts rank 0's weights now; the per-step search for unused parameters only when there are some
+        objective = DDP(objective, device_ids=ids, find_unused_parameters=needs_unused_search(model))
     return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps, global_batches_per_step),
                     stage, total_steps, env, amp and env.device.startswith("cuda"), after_step)
 
