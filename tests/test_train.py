@@ -133,10 +133,11 @@ def test_center_step_is_sgd_on_the_center_loss_whatever_beta(beta: float) -> Non
         feats = model.train()(images).embedding
     c0 = run.criterion.center.centers.detach().clone()
     train_step(run, images, labels)
-    # d/dc_k of ½·mean_i ‖f_i − c_yi‖² is −Σ_{yi=k}(f_i − c_k)/B; the 1/β rescale makes the step independent of β
+    # d/dc_k of mean_i ‖f_i − c_yi‖² (the official scaling) is −2·Σ_{yi=k}(f_i − c_k)/B; the 1/β rescale makes
+    # the step independent of β (as in Luo et al.'s strong baseline, whose center loss has no ½ either)
     expected = c0.clone()
     for k in (0, 1):
-        expected[k] += stage.center_lr * (feats[labels == k] - c0[k]).sum(0) / len(labels)
+        expected[k] += stage.center_lr * 2 * (feats[labels == k] - c0[k]).sum(0) / len(labels)
     centers = run.criterion.center.centers.detach()
     assert torch.allclose(centers, expected, atol=1e-6)
     assert torch.equal(centers[2:], c0[2:])  # centers of ids not in the batch do not move
