@@ -101,3 +101,13 @@ def test_full_size_b_backbones_build(preset: str, tokens: int) -> None:
     with torch.no_grad():
         out = model.backbone.forward_features(torch.zeros(1, 3, 224, 224))
     assert out.shape == (1, tokens, 768)
+
+
+def test_attention_pools_of_every_stream_are_left_out_for_multistream() -> None:
+    cfg = _tiny("rgbnt100-clip", (32, 32), global_pool="map")
+    model = build_model(replace(cfg.model, fusion="multistream"))
+    pools = [vit.attn_pool for vit in model.backbone.streams.values()]
+    assert len(pools) == 3 and all(count_params(p) > 0 for p in pools)
+    plain = build_model(replace(_tiny("rgbnt100-clip", (32, 32)).model, fusion="multistream"))
+    assert embedding_params(model) == embedding_params(plain)
+    assert count_params(model) == count_params(plain) + sum(count_params(p) for p in pools)

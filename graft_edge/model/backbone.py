@@ -90,6 +90,10 @@ HEAD_MODULES: tuple[str, ...] = ("attn_pool", "fc_norm", "head", "head_dist")
 
 
 def unused_modules(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's head submodules that hold parameters but are not on the `forward_features` path."""
+    """The backbone's head submodules that hold parameters but are not on the `forward_features` path
+    (of every stream for a multi-stream backbone, which holds one ViT per modality in `streams`)."""
+    streams = getattr(backbone, "streams", None)
+    if isinstance(streams, nn.ModuleDict):
+        return [m for vit in streams.values() for m in unused_modules(vit)]
     found = [getattr(backbone, name, None) for name in HEAD_MODULES]
     return [m for m in found if isinstance(m, nn.Module) and any(True for _ in m.parameters())]
