@@ -379,12 +379,28 @@ def _from_dict(cls: type, data: Mapping[str, Any], where: str, base: Any = None)
 _PRE_VAL_KEYS = {"ids_per_batch", "instances_per_id", "num_workers", "hflip", "vflip", "erase", "eval_batch_size"}
 
 
+# What a full config written before a key existed meant: no validation split (every training id), one pass
+# over the images per epoch with the P x K batch per process, one random triplet per anchor.
+_LEGACY_DATA = {"val_fraction": 0.0, "anchor_repeats": 0}
+_LEGACY_LOSS = {"triplets_per_anchor": 1}
+
+
 def _legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A full config written before the validation split existed trained on every training id: val_fraction 0."""
+    """A full config written before a key existed keeps its old meaning (see _LEGACY_DATA / _LEGACY_LOSS)."""
+    out = dict(data)
     section = data.get("data")
-    if isinstance(section, Mapping) and set(section) == _PRE_VAL_KEYS:
-        return {**data, "data": {**section, "val_fraction": 0.0}}
-    return data
+    if isinstance(section, Mapping) and _PRE_VAL_KEYS <= set(section):
+        out["data"] = {**{k: v for k, v in _LEGACY_DATA.items() if k not in section}, **section}
+    train = data.get("train")
+    if isinstance(train, Mapping):
+        stages = {}
+        for name in ("stage1", "stage2"):
+            stage = train.get(name)
+            loss = stage.get("loss") if isinstance(stage, Mapping) else None
+            if isinstance(loss, Mapping) and "mining" in loss and "combo" in loss:
+                stages[name] = {**stage, "loss": {**{k: v for k, v in _LEGACY_LOSS.items() if k not in loss}, **loss}}
+        out["train"] = {**train, **stages}
+    return out
 
 
 def config_from_dict(data: Mapping[str, Any]) -> GraftConfig:

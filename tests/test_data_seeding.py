@@ -24,7 +24,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _batches(root: Path, workers: int, epoch: int, start: int = 0) -> list[torch.Tensor]:
     cfg = get_preset("synthetic")
     cfg = replace(cfg, model=replace(cfg.model, img_size=(16, 32)),
-                  data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, num_workers=workers, erase=1.0))
+                  data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, num_workers=workers, erase=1.0,
+                                val_fraction=0.0))
     loader, sampler, _ = build_train_loader(root, cfg)
     sampler.set_epoch(epoch, start_batch=start)
     torch.manual_seed(123 + workers)  # the main process's RNG must not matter

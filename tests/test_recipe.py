@@ -97,3 +97,19 @@ def test_too_many_processes_for_the_global_batch() -> None:
 
     with pytest.raises(GraftError, match="cannot give each of 8 processes 2 images"):
         IdentityBatchSampler([0, 0, 1, 1, 2, 2], 2, 2, world_size=8, anchor_repeats=1)
+
+
+def test_configs_written_before_the_recipe_keep_their_epoch_and_triplets() -> None:
+    from graft_edge.config import config_from_dict, config_to_dict
+
+    full = config_to_dict(get_preset("rgbnt100"))
+    old = {**full, "data": {k: v for k, v in full["data"].items() if k != "anchor_repeats"}}
+    old["train"] = {**full["train"], **{s: {**full["train"][s], "loss": {k: v for k, v in full["train"][s]["loss"].items()
+                                                                         if k != "triplets_per_anchor"}}
+                                        for s in ("stage1", "stage2")}}
+    legacy = config_from_dict(old)
+    assert legacy.data.anchor_repeats == 0 and legacy.train.stage2.loss.triplets_per_anchor == 1
+    now = config_from_dict(full)
+    assert now.data.anchor_repeats == 8 and now.train.stage1.loss.triplets_per_anchor == 8
+    partial = config_from_dict({"preset": "rgbnt100", "data": {"num_workers": 1}})
+    assert partial.data.anchor_repeats == 8  # a partial config starts from the preset
