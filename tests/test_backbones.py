@@ -51,6 +51,7 @@ def test_presets_name_the_families_and_their_statistics() -> None:
         assert m.mean == pytest.approx(timm_cfg.mean) and m.std == pytest.approx(timm_cfg.std)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("preset", "img_size", "prefix"), FAMILIES)
 def test_family_builds_trains_a_step_and_exports_with_parity(preset: str, img_size: tuple[int, int], prefix: int,
                                                              tmp_path: Path) -> None:
