@@ -104,9 +104,11 @@ def _external_locations(path: Path) -> set[str]:
 
 
 def artefact_files(path: str | Path) -> list[Path]:
-    """The files one artefact consists of: the file itself plus, for ONNX, its external-data files."""
+    """The files one artefact consists of: the file itself plus ONNX external-data files or an IR's .bin."""
     path = Path(path)
     files = [path]
+    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
+        files.append(path.with_suffix(".bin"))
     if path.suffix.lower() == ".onnx" and path.is_file():
         files += [path.parent / loc for loc in sorted(_external_locations(path))
                   if (path.parent / loc).is_file() and path.parent / loc != path]
@@ -114,7 +116,7 @@ def artefact_files(path: str | Path) -> list[Path]:
 
 
 def artefact_size(path: str | Path) -> int:
-    """Bytes on disk of an artefact (graph + external data)."""
+    """Bytes on disk of an artefact (graph + external data or weights)."""
     return sum(f.stat().st_size for f in artefact_files(path) if f.is_file())
 
 
@@ -132,7 +134,7 @@ def software_versions() -> dict[str, Any]:
     out["torch"] = version("torch")
     out["onnxruntime"] = version("onnxruntime", "onnxruntime-gpu")
     out["tensorrt"] = version("tensorrt", "tensorrt-cu12", "tensorrt_lean")
-    for dist in ("onnx", "onnxscript", "timm", "numpy", "torch-pruning"):
+    for dist in ("onnx", "onnxscript", "openvino", "nncf", "timm", "numpy", "torch-pruning"):
         out[dist.replace("-", "_")] = version(dist)
     return out
 

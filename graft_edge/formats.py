@@ -24,10 +24,11 @@ class Format:
     kind: str  # the export artefact kind (export.json): onnx-int8-dynamic; "" for the checkpoint itself
     suffix: str  # file name after the stem: model.int8-dynamic.onnx -> ".int8-dynamic.onnx"
     precision: str  # the artefact's metadata precision
-    runtime: str  # torch | onnx | tensorrt
+    runtime: str  # torch | onnx | tensorrt | openvino
     source: str | None  # the format it is built from (None: from the checkpoint)
     needs_calibration: bool = False  # built from real images (--calib-data / --data)
     needs_gpu: bool = False  # built and run only on an NVIDIA GPU
+    needs_bf16: bool = False  # built and run only on a CPU with native bf16 (AVX512-BF16 / AMX)
     marker: str = "o"  # matplotlib marker in the frontier plot
     help: str = ""
 
@@ -47,6 +48,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            help="TensorRT FP16 engine"),
     Format("trt-int8", "trt-int8", ".trt-int8.engine", "int8", "tensorrt", "int8-static", needs_calibration=True,
            needs_gpu=True, marker="*", help="TensorRT INT8 engine from the Q/DQ ONNX"),
+    # OpenVINO IR (.xml graph + .bin weights). bf16 is its own artefact, not a run-time switch: its IR stores
+    # the weights in FP16 (half the FP32 file; bf16 compute rounds them further anyway) and its metadata tells
+    # the runtime to compile it with INFERENCE_PRECISION_HINT bf16, so the file alone says how it runs and the
+    # frontier, bench and eval treat it as one more format.
+    Format("openvino", "openvino-fp32", ".openvino.xml", "fp32", "openvino", "onnx", marker="h",
+           help="OpenVINO IR, FP32 inference"),
+    Format("openvino-bf16", "openvino-bf16", ".openvino-bf16.xml", "bf16", "openvino", "onnx", needs_bf16=True,
+           marker="p", help="OpenVINO IR run in bf16 (CPUs with AVX512-BF16 or AMX)"),
+    Format("openvino-int8", "openvino-int8", ".openvino-int8.xml", "int8-static", "openvino", "onnx",
+           needs_calibration=True, marker="d",
+           help="OpenVINO IR quantised to INT8 by NNCF (transformer preset), calibrated on real images"),
 )}
 ALIASES = {"trt": "trt-fp16"}  # shorthand accepted wherever format names are
 DEFAULT_FRONTIER_FORMATS = ("torch", "onnx", "int8")
@@ -55,6 +67,7 @@ RUNTIME_SUFFIXES: dict[str, tuple[str, ...]] = {
     "torch": (".pt", ".pth", ".ckpt"),
     "onnx": (".onnx",),
     "tensorrt": (".engine", ".plan", ".trt"),
+    "openvino": (".xml",),
 }
 
 
@@ -95,7 +108,7 @@ def needing_calibration() -> tuple[str, ...]:
 
 
 def runtime_of(path: str | Path) -> str:
-    """'torch' | 'onnx' | 'tensorrt' from the file suffix; GraftError listing the accepted suffixes."""
+    """'torch' | 'onnx' | 'tensorrt' | 'openvino' from the file suffix; GraftError listing the accepted suffixes."""
     suffix = Path(path).suffix.lower()
     for runtime, suffixes in RUNTIME_SUFFIXES.items():
         if suffix in suffixes:

@@ -5,7 +5,7 @@ import pytest
 
 from graft_edge.errors import GraftError
 from graft_edge.export import ExportOptions
-from graft_edge.export.builders import ONNX_BUILDERS
+from graft_edge.export.builders import BUILDERS
 from graft_edge.formats import (
     ALIASES,
     FORMATS,
@@ -23,8 +23,8 @@ def test_every_row_has_a_builder_and_a_runtime():
     for name, fmt in FORMATS.items():
         assert fmt.runtime in RUNTIMES and fmt.runtime in RUNTIME_SUFFIXES
         assert runtime_of(f"model{fmt.suffix}") == fmt.runtime
-        if fmt.runtime == "onnx":
-            assert name in ONNX_BUILDERS
+        if fmt.runtime in ("onnx", "openvino"):
+            assert name in BUILDERS
         if fmt.kind:
             assert by_kind(fmt.kind) is fmt
         if fmt.source is not None:
@@ -38,16 +38,19 @@ def test_every_row_has_a_builder_and_a_runtime():
     (("int8-static",), ("static",), False, False, False),
     (("trt-int8",), ("static",), False, True, False),
     (("fp16", "trt"), (), True, True, False),
+    (("openvino", "openvino-int8"), (), False, False, False),
 ])
 def test_export_options_for_formats_round_trip(names, int8, fp16, trt, onnx):
     opt = ExportOptions.for_formats(names, calib_data="x")
     assert (opt.int8, opt.fp16, opt.trt, opt.onnx) == (int8, fp16, trt, onnx)
+    assert opt.openvino == tuple(n.replace("openvino-", "") if "-" in n else "fp32" for n in names
+                                 if n.startswith("openvino"))
     wanted = {get_format(n).name for n in names if get_format(n).kind}
     assert wanted <= {f.name for f in opt.formats()}  # everything asked for is built (sources may come along)
 
 
 def test_calibrated_formats_and_markers_come_from_the_table():
-    assert set(needing_calibration()) == {"int8-static", "trt-int8"}
+    assert set(needing_calibration()) == {"int8-static", "trt-int8", "openvino-int8"}
     with pytest.raises(GraftError, match="needs --calib-data"):
         ExportOptions.for_formats(["int8-static"]).validated()
     m = markers()

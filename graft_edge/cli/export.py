@@ -1,4 +1,4 @@
-"""`graft-edge export`: a checkpoint -> checked ONNX (FP32 / INT8 / FP16) and TensorRT engines in one folder."""
+"""`graft-edge export`: a checkpoint -> checked ONNX (FP32 / INT8 / FP16), TensorRT engines and OpenVINO IR in one folder."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import typer
 from graft_edge.cli.common import console, err_console, guarded
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
+from graft_edge.export.options import OPENVINO_MODES
 from graft_edge.formats import FORMATS
 from graft_edge.serve.triton_repo import RepoOptions, model_config_pb2, write_repository
 
@@ -18,17 +19,26 @@ D = ExportOptions()  # the defaults shown and used by the options below
 EXIT_CHECK_FAILED = 1  # the export ran but an artefact failed its check (or TensorRT was unavailable)
 
 
-def _int8_modes(values: list[str] | None) -> tuple[str, ...]:
-    """--int8 dynamic --int8 static, --int8 dynamic,static or --int8 both -> ('dynamic', 'static')."""
+def _modes(values: list[str] | None, every: tuple[str, ...], word: str) -> tuple[str, ...]:
+    """Repeated or comma-separated modes; `word` (both / all) stands for every mode."""
     modes: list[str] = []
     for value in values or []:
         for part in str(value).split(","):
             part = part.strip().lower()
-            if part == "both":
-                modes += ["dynamic", "static"]
+            if part == word:
+                modes += list(every)
             elif part:
                 modes.append(part)
     return tuple(dict.fromkeys(modes))
+
+
+def _int8_modes(values: list[str] | None) -> tuple[str, ...]:
+    """--int8 dynamic --int8 static, --int8 dynamic,static or --int8 both -> ('dynamic', 'static')."""
+    return _modes(values, ("dynamic", "static"), "both")
+
+
+OPENVINO_HELP = "; ".join(f"'{mode}': NAME{FORMATS[name].suffix} ({FORMATS[name].help})"
+                          for mode, name in OPENVINO_MODES.items())
 
 
 def _summary_table(result) -> None:
@@ -68,6 +78,7 @@ def export_cmd(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT. It is always built and checked (INT8/FP16/TensorRT derive from it); --no-onnx only skips keeping it."),
     int8: Optional[List[str]] = typer.Option(None, "--int8", help=f"INT8 ONNX Runtime models: 'dynamic' (NAME{FORMATS['int8'].suffix}: {FORMATS['int8'].help}) and/or 'static' (NAME{FORMATS['int8-static'].suffix}: {FORMATS['int8-static'].help} from --calib-data; also TensorRT's INT8 source). Repeat, or give 'dynamic,static'."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 ONNX NAME.fp16.onnx: LayerNorm/Softmax/reductions kept FP32, FP32 inputs/outputs (TensorRT >= 11 FP16 source; GPU EPs)."),
+    openvino: Optional[List[str]] = typer.Option(None, "--openvino", help=f"OpenVINO IR (.xml + .bin), checked through OpenVINO: {OPENVINO_HELP}. Repeat, give a comma-separated list, or 'all'. int8 needs --calib-data; bf16 needs a CPU with AVX512-BF16 or AMX."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines NAME.trt-fp32.engine (+ -fp16 with --fp16, -int8 with --int8 static). Needs the tensorrt package (graft-edge's trt extra) and an NVIDIA GPU."),
     batch: str = typer.Option(str(D.batch), "--batch", help="TensorRT optimisation profile, batch sizes MIN:OPT:MAX (or one N): engines accept MIN..MAX images and are tuned for OPT."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset root (RGBNT100/RGBN300 layout) with the model's modalities: its train split calibrates --int8 static; its gallery split adds real-image parity checks."),
@@ -77,6 +88,7 @@ def export_cmd(
     tolerance: float = typer.Option(D.tolerance, "--tolerance", help="FP32 check: largest allowed absolute difference between ONNX Runtime and PyTorch embedding values (L2-normalised), batch 1 and 4."),
     min_cosine_int8: float = typer.Option(D.min_cosine_int8, "--min-cosine-int8", help="INT8 check: smallest allowed cosine between INT8 and FP32 embeddings of the same input (real images when --calib-data is given, else random ones)."),
     min_cosine_fp16: float = typer.Option(D.min_cosine_fp16, "--min-cosine-fp16", help="FP16 check: smallest allowed cosine between FP16 and FP32 embeddings."),
+    min_cosine_bf16: float = typer.Option(D.min_cosine_bf16, "--min-cosine-bf16", help="bf16 check (--openvino bf16): smallest allowed cosine between bf16 and FP32 embeddings."),
     workspace: int = typer.Option(D.workspace_mb, "--workspace", help="TensorRT builder workspace limit, MiB."),
     sparse_weights: Optional[bool] = typer.Option(None, "--sparse-weights/--no-sparse-weights", help="TensorRT SPARSE_WEIGHTS (2:4 sparse tensor cores). Default: on when the checkpoint's pruning history says 2:4."),
     name: str = typer.Option(D.name, "--name", help="File stem of the artefacts (NAME.onnx, NAME.json, ...)."),
@@ -88,7 +100,7 @@ def export_cmd(
     triton_gpu: bool = typer.Option(False, "--triton-gpu", help="Run the ONNX models on GPU instances (TensorRT engines always are)."),
 ) -> None:
     """Export a checkpoint for deployment: ONNX (dynamic batch, one input per modality + `present`, output `embedding`),
-    ONNX Runtime INT8 (dynamic / static Q/DQ), FP16 ONNX and TensorRT engines.
+    ONNX Runtime INT8 (dynamic / static Q/DQ), FP16 ONNX, TensorRT engines and OpenVINO IR (FP32 / bf16 / NNCF INT8).
 
     Every artefact is checked against PyTorch on random inputs at batch 1 and 4 and, with --calib-data,
     on real gallery images at batch 1 and 16, and once per proper subset of the modalities (the graph takes a
@@ -97,7 +109,8 @@ def export_cmd(
     2 on bad input (nothing written).
     """
     options = ExportOptions(
-        onnx=onnx, int8=_int8_modes(int8), fp16=fp16, trt=trt, batch=batch,
+        onnx=onnx, int8=_int8_modes(int8), fp16=fp16, trt=trt, openvino=_modes(openvino, tuple(OPENVINO_MODES), "all"),
+        batch=batch, min_cosine_bf16=min_cosine_bf16,
         calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,
         tolerance=tolerance, min_cosine_int8=min_cosine_int8, min_cosine_fp16=min_cosine_fp16,
         workspace_mb=workspace, sparse_weights=sparse_weights, name=name,

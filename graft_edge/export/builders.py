@@ -2,7 +2,8 @@
 
 An ONNX builder writes the staged file and returns the metadata it adds; the exporter then checks the
 file against PyTorch and commits or quarantines it. TensorRT engines are built by `build_trt` from the
-ONNX variant the TensorRT version needs (see tensorrt.trt_plan).
+ONNX variant the TensorRT version needs (see tensorrt.trt_plan). OpenVINO IRs are built from the checked FP32
+ONNX too (graft_edge.export.openvino) and checked through OpenVINO.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 
 from graft_edge.artefact import PRESENCE_INPUT
+from graft_edge.cpu import require_bf16
 from graft_edge.export.fp16 import FP32_OPS, convert_fp16
 from graft_edge.export.onnx import check_exported, export_onnx, graph_inputs
+from graft_edge.export.openvino import onnx_to_ir, quantize_int8
 from graft_edge.export.options import ExportOptions
 from graft_edge.export.quantize import quantize_dynamic_int8, quantize_static_int8
 
@@ -70,4 +73,33 @@ ONNX_BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, An
     "int8": build_int8_dynamic,
     "int8-static": build_int8_static,
     "fp16": build_fp16,
+}
+
+
+def build_openvino_fp32(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """OpenVINO IR of the FP32 ONNX, FP32 weights, run with INFERENCE_PRECISION_HINT f32."""
+    onnx_to_ir(src, dst, compress_to_fp16=False)
+    return {"inference_precision_hint": "f32"}
+
+
+def build_openvino_bf16(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """OpenVINO IR with FP16-stored weights, run with INFERENCE_PRECISION_HINT bf16 (native bf16 CPUs only)."""
+    require_bf16("--openvino bf16")
+    onnx_to_ir(src, dst, compress_to_fp16=True)
+    return {"inference_precision_hint": "bf16", "weights_stored": "fp16"}
+
+
+def build_openvino_int8(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
+    """OpenVINO IR quantised to INT8 by NNCF on the train split of --calib-data."""
+    record = quantize_int8(src, dst, job.calib)
+    record["calibration_data"] = str(job.options.calib_data)
+    return {"inference_precision_hint": "f32", "quantization": record}
+
+
+# format name (graft_edge.formats) -> builder of its file from the FP32 ONNX; TensorRT rows go through build_trt
+BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, Any]]] = {
+    **ONNX_BUILDERS,
+    "openvino": build_openvino_fp32,
+    "openvino-bf16": build_openvino_bf16,
+    "openvino-int8": build_openvino_int8,
 }

@@ -6,6 +6,7 @@ Files written to OUT (NAME defaults to "model"; one per row of graft_edge.format
   NAME.int8-static.onnx     INT8 static Q/DQ, calibrated on --calib-data (ONNX Runtime, TensorRT)
   NAME.fp16.onnx            FP16 with LayerNorm/Softmax/reductions FP32, FP32 I/O (TensorRT >= 11, GPUs)
   NAME.trt-{fp32,fp16,int8}.engine   TensorRT engines (--trt), + timing.cache
+  NAME.openvino{,-bf16,-int8}.xml     OpenVINO IR (--openvino fp32,bf16,int8), weights in the .bin beside each
   <artefact stem>.json      metadata sidecar of each artefact (NAME.json for NAME.onnx)
   export.json               summary of the run: artefacts, parity, timings, failures
 Every artefact is staged in a hidden folder inside OUT, checked against PyTorch, given its
@@ -29,7 +30,7 @@ from graft_edge.checkpoint import Checkpoint, load_model
 from graft_edge.compress.targets import previous_methods
 from graft_edge.errors import GraftError, one_line
 from graft_edge.export import parity
-from graft_edge.export.builders import ONNX_BUILDERS, BuildInputs
+from graft_edge.export.builders import BUILDERS, BuildInputs
 from graft_edge.export.calibration import PARITY_SAMPLES, check_calib_root, load_calibration, load_parity_images
 from graft_edge.export.metadata import model_metadata
 from graft_edge.export.options import ExportOptions
@@ -38,6 +39,7 @@ from graft_edge.fileio import sha256_file, write_json
 from graft_edge.formats import FORMATS, Format
 from graft_edge.outdir import FolderBusy, OutputLock, clean_stale_temps
 from graft_edge.runtime.onnx_backend import session_options
+from graft_edge.runtime.openvino_backend import compile_ir, run_compiled
 from graft_edge.runtime.presence import presence_feeds
 from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
 
@@ -131,9 +133,19 @@ def _prepare_out(out_dir: str | Path) -> Path:
     return out
 
 
+def _companion(staged: Path, f: Path, dest: Path) -> Path:
+    """Where a staged artefact's file `f` goes next to `dest` (model.onnx.data, model.openvino.bin)."""
+    if f.name.startswith(staged.name):
+        return dest.parent / (dest.name + f.name[len(staged.name):])
+    return dest.with_suffix(f.suffix)
+
+
 def _commit(staged: Path, dest: Path) -> list[Path]:
-    """Move a staged artefact (and its .data) into place; remove a stale .data of an older export."""
+    """Move a staged artefact (and its .data or .bin) into place; remove a stale .data of an older export."""
     moved = []
+    if staged.suffix == ".xml":
+        os.replace(staged.with_suffix(".bin"), dest.with_suffix(".bin"))
+        moved.append(dest.with_suffix(".bin"))
     if staged.suffix == ".onnx":
         if data_file(staged).exists():
             os.replace(data_file(staged), data_file(dest))
@@ -148,7 +160,8 @@ def _quarantine(staged: Path, dest: Path) -> list[Path]:
     """Keep a failed artefact as `<name>.failed` (and its data as `<name>.data.failed`) for inspection."""
     kept = []
     for f in artefact_files(staged):
-        target = dest.parent / (dest.name + f.name[len(staged.name):] + ".failed")
+        target = _companion(staged, f, dest)
+        target = target.with_name(target.name + ".failed")
         os.replace(f, target)
         kept.append(target)
     return kept
@@ -223,6 +236,16 @@ class ExportJob:
 
         return parity.measure(self.reference, run, self.inputs)
 
+    def check_ir(self, path: Path, precision: str) -> parity.ParityReport:
+        """Parity of an OpenVINO IR (compiled with its precision's hint) with the PyTorch reference."""
+        compiled = compile_ir(path, precision)
+        mods, size = self.base.modalities, self.base.img_size
+
+        def run(batch: parity.Batch) -> np.ndarray:
+            return run_compiled(compiled, presence_feeds(batch, mods, size, self.base.presence_input, path.name))
+
+        return parity.measure(self.reference, run, self.inputs)
+
     def finish(self, cand: Candidate) -> Artefact:
         """Quarantine a failed artefact, or write its metadata and move it into place."""
         art = Artefact(kind=cand.fmt.kind, precision=cand.fmt.precision, path=cand.dest,
@@ -256,7 +279,7 @@ def _load(model_path: Path, opt: ExportOptions) -> tuple[Any, Checkpoint, Artefa
     model, ckpt = load_model(model_path)
     model.eval()
     if opt.calib_data:
-        check_calib_root(opt.calib_data, tuple(model.modalities), calibrate="static" in opt.int8)
+        check_calib_root(opt.calib_data, tuple(model.modalities), calibrate=opt.needs_calibration())
     return model, ckpt, model_metadata(model, ckpt, model_path, sha256_file(model_path), opt.opset)
 
 
@@ -267,7 +290,7 @@ def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
     if opt.calib_data:
         t = time.perf_counter()
         real = load_parity_images(opt.calib_data, mods, cfg.img_size, cfg.mean, cfg.std, PARITY_SAMPLES)
-        if "static" in opt.int8:
+        if opt.needs_calibration():
             calib = load_calibration(opt.calib_data, mods, cfg.img_size, cfg.mean, cfg.std, opt.calib_samples)
             n = len(next(iter(calib.values())))
             if n < opt.calib_samples:
@@ -286,12 +309,14 @@ def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
 # ------------------------------------------------------------------------------------------ the steps
 
 def _build_onnx(job: ExportJob, fmt: Format, src: Path | None, stage: Path, keep: bool = True) -> Path | None:
-    """Build one ONNX format from `src`, check it, commit it; its path (staged when not kept), None on failure."""
+    """Build one ONNX or OpenVINO format from `src`, check it, commit it; its path (staged when not kept), None on
+    failure."""
     name = f"{job.opt.name}{fmt.suffix}"
     cand = Candidate(fmt, stage / name, job.out / name, time.perf_counter(), keep=keep)
-    job.log(f"building {fmt.name} ONNX ({fmt.help}) ...")
-    cand.meta = ONNX_BUILDERS[fmt.name](BuildInputs(job.model, job.opt, job.calib), src, cand.staged)
-    cand.report = job.check_onnx(cand.staged)
+    job.log(f"building {fmt.name} ({fmt.help}) ...")
+    cand.meta = BUILDERS[fmt.name](BuildInputs(job.model, job.opt, job.calib), src, cand.staged)
+    cand.report = job.check_ir(cand.staged, fmt.precision) if fmt.runtime == "openvino" else \
+        job.check_onnx(cand.staged)
     cand.failure, judgement = _judge(job.opt, fmt, cand.report)
     cand.meta.update(judgement)
     art = job.finish(cand)
@@ -400,8 +425,10 @@ def _export(model_path: str | Path, out_dir: str | Path, options: ExportOptions 
         fp32 = _build_onnx(job, FORMATS["onnx"], None, stage, keep=opt.onnx)
         sources: dict[str, Path | None] = {"fp32": fp32}
         if fp32 is not None:
-            for fmt in (f for f in wanted if f.runtime == "onnx" and f.name != "onnx"):
-                sources[fmt.precision] = _build_onnx(job, fmt, fp32, stage)
+            for fmt in (f for f in wanted if f.runtime in ("onnx", "openvino") and f.name != "onnx"):
+                built = _build_onnx(job, fmt, fp32, stage)
+                if fmt.runtime == "onnx":
+                    sources[fmt.precision] = built
             engines = [f for f in wanted if f.runtime == "tensorrt"]
             if engines:
                 try:

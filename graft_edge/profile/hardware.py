@@ -10,34 +10,7 @@ from typing import Any
 import torch
 
 from graft_edge.artefact import software_versions as artefact_software_versions
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD features that matter for inference kernels (AVX2/AVX-512/VNNI/AMX/NEON...)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "asimd",
-              "asimddp", "sve", "fma")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    have = set(line.partition(":")[2].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
+from graft_edge.cpu import cpu_flags, cpu_model
 
 
 def software_versions() -> dict[str, Any]:

@@ -28,13 +28,20 @@ def _tensorrt(path: Path, device: str, threads: int | None) -> Embedder:
     return TensorRTEmbedder(path, device=device)
 
 
+def _openvino(path: Path, device: str, threads: int | None) -> Embedder:
+    from graft_edge.runtime.openvino_backend import OpenVINOEmbedder
+
+    return OpenVINOEmbedder(path, device=device, threads=threads)
+
+
 # runtime name (formats.Format.runtime) -> opener; the backends import their optional packages lazily
-RUNTIMES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt}
+RUNTIMES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt, "openvino": _openvino}
 
 
 def load_embedder(path: str | Path, device: str = "cpu", threads: int | None = None,
                   modalities: str | Sequence[str] | None = None) -> Embedder:
-    """Open a checkpoint, ONNX file or TensorRT engine as an Embedder (restricted to `modalities` when given)."""
+    """Open a checkpoint, ONNX file, TensorRT engine or OpenVINO IR as an Embedder (restricted to `modalities` when
+    given)."""
     path = Path(path)
     runtime = runtime_of(path)
     if not path.is_file():

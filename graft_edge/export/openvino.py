@@ -1,0 +1,68 @@
+"""OpenVINO IR artefacts (.xml graph + .bin weights) from the checked FP32 ONNX: FP32, bf16, and INT8 by NNCF.
+
+The IR is converted from the same FP32 ONNX every other format starts from (`ov.convert_model`), so
+its graph inputs are the modalities and its output is `embedding`. INT8 is NNCF post-training
+quantisation with its transformer preset (`model_type=TRANSFORMER`: MatMuls, including attention's
+products; symmetric weights, asymmetric activations; fast bias correction), calibrated on the train split
+of --calib-data. Metadata goes in the `<stem>.json` sidecar the exporter writes for every artefact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from graft_edge.errors import GraftError, one_line
+
+NNCF_MAX_SUBSET = 300  # nncf.quantize's own default subset size
+
+
+def require_openvino():
+    """The openvino module, or GraftError with the install line."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise GraftError("OpenVINO formats need the openvino package (pip install openvino nncf)") from None
+    return ov
+
+
+def onnx_to_ir(src: Path, dst: Path, compress_to_fp16: bool) -> None:
+    """Convert an ONNX file to IR at `dst` (.xml, weights in the .bin beside it)."""
+    ov = require_openvino()
+    try:
+        model = ov.convert_model(str(src))
+        ov.save_model(model, str(dst), compress_to_fp16=compress_to_fp16)
+    except Exception as exc:
+        raise GraftError(f"OpenVINO cannot convert {src.name}: {one_line(exc)}") from None
+
+
+def calibration_items(calib: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """{modality: (N, 3, H, W)} -> N single-image feeds {modality: (1, 3, H, W)} (what nncf.Dataset iterates)."""
+    n = len(next(iter(calib.values())))
+    return [{m: np.ascontiguousarray(x[i:i + 1], dtype=np.float32) for m, x in calib.items()} for i in range(n)]
+
+
+def quantize_int8(src: Path, dst: Path, calib: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """NNCF INT8 of the ONNX `src` (converted to IR first), calibrated on `calib`; the quantisation record."""
+    ov = require_openvino()
+    try:
+        import nncf
+    except ImportError:
+        raise GraftError("--openvino int8 needs the nncf package (pip install nncf)") from None
+    items = calibration_items(calib)
+    subset = min(len(items), NNCF_MAX_SUBSET)
+    try:
+        model = ov.convert_model(str(src))
+        quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=subset)
+        ov.save_model(quantized, str(dst), compress_to_fp16=False)
+    except GraftError:
+        raise
+    except Exception as exc:
+        raise GraftError(f"NNCF cannot quantise {src.name}: {one_line(exc)}") from None
+    fake_quant = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    return {"mode": "static", "tool": f"nncf {nncf.__version__}", "model_type": "transformer",
+            "preset": "mixed (nncf default for transformers)", "weights": "int8 symmetric per-channel",
+            "activations": "uint8 asymmetric per-tensor",
+            "calibration_samples": subset, "calibration_split": "train", "fake_quantize_ops": int(fake_quant)}
