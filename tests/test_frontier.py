@@ -142,10 +142,10 @@ def test_latency_only_frontier_without_data_then_with_it(tiny_checkpoint, data, 
 def test_markdown_table_formats_percent_and_errors():
     rows = [{"variant": "dense", "params": 102_380_000, "format": "torch", "size_bytes": 4e8, "status": "ok",
              "mAP": 0.766, "R1": 0.943, "R5": 0.97, "R10": 0.98, "batch": 1, "latency_ms": 950.0, "speedup": 1.0,
-             "pareto": True},
+             "pareto": True, "achieved_gflops": 106.42, "peak_precision": "fp32", "share_of_peak": 0.554},
             {"variant": "60M", "params": 60e6, "format": "trt", "size_bytes": None, "status": "error: no GPU"}]
     md = markdown_table(rows)
-    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | 950.000 | 1.00x | * |" in md
+    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | 950.000 | 1.00x | 106.4 | 55 fp32 | * |" in md
     assert "trt (error: no GPU)" in md
 
 

@@ -374,7 +374,7 @@ def test_validator_rejects_broken_documents(tiny_checkpoint):
         with pytest.raises(GraftError):
             bench.validate_bench_result(doc)
 
-    broken(lambda d: d.update(schema_version=2))
+    broken(lambda d: d.update(schema_version=1))
     broken(lambda d: d["machine"]["software"].pop("torch"))
     broken(lambda d: d["settings"].update(batches=[0]))
     broken(lambda d: d["settings"].update(warmup=True))

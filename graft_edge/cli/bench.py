@@ -102,7 +102,9 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: the runtime's own choice, usually all cores).", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (ONNX Runtime uses its CUDA provider on cuda)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: also measure mAP/R1/R5/R10 of each model on its query/gallery splits."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v1) to this file ('-' for stdout)."),
+    peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every run reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Precision PyTorch checkpoints run at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported artefacts run at the precision they were exported in."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v2) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="With --data: also k-reciprocal re-ranked mAP/CMC (shown as plain/re-ranked mAP)."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the models' modalities (e.g. rgb,nir) to time and evaluate, as if the other sensors were missing. Default: all."),
@@ -123,7 +125,7 @@ def bench_cmd(
         raise GraftError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
-                             eval_batch_size=eval_batch_size, rerank=rerank,
+                             eval_batch_size=eval_batch_size, rerank=rerank, dtype=dtype.strip().lower(), peaks=peaks,
                              modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)

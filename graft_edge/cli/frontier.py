@@ -67,6 +67,8 @@ def frontier_cmd(
     rounds: int = typer.Option(D.rounds, "--rounds", help="Interleaved timing rounds (every artefact is timed in every round).", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
     device: str = typer.Option(D.device, "--device", help="cpu or cuda[:N] for evaluation and timing."),
+    peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every row reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
+    dtype: str = typer.Option(D.dtype, "--dtype", help="Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
@@ -78,7 +80,7 @@ def frontier_cmd(
         finetune_epochs = D.finetune_epochs if data is not None else 0  # without data there is nothing to finetune on
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
-                               rounds=rounds, threads=threads, device=device.strip().lower(),
+                               rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
                                eval_batch_size=eval_batch_size, rerank=rerank,
                                modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     err = err_console()

@@ -122,12 +122,13 @@ def eval_cmd(
     top_k: int = typer.Option(10, "--top", help="Gallery images per strip.", min=1),
     vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: ./ranked_<model name>."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir): evaluate as if the other sensors were missing. Default: all."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Precision PyTorch checkpoints run at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported artefacts run at the precision they were exported in."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     check_output_file(json_out, "--json")
-    embedder = load_embedder(model, device=device, threads=threads, modalities=modalities)
+    embedder = load_embedder(model, device=device, threads=threads, modalities=modalities, dtype=dtype)
     rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
     with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console(), transient=True) as bar:

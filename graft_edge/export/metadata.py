@@ -6,6 +6,7 @@ from typing import Any
 
 from graft_edge.artefact import PRESENCE_INPUT, ArtefactMeta, software_versions
 from graft_edge.model import count_params, embedding_params
+from graft_edge.model.flops import model_flops_per_sample
 
 
 def model_metadata(model: Any, checkpoint: Any, checkpoint_path: str | Path, source_sha256: str,
@@ -22,6 +23,7 @@ def model_metadata(model: Any, checkpoint: Any, checkpoint_path: str | Path, sou
         "params_total": count_params(model),
         "params_embedding": embedding_params(model),
         "params_nonzero": embedding_params(model, nonzero=True),
+        "flops_per_sample": model_flops_per_sample(model),  # the roofline's numerator (bench, frontier)
         "pruned": bool(checkpoint.arch),
         "history": list(checkpoint.history or []),
         "source_checkpoint": Path(checkpoint_path).name,

@@ -1,6 +1,7 @@
 """A GraFT model in memory as an Embedder: what training, pruning and the checkpoint runtime evaluate."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -8,6 +9,8 @@ import numpy as np
 import torch
 
 from graft_edge.artefact import EmbedderInfo
+from graft_edge.cpu import require_bf16
+from graft_edge.errors import GraftError
 from graft_edge.model.graft import GraFT, count_params, embedding_params
 
 
@@ -28,19 +31,50 @@ def torch_info(model: GraFT, path: str, checkpoint: Any = None) -> EmbedderInfo:
     )
 
 
-class ModelEmbedder:
-    """Runs `GraFT.embed` under inference mode on the model's device; the caller keeps train/eval mode control."""
+DTYPES = ("fp32", "bf16")  # what --dtype accepts for PyTorch checkpoints
 
-    def __init__(self, model: GraFT, path: str = "<memory>", checkpoint: Any = None) -> None:
+
+def check_dtype(dtype: str, device: torch.device) -> str:
+    """The normalised --dtype; GraftError when it is unknown or the device has no native bf16."""
+    dtype = str(dtype).strip().lower()
+    if dtype not in DTYPES:
+        raise GraftError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype == "bf16":
+        if device.type == "cuda":
+            if not torch.cuda.is_bf16_supported():
+                raise GraftError(f"--dtype bf16: GPU {torch.cuda.get_device_name(device)} has no native bf16")
+        else:
+            require_bf16("--dtype bf16")
+    return dtype
+
+
+class ModelEmbedder:
+    """Runs `GraFT.embed` under inference mode on the model's device; the caller keeps train/eval mode control.
+
+    `dtype` bf16 runs under torch.autocast (bf16 matrix products, LayerNorm/softmax kept FP32 by autocast's
+    own op lists) on CPUs with AVX512-BF16/AMX or on CUDA GPUs; the embedding is returned as float32.
+    """
+
+    def __init__(self, model: GraFT, path: str = "<memory>", checkpoint: Any = None, dtype: str = "fp32") -> None:
         self.model, self.checkpoint = model, checkpoint
         self.device = next(model.parameters()).device
-        self.info = torch_info(model, path, checkpoint)
+        self.dtype = check_dtype(dtype, self.device)
+        info = torch_info(model, path, checkpoint)
+        info.extra.update(precision=self.dtype, autocast=self.dtype != "fp32")
+        self.info = info
+
+    def _autocast(self):
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @torch.inference_mode()
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """{modality: (B, 3, H, W)} -> (B, D) float32."""
         inputs = {m: torch.as_tensor(x).to(self.device, non_blocking=True) for m, x in batch.items()}
-        return self.model.embed(inputs).float().cpu().numpy()
+        with self._autocast():
+            out = self.model.embed(inputs)
+        return out.float().cpu().numpy()
 
     def synchronize(self) -> None:
         """Wait for queued GPU work (for timing)."""

@@ -3,20 +3,24 @@
 `bench_models` returns a plain JSON-able dict in the documented schema below (SCHEMA_VERSION);
 `validate_bench_result` checks a dict against it (used by the tests and by anyone reading files).
 
-Schema "graft-edge/bench" v1::
+Schema "graft-edge/bench" v2 (v1 + dtype, peaks, flops_per_sample, roofline, machine.gemm_peaks)::
 
     {
-      "schema": "graft-edge/bench", "schema_version": 1, "created": "<ISO-8601 UTC>",
-      "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv},
+      "schema": "graft-edge/bench", "schema_version": 2, "created": "<ISO-8601 UTC>",
+      "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv,
+                  gemm_peaks: null | {n, threads, measured, loadavg,
+                                      "fp32"|"bf16"|"int8": {gflops: float|null, by_runtime: {runtime: float|str}}}},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
                    threads: int|null, device: str, data: str|null, rerank: bool,
-                   modalities: [str]|null},
+                   modalities: [str]|null, dtype: "fp32"|"bf16" (what PyTorch checkpoints ran at), peaks: bool},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
-         "format": "torch"|"onnx"|"tensorrt"|null, "precision": str|null,
+         "format": "torch"|"onnx"|"tensorrt"|"openvino"|null,
+         "precision": str|null,                      # fp32 | bf16 | fp16 | int8-dynamic | int8-static | int8
          "params_embedding": int|null, "params_nonzero": int|null,
          "size_bytes": int|null, "files": [str],           # incl. ONNX external-data files
          "modalities": [str], "img_size": [H, W], "device": str, "load_s": float|null,
+         "flops_per_sample": int|null,               # counted once per model (graft_edge.model.flops)
          "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery",
                              ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}]},
          "runs": [                                   # one per batch size
@@ -28,7 +32,9 @@ Schema "graft-edge/bench" v1::
                        "gpu": {available, ...} | {available: false, reason}},
             "power": {available: true, method, energy_j, mean_w, energy_per_sample_j, duration_s, [max_w]}
                      | {available: false, reason},
-            "utilization": {available: true, mean_pct, max_pct, samples} | {available: false, reason}}
+            "utilization": {available: true, mean_pct, max_pct, samples} | {available: false, reason},
+            "roofline": null | {gflop_per_sample, achieved_gflops (= FLOPs / p50 per sample), peak_precision
+                                (fp32 | bf16 | int8 | fp16), peak_gflops, share_of_peak (achieved / peak)}}
          ]}
       ]
     }
@@ -56,13 +62,14 @@ from graft_edge.formats import runtime_of
 from graft_edge.metrics import RerankConfig
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, synthetic_batch, time_embedder, warm_up
+from graft_edge.profile.peaks import PEAK_PRECISIONS, embedder_flops, machine_peaks, roofline
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.profile.telemetry import GpuMonitor, MemorySampler, not_available, rss_mb
 from graft_edge.runtime import load_embedder
 
 SCHEMA = "graft-edge/bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,15 @@ class BenchSettings:
     eval_batch_size: int = 64
     rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
     modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all
+    dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
+    peaks: bool = False  # measure this machine's GEMM peaks when none are cached (graft_edge.profile.peaks)
 
     def to_dict(self) -> dict[str, Any]:
         """The `settings` record."""
         return {"batches": list(self.batches), "warmup": self.warmup, "iters": self.iters,
                 "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data,
-                "rerank": self.rerank, "modalities": list(self.modalities) if self.modalities else None}
+                "rerank": self.rerank, "modalities": list(self.modalities) if self.modalities else None,
+                "dtype": self.dtype, "peaks": self.peaks}
 
 
 def check_data_modalities(info_modalities: Sequence[str], data_root: str | Path) -> None:
@@ -150,7 +160,7 @@ def bench_run(embedder: Any, batch: int, settings: BenchSettings, rss_before_loa
 def _error_run(batch: int, message: str) -> dict[str, Any]:
     na = not_available("run failed")
     return {"batch": batch, "status": f"error: {message}", "error": message, "latency": None,
-            "memory": {"cpu": na, "gpu": na}, "power": na, "utilization": na}
+            "memory": {"cpu": na, "gpu": na}, "power": na, "utilization": na, "roofline": None}
 
 
 def _preimport_backend(path: Path) -> None:
@@ -162,13 +172,14 @@ def _preimport_backend(path: Path) -> None:
 
 
 def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | None = None,
-                progress: ProgressHook = no_progress) -> dict[str, Any]:
+                progress: ProgressHook = no_progress, peaks: dict[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark one model file; never raises for a bad model (the status says what went wrong)."""
     path = Path(path)
     res: dict[str, Any] = {
         "model": str(path), "status": "ok", "error": None, "format": None, "precision": None,
         "params_embedding": None, "params_nonzero": None, "size_bytes": None, "files": [],
-        "modalities": [], "img_size": [], "device": settings.device, "load_s": None, "accuracy": None, "runs": [],
+        "modalities": [], "img_size": [], "device": settings.device, "load_s": None, "flops_per_sample": None,
+        "accuracy": None, "runs": [],
     }
     _preimport_backend(path)  # library imports are not the model's memory
     gc.collect()
@@ -181,12 +192,13 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
             res["size_bytes"] = artefact_size(path)
         t0 = time.perf_counter()
         embedder = load_embedder(path, device=settings.device, threads=settings.threads,
-                                 modalities=settings.modalities)
+                                 modalities=settings.modalities, dtype=settings.dtype)
         res["load_s"] = time.perf_counter() - t0
         info = embedder.info
         res.update(format=info.format, precision=info.extra.get("precision", "fp32" if info.format == "torch" else None),
                    params_embedding=info.params_embedding, params_nonzero=info.params_nonzero,
-                   modalities=list(info.modalities), img_size=list(info.img_size))
+                   modalities=list(info.modalities), img_size=list(info.img_size),
+                   flops_per_sample=embedder_flops(embedder))
         if settings.data:
             check_data_modalities(info.modalities, settings.data)
             advance = progress(f"{path.name} mAP", None)
@@ -200,7 +212,10 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
     failed = []
     for batch in settings.batches:
         try:
-            res["runs"].append(bench_run(embedder, batch, settings, rss0, gpu, gpu0, progress, path.name))
+            run = bench_run(embedder, batch, settings, rss0, gpu, gpu0, progress, path.name)
+            run["roofline"] = roofline(res["flops_per_sample"], run["latency"]["per_sample_ms"], res["precision"],
+                                       peaks)
+            res["runs"].append(run)
         except Exception as exc:
             msg = one_line(exc)
             res["runs"].append(_error_run(batch, msg))
@@ -221,14 +236,15 @@ def bench_models(paths: Sequence[str | Path], settings: BenchSettings,
     if settings.data and not Path(settings.data).is_dir():
         raise GraftError(f"--data {settings.data} does not exist or is not a folder")
     gpu = GpuMonitor(settings.device) if settings.device.startswith("cuda") else None
+    peaks = None if settings.device.startswith("cuda") else machine_peaks(settings.threads, measure=settings.peaks)
     try:
-        results = [bench_model(p, settings, gpu, progress) for p in paths]
+        results = [bench_model(p, settings, gpu, progress, peaks) for p in paths]
     finally:
         if gpu is not None:
             gpu.close()
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "settings": settings.to_dict(), "results": results}
+            "machine": {**machine_info(), "gemm_peaks": peaks}, "settings": settings.to_dict(), "results": results}
 
 
 def any_failed(report: dict[str, Any]) -> bool:
@@ -264,8 +280,16 @@ def _check_optional_record(rec: Any, where: str, fields: dict[str, Any]) -> None
         _check(rec, key, types, where)
 
 
+def _check_roofline(rec: dict[str, Any], where: str) -> None:
+    for key in ("gflop_per_sample", "achieved_gflops", "peak_gflops", "share_of_peak"):
+        v = _check(rec, key, _OPT_NUM, where)
+        if v is not None and not v > 0:
+            raise GraftError(f"bench JSON: {where}.{key} must be positive")
+    _check(rec, "peak_precision", _OPT_STR, where)
+
+
 def validate_bench_result(doc: Any) -> None:
-    """Raise GraftError naming the first field that breaks schema graft-edge/bench v1."""
+    """Raise GraftError naming the first field that breaks schema graft-edge/bench v2."""
     if not isinstance(doc, dict):
         raise GraftError("bench JSON: the document must be an object")
     if doc.get("schema") != SCHEMA or doc.get("schema_version") != SCHEMA_VERSION:
@@ -276,12 +300,15 @@ def validate_bench_result(doc: Any) -> None:
         _check(machine, key, types, "$.machine")
     for key in ("python", "torch", "onnxruntime", "tensorrt", "graft_edge"):
         _check(machine["software"], key, _OPT_STR, "$.machine.software")
+    peaks = _check(machine, "gemm_peaks", (dict, type(None)), "$.machine")
+    for key in PEAK_PRECISIONS if peaks else ():
+        _check(_check(peaks, key, dict, "$.machine.gemm_peaks"), "gflops", _OPT_NUM, f"$.machine.gemm_peaks.{key}")
     st = _check(doc, "settings", dict, "$")
     batches = _check(st, "batches", list, "$.settings")
     if not batches or not all(isinstance(b, int) and b > 0 for b in batches):
         raise GraftError("bench JSON: $.settings.batches must be positive integers")
     for key, types in (("warmup", int), ("iters", _OPT_INT), ("seconds", _OPT_NUM), ("threads", _OPT_INT),
-                       ("device", str), ("data", _OPT_STR)):
+                       ("device", str), ("data", _OPT_STR), ("dtype", str), ("peaks", bool)):
         _check(st, key, types, "$.settings")
     for i, r in enumerate(_check(doc, "results", list, "$")):
         w = f"$.results[{i}]"
@@ -292,7 +319,8 @@ def validate_bench_result(doc: Any) -> None:
         for key, types in (("error", _OPT_STR), ("format", _OPT_STR), ("precision", _OPT_STR),
                            ("params_embedding", _OPT_INT), ("params_nonzero", _OPT_INT), ("size_bytes", _OPT_INT),
                            ("files", list), ("modalities", list), ("img_size", list), ("device", str),
-                           ("load_s", _OPT_NUM), ("accuracy", (dict, type(None))), ("runs", list)):
+                           ("load_s", _OPT_NUM), ("flops_per_sample", _OPT_INT), ("accuracy", (dict, type(None))),
+                           ("runs", list)):
             _check(r, key, types, w)
         if r["accuracy"] is not None:
             for key in ("mAP", "R1", "R5", "R10"):
@@ -316,6 +344,7 @@ def validate_bench_result(doc: Any) -> None:
                     _check(lat, key, _NUM, f"{wr}.latency")
                 if not lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]:
                     raise GraftError(f"bench JSON: {wr}.latency percentiles are not ordered")
+                _check_roofline(_check(run, "roofline", dict, wr), f"{wr}.roofline")
             elif not rs.startswith("error: "):
                 raise GraftError(f"bench JSON: {wr}.status must be 'ok' or 'error: ...'")
             mem = _check(run, "memory", dict, wr)

@@ -7,36 +7,16 @@ CPU's dense-GEMM capability a runtime extracts.  Counting uses torch.utils.flop_
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from graft_edge.errors import GraftError
-from graft_edge.inputs import random_images
+from graft_edge.model.flops import count_flops, model_flops_per_sample
+
+__all__ = ["count_flops", "model_flops_per_sample", "matmul_gflops", "share_of_peak"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def count_flops(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> int:
-    """FLOPs (2 per multiply-add) of `model.embed(inputs)` (or `model(inputs)`) in inference mode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    fn = getattr(model, "embed", model)
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel is invisible to the counter
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            fn(dict(inputs))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return int(counter.get_total_flops())
-
-
-def model_flops_per_sample(model: torch.nn.Module, batch: int = 2) -> int:
-    """FLOPs per sample of a GraFT model on random inputs of its configured size (all modalities)."""
-    cfg = model.cfg
-    x = {m: torch.from_numpy(a) for m, a in random_images(cfg.modalities, cfg.img_size, batch).items()}
-    return count_flops(model, x) // batch
 
 
 def matmul_gflops(dtype: str = "fp32", n: int = 2048, seconds: float = 2.0, threads: int | None = None) -> dict[str, Any]:

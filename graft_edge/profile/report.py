@@ -25,7 +25,8 @@ from graft_edge.formats import markers
 from graft_edge.units import format_count
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
-               "R10", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto",
+               "R10", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup",
+               "speedup_min", "pareto", "precision", "achieved_gflops", "peak_precision", "peak_gflops", "share_of_peak",
                "artefact")
 
 
@@ -33,7 +34,10 @@ ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": 
              "p90_ms": "ms per sample (p90 of the call / batch)", "p99_ms": "ms per sample (p99 of the call / batch)",
              "mAP": "fraction", "R1": "fraction", "mAP_rerank": "fraction (k-reciprocal re-ranked, --rerank)",
              "R1_rerank": "fraction (k-reciprocal re-ranked, --rerank)", "R5": "fraction", "R10": "fraction", "size_bytes": "bytes",
-             "params": "parameters of the embedding model"}
+             "params": "parameters of the embedding model",
+             "achieved_gflops": "GFLOP/s (model FLOPs per sample / latency_ms)",
+             "peak_gflops": "GFLOP/s of the square-GEMM peak of peak_precision on this machine",
+             "share_of_peak": "fraction (achieved_gflops / peak_gflops)"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -98,8 +102,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
         lines += [f"### {title}", ""]
     batch = next((r.get("batch") for r in rows if r.get("batch")), None)
     lat_head = f"ms/sample (batch {batch})" if batch else "ms/sample"
-    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | {lat_head} | Speed-up | Pareto |")
-    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | {lat_head} | Speed-up | GFLOP/s "
+                 "| % of peak | Pareto |")
+    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for r in rows:
         status = r.get("status", "ok")
         fmt = r["format"] if status == "ok" else f"{r['format']} ({status})"
@@ -108,7 +113,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
             f"{_num(r['size_bytes'] / 1e6 if r.get('size_bytes') is not None else None, '.2f')} | "
             f"{_pct(r.get('mAP'))} | {_pct(r.get('R1'))} | {_pct(r.get('R5'))} | {_pct(r.get('R10'))} | "
             f"{_num(r.get('latency_ms'), '.3f')} | {_num(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else '-'} | "
-            f"{'*' if r.get('pareto') else ''} |"
+            f"{_num(r.get('achieved_gflops'), '.1f')} | "
+            f"{_num(100 * r['share_of_peak'] if r.get('share_of_peak') else None, '.0f')}"
+            f"{' ' + r['peak_precision'] if r.get('share_of_peak') else ''} | {'*' if r.get('pareto') else ''} |"
         )
     if note:
         lines += ["", note]

@@ -10,10 +10,10 @@ from graft_edge.formats import runtime_of
 from graft_edge.runtime.presence import SubsetEmbedder
 
 
-def _torch(path: Path, device: str, threads: int | None) -> Embedder:
+def _torch(path: Path, device: str, threads: int | None, dtype: str = "fp32") -> Embedder:
     from graft_edge.runtime.torch_backend import TorchEmbedder
 
-    return TorchEmbedder(path, device=device, threads=threads)
+    return TorchEmbedder(path, device=device, threads=threads, dtype=dtype)
 
 
 def _onnx(path: Path, device: str, threads: int | None) -> Embedder:
@@ -39,16 +39,23 @@ RUNTIMES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt, "openvino": _
 
 
 def load_embedder(path: str | Path, device: str = "cpu", threads: int | None = None,
-                  modalities: str | Sequence[str] | None = None) -> Embedder:
+                  modalities: str | Sequence[str] | None = None, dtype: str = "fp32") -> Embedder:
     """Open a checkpoint, ONNX file, TensorRT engine or OpenVINO IR as an Embedder (restricted to `modalities` when
-    given)."""
+    given).
+
+    `dtype` (fp32 | bf16) is the precision a PyTorch checkpoint runs at; an exported artefact runs at the
+    precision it was exported in (its metadata says which), whatever `dtype` says.
+    """
     path = Path(path)
     runtime = runtime_of(path)
     if not path.is_file():
         raise GraftError(f"model {path} does not exist")
     if threads is not None and threads < 1:
         raise GraftError(f"--threads {threads}: expected a positive integer")
-    embedder = RUNTIMES[runtime](path, device, threads)
+    if runtime == "torch":
+        embedder = RUNTIMES[runtime](path, device, threads, dtype)
+    else:
+        embedder = RUNTIMES[runtime](path, device, threads)
     if modalities is None:
         return embedder
     return SubsetEmbedder(embedder, modalities.split(",") if isinstance(modalities, str) else modalities)

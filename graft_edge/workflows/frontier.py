@@ -44,9 +44,11 @@ from graft_edge.formats import (
 )
 from graft_edge.metrics import RerankConfig
 from graft_edge.model import embedding_params
+from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch
+from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
@@ -98,6 +100,8 @@ class FrontierSettings:
     rounds: int = 5
     threads: int | None = None
     device: str = "cpu"
+    dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
+    peaks: bool = False  # measure the GEMM peaks when none are cached (graft_edge.profile.peaks)
     eval_batch_size: int = 128
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
@@ -119,7 +123,10 @@ class FrontierSettings:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
             raise GraftError(f"--threads {self.threads}: expected a positive integer")
-        return replace(self, formats=fmts, targets=targets, method=normalize_method(self.method))
+        dtype = self.dtype.strip().lower()
+        if dtype not in DTYPES:
+            raise GraftError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        return replace(self, formats=fmts, targets=targets, method=normalize_method(self.method), dtype=dtype)
 
     def identity(self) -> dict[str, Any]:
         """The settings a finished variant depends on (a rerun must match them)."""
@@ -312,23 +319,27 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[s
 
 def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     s = job.settings
-    emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities)
+    emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities, dtype=s.dtype)
     advance = job.progress(f"{label}: mAP", None)
     started = time.perf_counter()
     acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
                             rerank_cfg=RerankConfig() if s.rerank else None)
     acc["seconds"] = time.perf_counter() - started
     acc["modalities"] = list(s.modalities) if s.modalities else None
+    acc["precision"] = emb.info.extra.get("precision", "fp32")
     return acc
 
 
 def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
-                modalities: tuple[str, ...] | None = None) -> bool:
+                modalities: tuple[str, ...] | None = None, precision: str = "") -> bool:
     """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
-    one without re-ranked numbers when --rerank asks for them, one of another --modalities subset)."""
+    one without re-ranked numbers when --rerank asks for them, one of another --modalities subset, a
+    checkpoint evaluated at another --dtype)."""
     if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
         return True
     if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
+        return True
+    if precision and rec.accuracy.get("precision", "fp32") != precision:
         return True
     return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
 
@@ -338,7 +349,8 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
-            if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities)]
+            if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
+                           job.settings.dtype if f == "torch" else "")]
     stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(stale)}")
@@ -393,11 +405,11 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
     hashes = {k: ok[k].sha256 or "" for k in keys}
     lat = state.latency
     if not keys or (lat is not None and lat.keys == keys and lat.hashes == hashes and lat.batch == s.batch
-                    and lat.device == s.device and lat.threads == s.threads
+                    and lat.device == s.device and lat.threads == s.threads and lat.dtype == s.dtype
                     and lat.modalities == (list(s.modalities) if s.modalities else None)):
         return False
     embedders = {k: load_embedder(resolve(job.out, ok[k].path), device=s.device, threads=s.threads,
-                                  modalities=s.modalities) for k in keys}
+                                  modalities=s.modalities, dtype=s.dtype) for k in keys}
     inputs = {k: synthetic_batch(e.info, s.batch) for k, e in embedders.items()}
     per_round = max(1, -(-s.iters // s.rounds))
     job.log(f"timing {len(keys)} artefacts side by side: batch {s.batch}, {s.rounds} rounds x {per_round} calls each")
@@ -405,10 +417,14 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
     load_before = _loadavg()
     times = interleaved_latency(embedders, inputs, rounds=s.rounds, iters_per_round=per_round, warmup=s.warmup,
                                 on_iter=advance)
+    flops = {k: embedder_flops(e) for k, e in embedders.items()}
+    precision = {k: str(e.info.extra.get("precision") or "fp32") for k, e in embedders.items()}
+    peaks = None if s.device.startswith("cuda") else machine_peaks(s.threads, measure=s.peaks)
     state.latency = LatencyRecord(keys=keys, hashes=hashes, batch=s.batch, device=s.device, threads=s.threads,
-                                  modalities=list(s.modalities) if s.modalities else None,
+                                  dtype=s.dtype, modalities=list(s.modalities) if s.modalities else None,
                                   measured=now(), machine=machine_info(), loadavg=[load_before, _loadavg()],
-                                  results={k: summarize(t, s.batch).to_dict() for k, t in times.items()})
+                                  results={k: summarize(t, s.batch).to_dict() for k, t in times.items()},
+                                  flops=flops, precision=precision, peaks=peaks)
     return True
 
 

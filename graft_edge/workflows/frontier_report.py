@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from graft_edge.profile import report
+from graft_edge.profile.peaks import roofline
 from graft_edge.workflows.frontier_state import FrontierState, LatencyRecord
 
 
@@ -24,6 +25,14 @@ def _per_sample(stats: dict[str, Any] | None, key: str) -> float | None:
     return stats[key] / stats["batch"] if stats else None
 
 
+def _roofline(lat: LatencyRecord, key: str, row: dict[str, Any]) -> dict[str, Any]:
+    """achieved_gflops, peak_precision, peak_gflops, share_of_peak of one timed artefact (None where unknown)."""
+    rec = roofline(lat.flops.get(key), row["latency_ms"], lat.precision.get(key) or row.get("precision"), lat.peaks)
+    return {"precision": lat.precision.get(key) or row.get("precision"), "achieved_gflops": rec["achieved_gflops"],
+            "peak_precision": rec["peak_precision"], "peak_gflops": rec["peak_gflops"],
+            "share_of_peak": rec["share_of_peak"]}
+
+
 def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """One row per (variant, format) in variant order, with speed-up vs the dense PyTorch model; and a note."""
     lat = state.latency.results if state.latency else {}
@@ -41,7 +50,7 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) ->
             stats = lat.get(f"{vname}/{fmt}")
             rows.append({
                 "variant": v.label, "target": v.target, "params": v.params, "params_nonzero": v.params_nonzero,
-                "format": fmt, "artefact": rec.path or None, "size_bytes": rec.size_bytes, "status": rec.status,
+                "format": fmt, "precision": acc.get("precision"), "artefact": rec.path or None, "size_bytes": rec.size_bytes, "status": rec.status,
                 "mAP": acc.get("mAP"), "R1": acc.get("R1"), "R5": acc.get("R5"), "R10": acc.get("R10"),
                 "mAP_rerank": (acc.get("rerank") or {}).get("mAP"), "R1_rerank": (acc.get("rerank") or {}).get("R1"),
                 "batch": batch if stats else None, "latency_ms": _per_sample(stats, "p50_ms"),
@@ -49,6 +58,8 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) ->
                 "p99_ms": _per_sample(stats, "p99_ms"), "speedup": None, "speedup_min": None,
                 "key": f"{vname}/{fmt}",
             })
+            if state.latency is not None:
+                rows[-1].update(_roofline(state.latency, f"{vname}/{fmt}", rows[-1]))
     ref = lat.get("dense/torch")
     note = ""
     if ref:
@@ -74,7 +85,7 @@ def write_reports(state: FrontierState, out: Path,
     machine = lat.machine if lat else {}
     sw = machine.get("software", {})
     mline = (f"Measured on {machine.get('cpu', '?')} ({machine.get('cores_usable', '?')} cores), "
-             f"device {lat.device}, threads {lat.threads or 'default'}; "
+             f"device {lat.device}, threads {lat.threads or 'default'}, PyTorch at {getattr(lat, 'dtype', 'fp32')}; "
              f"torch {sw.get('torch')}, onnxruntime {sw.get('onnxruntime')}." if machine else "")
     lat_meta = {k: v for k, v in vars(lat).items() if k not in ("results", "hashes")} if lat else {}
     files = {

@@ -118,10 +118,14 @@ class LatencyRecord:
     device: str = "cpu"
     threads: int | None = None
     modalities: list[str] | None = None  # the subset timed (--modalities); None: every trained modality
+    dtype: str = "fp32"  # what the PyTorch checkpoints ran at
     measured: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     loadavg: list[float | None] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flops: dict[str, int | None] = field(default_factory=dict)  # key -> FLOPs per sample (the roofline)
+    precision: dict[str, str] = field(default_factory=dict)  # key -> the precision it ran at
+    peaks: dict[str, Any] | None = None  # the machine's GEMM peaks (graft_edge.profile.peaks), None: not measured
 
 
 @dataclass
