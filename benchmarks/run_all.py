@@ -88,11 +88,12 @@ def _matmul_cmd(out: Path, quick: bool, threads: int | None) -> list[str]:
 
 
 def _matmul_ratios(doc: dict) -> list[str]:
-    p = doc.get("peak", {})
-    lines = [f"GEMM fp32 {p['fp32']['gflops_best']:.1f} GFLOP/s, bf16 {p['bf16']['gflops_best']:.1f} GFLOP/s "
-             f"({p['bf16']['gflops_best'] / p['fp32']['gflops_best']:.2f}x)"] if "fp32" in p and "bf16" in p else []
-    lines += [f"{r['model']} b{r['batch']} {r['format']}: {r['ms_per_sample_p50']:.3f} ms/sample = "
-              f"{r['pct_fp32_peak']:.1f}% of fp32 peak, {r['speedup_vs_eager']:.2f}x vs eager" for r in doc.get("rows", [])]
+    lines = [f"{t} thread(s): GEMM peaks " + ", ".join(f"{k} {p[k]['gflops']}" for k in ("fp32", "bf16", "int8"))
+             for t, p in doc.get("peaks", {}).items()]
+    lines += [f"{r['model']} {r['threads']}thr {r['format']}: {r['ms_per_sample_p50']:.3f} ms/sample, "
+              f"{r['speedup_vs_eager']:.2f}x vs eager, "
+              + (f"{100 * r['share_of_peak']:.0f}% of the {r['peak_precision']} peak" if r.get("share_of_peak") else "")
+              for r in doc.get("rows", [])]
     return lines
 
 

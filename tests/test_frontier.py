@@ -73,6 +73,12 @@ def test_frontier_runs_resumes_and_verifies_what_it_reuses(tiny_checkpoint, data
         assert r["batch"] == stats["batch"] == 2
         for field, key in (("latency_ms", "p50_ms"), ("min_ms", "min_ms"), ("p90_ms", "p90_ms"), ("p99_ms", "p99_ms")):
             assert r[field] == pytest.approx(stats[key] / 2)
+    flops = state.latency.flops
+    assert flops["dense/torch"] == flops["dense/onnx"] == flops["dense/int8"] > flops[f"{state.order[-1]}/torch"] > 0
+    for r in doc["rows"]:  # the roofline: FLOPs counted once per model / per-sample latency, precision of the file
+        assert r["precision"] == {"torch": "fp32", "onnx": "fp32", "int8": "int8-dynamic"}[r["format"]]
+        assert r["achieved_gflops"] == pytest.approx(flops[r["key"]] / (r["latency_ms"] / 1e3) / 1e9)
+        assert r["peak_precision"] == ("int8" if r["format"] == "int8" else "fp32")
     with open(res.files["csv"]) as f:
         assert len(list(csv.DictReader(f))) == 9
     assert "ms/sample (batch 2)" in res.files["md"].read_text()

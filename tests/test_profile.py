@@ -354,7 +354,8 @@ def test_bench_batch_outside_profile_is_a_run_error(monkeypatch):
     from graft_edge.profile import bench
 
     fake = FakeEmbedder(fail_batch=8)
-    monkeypatch.setattr(bench, "load_embedder", lambda path, device="cpu", threads=None, modalities=None: fake)
+    monkeypatch.setattr(bench, "load_embedder",
+                        lambda path, device="cpu", threads=None, modalities=None, dtype="fp32": fake)
     monkeypatch.setattr(bench, "_preimport_backend", lambda p: None)
     res = bench.bench_model(Path("engine.plan"), bench.BenchSettings(batches=(1, 8, 2), warmup=0, iters=2))
     assert [r["status"] for r in res["runs"]][0::2] == ["ok", "ok"]
