@@ -42,6 +42,9 @@ def short_status(status: str, width: int = 24) -> str:
 def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     """Ultralytics-style table: one row per model and batch size (one row for a model that failed to load).
 
+    "GFLOP/s" is the model's FLOPs per sample over its p50 per-sample latency; "%peak" its share of this CPU's
+    GEMM peak of the same precision (fp32 / bf16 / int8; shown once peaks are cached, see `--peaks`).
+
     "+RSS MB" is the peak resident memory during the run minus the process's before the model was loaded
     (model + runtime + activations). Below 100 columns of `width` the per-batch ms and RSS columns are
     left out (they are in the JSON).
@@ -50,6 +53,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
 
     with_map = report["settings"].get("data") is not None
     power = any(run.get("power", {}).get("available") for r in report["results"] for run in r["runs"])
+    roof = any((run.get("roofline") or {}).get("achieved_gflops") for r in report["results"] for run in r["runs"])
     from rich import box
 
     t = Table(title="graft-edge bench", caption=machine_line(report["machine"]), box=box.SIMPLE_HEAD, pad_edge=False)
@@ -58,7 +62,8 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     t.add_column("Format", overflow="fold", min_width=5)
     t.add_column("Status", overflow="fold", min_width=10)
     for col in ("MB", "Params") + (("mAP",) if with_map else ()) + ("Batch",) + (("ms",) if wide else ()) + (
-            "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("W", "J/img") if power else ()):
+            "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("GFLOP/s", "%peak") if roof else ()) + (
+            ("W", "J/img") if power else ()):
         t.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
         fmt = r["format"] or "-"
@@ -71,7 +76,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
         if r["format"] is None or r["load_s"] is None or (with_map and acc is None):  # failed before timing
             t.add_row(*head, short_status(r["status"]), size, params, *(["-"] if with_map else []),
                       ",".join(str(run["batch"]) for run in r["runs"]), *["-"] * (4 if wide else 2),
-                      *(["-", "-"] if power else []))
+                      *(["-", "-"] if roof else []), *(["-", "-"] if power else []))
             continue
         for i, run in enumerate(r["runs"]):
             lat = run.get("latency") or {}
@@ -84,6 +89,11 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
             row += [str(run["batch"])] + ([_fmt(lat.get("p50_ms"))] if wide else []) + [
                 _fmt(lat.get("per_sample_ms"), ".3f"), _fmt(lat.get("throughput"), ".1f")] + (
                 [_fmt(cpu.get("rss_increase_mb") if cpu.get("available") else None, ".0f")] if wide else [])
+            if roof:
+                rl = run.get("roofline") or {}
+                share = rl.get("share_of_peak")
+                row += [_fmt(rl.get("achieved_gflops"), ".1f"),
+                        f"{100 * share:.0f} {rl['peak_precision']}" if share else "-"]
             if power:
                 pw = run.get("power", {})
                 row += [_fmt(pw.get("mean_w") if pw.get("available") else None, ".1f"),
