@@ -58,7 +58,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            marker="p", help="OpenVINO IR run in bf16 (CPUs with AVX512-BF16 or AMX)"),
     Format("openvino-int8", "openvino-int8", ".openvino-int8.xml", "int8-static", "openvino", "onnx",
            needs_calibration=True, marker="d",
-           help="OpenVINO IR quantised to INT8 by NNCF (transformer preset), calibrated on real images"),
+           help="OpenVINO IR quantised to INT8 by NNCF (transformer settings, symmetric), calibrated on real images"),
 )}
 ALIASES = {"trt": "trt-fp16"}  # shorthand accepted wherever format names are
 DEFAULT_FRONTIER_FORMATS = ("torch", "onnx", "int8")

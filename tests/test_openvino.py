@@ -124,3 +124,22 @@ def test_cli_export_openvino(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint_factory(MODS)), "--out", str(tmp_path / "x"),
                                    "--openvino", "int8"])
     assert res.exit_code == 2 and "--openvino int8 needs --calib-data" in res.output
+
+
+def test_frontier_takes_the_ir_like_any_format(tiny_checkpoint, tmp_path):
+    from graft_edge.data.synthetic import write_synthetic
+    from graft_edge.workflows import frontier as F
+
+    data = tmp_path / "syn"
+    write_synthetic(data, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    settings = F.FrontierSettings(targets=("60%",), formats=("torch", "openvino"), finetune_epochs=0, batch=2,
+                                  iters=2, rounds=1, warmup=0, eval_batch_size=64, calib_samples=16)
+    res = F.run_frontier(tiny_checkpoint, data, tmp_path / "fr", settings)
+    rows = {(r["variant"], r["format"]): r for r in res.rows}
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows.values())
+    for variant in ("dense", "60%"):
+        ir = rows[(variant, "openvino")]
+        assert ir["artefact"].endswith(".openvino.xml") and ir["precision"] == "fp32" and ir["achieved_gflops"] > 0
+        assert ir["mAP"] == pytest.approx(rows[(variant, "torch")]["mAP"], abs=1e-6)
+    res2 = F.run_frontier(tiny_checkpoint, data, tmp_path / "fr", settings)  # .xml + .bin fingerprints hold
+    assert res2.done == []
