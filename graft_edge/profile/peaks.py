@@ -159,7 +159,8 @@ def roofline(flops_per_sample: float | None, ms_per_sample: float | None, precis
 
 def embedder_flops(embedder: Any) -> int | None:
     """FLOPs per sample of what an Embedder runs: counted on a live model, else from the artefact's metadata."""
-    model = getattr(embedder, "model", None)
+    inner = getattr(embedder, "inner", embedder)  # a SubsetEmbedder (--modalities) wraps the runtime's embedder
+    model = getattr(inner, "model", None)
     if model is not None and hasattr(model, "cfg"):
         return model_flops_per_sample(model)
     value = embedder.info.extra.get("flops_per_sample")
