@@ -39,10 +39,15 @@ def onnx_to_ir(src: Path, dst: Path, compress_to_fp16: bool) -> None:
         raise GraftError(f"OpenVINO cannot convert {src.name}: {one_line(exc)}") from None
 
 
-def calibration_items(calib: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """{modality: (N, 3, H, W)} -> N single-image feeds {modality: (1, 3, H, W)} (what nncf.Dataset iterates)."""
+def calibration_items(calib: Mapping[str, np.ndarray], presence_input: str | None = None) -> list[dict[str, np.ndarray]]:
+    """{modality: (N, 3, H, W)} -> N single-image feeds {modality: (1, 3, H, W)} (what nncf.Dataset iterates),
+    with an all-present (1, M) mask for a graph that has a presence-mask input."""
     n = len(next(iter(calib.values())))
-    return [{m: np.ascontiguousarray(x[i:i + 1], dtype=np.float32) for m, x in calib.items()} for i in range(n)]
+    items = [{m: np.ascontiguousarray(x[i:i + 1], dtype=np.float32) for m, x in calib.items()} for i in range(n)]
+    if presence_input:
+        for item in items:
+            item[presence_input] = np.ones((1, len(calib)), dtype=np.float32)
+    return items
 
 
 def quantize_int8(src: Path, dst: Path, calib: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -52,10 +57,11 @@ def quantize_int8(src: Path, dst: Path, calib: Mapping[str, np.ndarray]) -> dict
         import nncf
     except ImportError:
         raise GraftError("--openvino int8 needs the nncf package (pip install nncf)") from None
-    items = calibration_items(calib)
-    subset = min(len(items), NNCF_MAX_SUBSET)
     try:
         model = ov.convert_model(str(src))
+        extra = [i.get_any_name() for i in model.inputs if i.get_any_name() not in calib]
+        items = calibration_items(calib, extra[0] if extra else None)
+        subset = min(len(items), NNCF_MAX_SUBSET)
         quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                                   preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=subset)
         ov.save_model(quantized, str(dst), compress_to_fp16=False)
