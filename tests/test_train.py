@@ -1,6 +1,7 @@
 """Training: lr schedule numbers, center-loss updates, finetune, two-stage runs, DDP (gloo), SIGKILL + resume, CLI errors."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -319,6 +320,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     assert b.extra["stage"] == 3 and b.extra["finished"]
     assert set(b.extra) == set(a.extra) >= {"stage", "epoch", "batch", "step", "sampler", "rng", "best", "world_size"}
     assert len((killed / "metrics.jsonl").read_text().splitlines()) == 4
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / "full", killed)]
+    # the interrupted epoch's logged loss covers all of its steps, not only those after the resume
+    assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]], abs=1e-5)
     for key, value in a.state_dict.items():  # same RNG streams and batches: the same weights
         assert torch.allclose(value.float(), b.state_dict[key].float(), atol=1e-5), key
 

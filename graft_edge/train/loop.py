@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -53,6 +53,7 @@ class StageRun:
     amp: bool = False
     after_step: AfterStep | None = None
     stage_step: int = 0  # optimizer steps done in this stage
+    epoch_stats: EpochStats | None = None  # the running sums of the current epoch (kept across a mid-epoch resume)
 
 
 @dataclass
@@ -166,8 +167,10 @@ def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.
 
 def run_epoch(run: StageRun, loader: Iterable, start_batch: int = 0, on_step: OnStep | None = None) -> EpochStats:
     """Train over the loader (already positioned by the sampler) until it ends or the stage's steps are spent."""
-    stats = EpochStats()
-    start = time.perf_counter()
+    resumed = start_batch > 0 and run.epoch_stats is not None
+    stats = run.epoch_stats if resumed else EpochStats()
+    run.epoch_stats = stats
+    start = time.perf_counter() - stats.seconds
     batch = start_batch
     for images, labels, _ in loader:
         if run.stage_step >= run.total_steps:
@@ -195,6 +198,8 @@ def stage_state(run: StageRun) -> dict[str, Any]:
                              "stage_step": run.stage_step}
     if run.center_optimizer is not None:
         state["center_optimizer"] = run.center_optimizer.state_dict()
+    if run.epoch_stats is not None:
+        state["epoch_stats"] = asdict(run.epoch_stats)
     return state
 
 
@@ -206,3 +211,5 @@ def load_stage_state(run: StageRun, state: Mapping[str, Any]) -> None:
         run.center_optimizer.load_state_dict(state["center_optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.stage_step = int(state["stage_step"])
+    if "epoch_stats" in state:
+        run.epoch_stats = EpochStats(**state["epoch_stats"])
