@@ -71,6 +71,7 @@ def frontier_cmd(
     dtype: str = typer.Option(D.dtype, "--dtype", help="Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
+    distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the model before the cut (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
 ) -> None:
@@ -81,7 +82,7 @@ def frontier_cmd(
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
-                               eval_batch_size=eval_batch_size, rerank=rerank,
+                               eval_batch_size=eval_batch_size, rerank=rerank, distill=distill,
                                modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     err = err_console()
     with rich_progress(err) as hook:

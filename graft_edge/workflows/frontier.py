@@ -106,6 +106,7 @@ class FrontierSettings:
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
+    distill: bool | None = None  # distil from the model before each cut; None: on for structured with finetuning
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -119,6 +120,8 @@ class FrontierSettings:
                 raise GraftError(f"{name} {v}: expected a positive integer")
         if self.warmup < 0:
             raise GraftError(f"--warmup {self.warmup}: expected 0 or more")
+        if self.distill and self.finetune_epochs == 0:
+            raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
         if self.steps is not None and self.steps < 1:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
@@ -131,7 +134,13 @@ class FrontierSettings:
     def identity(self) -> dict[str, Any]:
         """The settings a finished variant depends on (a rerun must match them)."""
         return {"method": self.method, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
-                "round_to": self.round_to}
+                "round_to": self.round_to, "distill": self.prune_request(None).distilling}
+
+    def prune_request(self, data_root: Path | None, target: int | None = None) -> PruneRequest:
+        """The prune run of one variant (finetuning only with a dataset)."""
+        return PruneRequest(target=target, method=self.method, steps=self.steps, round_to=self.round_to,
+                            data=data_root if self.finetune_epochs > 0 else None, finetune_epochs=self.finetune_epochs,
+                            evaluate=False, distill=self.distill)
 
 
 @dataclass
@@ -244,10 +253,7 @@ def _order_key(name: str) -> tuple[int, int]:
 
 def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str) -> PruneResult:
     """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
-    s = job.settings
-    req = PruneRequest(target=int(target), method=s.method, steps=s.steps, round_to=s.round_to,
-                       data=job.data_root if s.finetune_epochs > 0 else None, finetune_epochs=s.finetune_epochs,
-                       evaluate=False)
+    req = job.settings.prune_request(job.data_root, int(target))
     advance = job.progress(f"{label}: prune + finetune", None)
     return run_prune(prev_ckpt, dest, req, resume=True, progress=lambda done, total: advance(1), log=job.log)
 
