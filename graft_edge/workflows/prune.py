@@ -31,7 +31,7 @@ from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
 
 # identity of a run: a partial checkpoint is only resumed when these match
-RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill")
+RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill", "seed_offset")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -56,6 +56,7 @@ class PruneRequest:
     evaluate: bool = True  # mAP after every step on --data (recorded in the history); False: finetune only
     distill: bool | None = None  # teacher terms in the finetuning loss; None: on for structured (with finetuning)
     distill_config: DistillConfig = DistillConfig()
+    seed_offset: int = 0  # finetuning seeds from cfg.train.seed + this (repeats of one frontier with other seeds)
 
     @property
     def distilling(self) -> bool:
@@ -129,7 +130,7 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
                  teacher: Teacher | None = None) -> Callable[[nn.Module, Any], Any] | None:
     """Finetune (and evaluate, unless told not to) after every step when --data is given.
 
-    Step N's finetuning is seeded from (cfg.train.seed, N), so a run resumed after step N-1 repeats
+    Step N's finetuning is seeded from (cfg.train.seed + req.seed_offset, N), so a run resumed after step N-1 repeats
     exactly what the uninterrupted run did. With a `teacher` the finetuning distils from it.
     """
     if req.data is None or (req.finetune_epochs == 0 and not req.evaluate):
@@ -140,7 +141,7 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
         step[0] += 1
         if req.finetune_epochs > 0:
             return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step, eval_at_end=req.evaluate,
-                            seed=int(cfg.train.seed) * 10_007 + step[0],
+                            seed=(int(cfg.train.seed) + req.seed_offset) * 10_007 + step[0],
                             teacher=teacher.model if teacher is not None else None, distill=req.distill_config)
         m.eval()
         return evaluate_embedder(ModelEmbedder(m), req.data, batch_size=cfg.data.eval_batch_size)
@@ -177,6 +178,7 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
         "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
         "data": str(req.data) if req.data else None, "start_size": int(counted_size(net, req.method)), "done": 0,
         "distill": req.distill_config.as_record() if req.distilling else None,
+        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
     }
     source = net
     history, done, partial = list(ckpt.history), 0, partial_path(out)
