@@ -87,6 +87,8 @@ class PruneRequest:
         if self.distill and self.finetune_epochs == 0:
             raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
         self.distill_config.validated()
+        if self.seed_offset < 0:
+            raise GraftError(f"seed offset {self.seed_offset}: expected 0 or more")
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise GraftError(f"--device {self.device}: no CUDA GPU is available to PyTorch here")
