@@ -122,3 +122,14 @@ def test_two_seed_frontier_reports_mean_and_std(ckpt4: Path, data: Path, tmp_pat
     one = F.run_frontier(ckpt4, data, out, replace(settings, seeds=1))  # fewer seeds: reported on seed 0 only
     r70 = next(r for r in one.rows if r["variant"] == "70%")
     assert one.done == [] and r70["n_seeds"] == 1 and r70["mAP"] == pytest.approx(maps[0])
+
+
+def test_frontier_cli_seeds_without_finetuning_is_one_line(ckpt4: Path, data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from graft_edge.cli.main import app
+
+    res = CliRunner().invoke(app, ["frontier", str(ckpt4), "--targets", "70%", "--data", str(data), "--out",
+                                   str(tmp_path / "fr"), "--finetune-epochs", "0", "--seeds", "3"])
+    assert res.exit_code == 2 and "--seeds 3 needs --finetune-epochs" in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output and not (tmp_path / "fr").exists()
