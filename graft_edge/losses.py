@@ -88,12 +88,13 @@ class CenterLoss(nn.Module):
 
 
 class LossParts(NamedTuple):
-    """The weighted total and its unweighted parts (for logging)."""
+    """The weighted total and its unweighted parts (for logging); distill: the weighted distillation term, if any."""
 
     total: torch.Tensor
     triplet: torch.Tensor
     center: torch.Tensor
     ce: torch.Tensor
+    distill: torch.Tensor | None = None
 
 
 class GraftLoss(nn.Module):

@@ -36,13 +36,15 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
 
-    def pct(v: Any) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
+    def pct(v: Any, std: Any = None) -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f}" if std is None else f"{100 * v:.1f}±{100 * std:.1f}"
 
     for r in rows:
         fmt = r["format"] if r["status"] == "ok" else f"{r['format']} [red]{escape(r['status'][:40])}[/]"
         vals = {"MB": f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
-                "mAP": pct(r.get("mAP")), "R1": pct(r.get("R1")), "R5": pct(r.get("R5")), "R10": pct(r.get("R10")),
+                "mAP": pct(r.get("mAP"), r.get("mAP_std")), "R1": pct(r.get("R1"), r.get("R1_std")), "R5": pct(r.get("R5")), "R10": pct(r.get("R10")),
                 "ms": f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
                 "Speed-up": f"{r['speedup']:.2f}x" if r.get("speedup") else "-"}
         name = escape(str(r["variant"]))
@@ -71,6 +73,8 @@ def frontier_cmd(
     dtype: str = typer.Option(D.dtype, "--dtype", help="Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
+    seeds: int = typer.Option(D.seeds, "--seeds", help="Repeat every target's prune + finetune + evaluation with this many finetuning seeds; mAP/R1 are reported as mean ± sample std (n in the CSV/JSON), the plot shows error bars. Needs finetuning.", min=1),
+    distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the model before the cut (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
 ) -> None:
@@ -81,7 +85,7 @@ def frontier_cmd(
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
-                               eval_batch_size=eval_batch_size, rerank=rerank,
+                               eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds,
                                modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
     err = err_console()
     with rich_progress(err) as hook:

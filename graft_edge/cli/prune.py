@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
+from graft_edge.distill import DistillConfig
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import arch_summary
 from graft_edge.units import format_count
@@ -34,6 +35,20 @@ def prune_cmd(
     round_to: int = typer.Option(8, "--round-to", help="structured: channel widths are multiples of this."),
     attn_unit: str = typer.Option("heads", "--attn-unit", help="structured: prune whole heads, or head-dims."),
     fraction: float = typer.Option(0.2, "--fraction", help="Share of what remains removed per default step."),
+    distill: Optional[bool] = typer.Option(
+        None, "--distill/--no-distill", help="Finetune with knowledge distillation from the model before each cut "
+        "(embedding + logits terms; the teacher is never saved). Default: on for structured pruning with "
+        "--finetune-epochs, off otherwise."),
+    distill_embed_weight: float = typer.Option(1.0, "--distill-embed-weight", help="Weight of the embedding "
+                                               "distillation term (on L2-normalised embeddings)."),
+    distill_logits_weight: float = typer.Option(1.0, "--distill-logits-weight", help="Weight of the logits term "
+                                                "KL(teacher || student) at temperature T, scaled by T^2."),
+    distill_temperature: float = typer.Option(4.0, "--distill-temperature", help="Softmax temperature T of the "
+                                              "logits term (unitless, > 0)."),
+    distill_embed_loss: str = typer.Option("cosine", "--distill-embed-loss", help="Embedding term: cosine "
+                                           "(1 - cos) or mse (squared distance of the L2-normalised embeddings)."),
+    distill_teacher: str = typer.Option("previous", "--distill-teacher", help="Teacher: previous (the model before "
+                                        "each cut) or source (the input checkpoint, for every step)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (finetuning)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON to this file ('-' "
@@ -45,7 +60,11 @@ def prune_cmd(
     check_output_file(out, "--out")
     check_output_file(json_out, "--json")
     request = PruneRequest(target=target, method=method, steps=steps, round_to=round_to, attn_unit=attn_unit,
-                           fraction=fraction, data=data, finetune_epochs=finetune_epochs, device=device)
+                           fraction=fraction, data=data, finetune_epochs=finetune_epochs, device=device,
+                           distill=distill, distill_config=DistillConfig(
+                               embed_weight=distill_embed_weight, logits_weight=distill_logits_weight,
+                               temperature=distill_temperature, embed_loss=distill_embed_loss,
+                               teacher=distill_teacher))
     err = err_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
@@ -59,6 +78,7 @@ def prune_cmd(
     what = "parameters" if method == "structured" else "nonzero parameters"
     lines = [f"wrote {out}: {method} pruning, {format_count(res.start_size)} -> {format_count(final)} {what} "
              f"({100 * final / res.start_size:.1f}%) in {len(res.schedule)} step(s)"
+             + (" with distillation" if request.distilling else "")
              + (f"; target {format_count(res.target)}" if res.target is not None else "")]
     if method == "structured":
         lines.append(f"  widths: {arch_summary(res.arch)}")

@@ -4,7 +4,8 @@ A frontier row is one (variant, format) artefact::
 
     {"variant": "p70", "target": "70%", "params": int, "params_nonzero": int, "format": "onnx",
      "artefact": str, "size_bytes": int, "status": "ok" | "error: ...",
-     "mAP", "R1", "R5", "R10": fractions or None,
+     "mAP", "R1", "R5", "R10": fractions or None (the mean over seeds when the frontier ran several),
+     "mAP_std", "R1_std", ...: sample std over the seeds (None below two), "n_seeds": how many,
      "batch": the timing batch,
      "latency_ms", "min_ms", "p90_ms", "p99_ms": ms PER SAMPLE (the call's p50 / fastest / p90 / p99 divided by
                                                  the batch) or None,
@@ -24,9 +25,10 @@ from graft_edge.fileio import atomic_write, write_json, write_text
 from graft_edge.formats import markers
 from graft_edge.units import format_count
 
-CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "R1", "R5",
-               "R10", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms", "p90_ms", "p99_ms", "speedup",
-               "speedup_min", "pareto", "precision", "achieved_gflops", "peak_precision", "peak_gflops", "share_of_peak",
+CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "mAP_std",
+               "R1", "R1_std", "n_seeds", "R5", "R10", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms",
+               "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto", "precision", "achieved_gflops", "peak_precision",
+               "peak_gflops", "share_of_peak",
                "artefact")
 
 
@@ -37,7 +39,8 @@ ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": 
              "params": "parameters of the embedding model",
              "achieved_gflops": "GFLOP/s (model FLOPs per sample / latency_ms)",
              "peak_gflops": "GFLOP/s of the square-GEMM peak of peak_precision on this machine",
-             "share_of_peak": "fraction (achieved_gflops / peak_gflops)"}
+             "share_of_peak": "fraction (achieved_gflops / peak_gflops)", "mAP_std": "fraction (sample std over seeds)",
+             "R1_std": "fraction (sample std over seeds)", "n_seeds": "finetuning seeds averaged"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -87,8 +90,10 @@ def write_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return write_text(path, buf.getvalue())
 
 
-def _pct(v: Any) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def _pct(v: Any, std: Any = None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if std is None else f"{100 * v:.1f} ± {100 * std:.1f}"
 
 
 def _num(v: Any, spec: str) -> str:
@@ -102,16 +107,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
         lines += [f"### {title}", ""]
     batch = next((r.get("batch") for r in rows if r.get("batch")), None)
     lat_head = f"ms/sample (batch {batch})" if batch else "ms/sample"
-    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | {lat_head} | Speed-up | GFLOP/s "
-                 "| % of peak | Pareto |")
-    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | n | {lat_head} | Speed-up | "
+                 "GFLOP/s | % of peak | Pareto |")
+    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for r in rows:
         status = r.get("status", "ok")
         fmt = r["format"] if status == "ok" else f"{r['format']} ({status})"
         lines.append(
             f"| {r['variant']} | {format_count(r['params']) if r.get('params') is not None else '-'} | {fmt} | "
             f"{_num(r['size_bytes'] / 1e6 if r.get('size_bytes') is not None else None, '.2f')} | "
-            f"{_pct(r.get('mAP'))} | {_pct(r.get('R1'))} | {_pct(r.get('R5'))} | {_pct(r.get('R10'))} | "
+            f"{_pct(r.get('mAP'), r.get('mAP_std'))} | {_pct(r.get('R1'), r.get('R1_std'))} | "
+            f"{_pct(r.get('R5'), r.get('R5_std'))} | {_pct(r.get('R10'), r.get('R10_std'))} | {r.get('n_seeds') or '-'} | "
             f"{_num(r.get('latency_ms'), '.3f')} | {_num(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else '-'} | "
             f"{_num(r.get('achieved_gflops'), '.1f')} | "
             f"{_num(100 * r['share_of_peak'] if r.get('share_of_peak') else None, '.0f')}"
@@ -137,8 +143,35 @@ def write_json_report(path: str | Path, rows: Sequence[dict[str, Any]], meta: di
                              "rows": list(rows)})
 
 
-def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "GraFT accuracy-efficiency frontier") -> Path:
-    """frontier.png: left mAP vs parameters, right mAP vs per-sample latency; Pareto points ringed and joined."""
+MIN_MAP_SPAN = 10.0  # points of mAP the y axis spans at least, so seed noise is not magnified into a trend
+
+
+def _dense_reference(ax: Any, rows: Sequence[dict[str, Any]], band: dict[str, float], colour: Any) -> None:
+    """Dense mAP as a horizontal line (first format with a dense row) with its ± noise band when known."""
+    dense = next((r for r in rows if r["variant"] == "dense"), None)
+    if dense is None:
+        return
+    y, half = 100 * dense["mAP"], 100 * band.get(dense["format"], 0.0)
+    ax.axhline(y, color=colour, lw=1, ls=":", zorder=1, label=f"dense ({dense['format']})")
+    if half > 0:
+        ax.axhspan(y - half, y + half, color=colour, alpha=0.12, zorder=0, label="dense ± seed noise")
+
+
+def _min_span(ax: Any, span: float = MIN_MAP_SPAN) -> None:
+    """Widen the y range to at least `span` around its centre."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - span / 2, mid + span / 2)
+
+
+def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "GraFT accuracy-efficiency frontier",
+               band: dict[str, float] | None = None) -> Path:
+    """frontier.png: left mAP vs parameters, right mAP vs per-sample latency; Pareto points ringed and joined.
+
+    Points with `mAP_std` get ± std error bars; dense is a dotted reference line with a ± `band[format]` noise
+    band (fractions); the y axis spans at least MIN_MAP_SPAN points.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +190,11 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
                 continue
             ax.scatter([r[key] * scale for r in pts], [100 * r["mAP"] for r in pts], label=fmt,
                        marker=markers().get(fmt, "o"), color=colours[k % len(colours)], s=40, zorder=3)
+            err = [r for r in pts if r.get("mAP_std") is not None]
+            if err:
+                ax.errorbar([r[key] * scale for r in err], [100 * r["mAP"] for r in err],
+                            yerr=[100 * r["mAP_std"] for r in err], fmt="none", ecolor=colours[k % len(colours)],
+                            capsize=3, lw=1, zorder=3)
         labelled: set[tuple[str, float, float]] = set()
         for r in ok:  # one label per variant and (rounded) position: formats of one variant often coincide
             if r.get(key) is None:
@@ -175,8 +213,10 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
                     zorder=2, label="Pareto front")
             ax.scatter([r[key] * scale for r in front], [100 * r["mAP"] for r in front], s=140, facecolors="none",
                        edgecolors="k", lw=1.2, zorder=4)
+        _dense_reference(ax, ok, band or {}, colours[0])
+        _min_span(ax)
         ax.set_xlabel(label)
-        ax.set_ylabel("mAP (%)")
+        ax.set_ylabel("mAP (%)" + (" - mean ± std over seeds" if any(r.get("mAP_std") for r in ok) else ""))
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter

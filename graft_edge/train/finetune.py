@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from graft_edge.config import GraftConfig, StageConfig
 from graft_edge.data import build_eval_loaders, build_train_loader
+from graft_edge.distill import DistillConfig, Distiller
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model
 from graft_edge.model.graft import GraFT
@@ -28,6 +30,8 @@ def finetune(
     after_step: AfterStep | None = None,
     max_steps: int | None = None,
     seed: int | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
 ) -> tuple[GraFT, dict[str, Any]]:
     """Train `model` in place for `epochs` with a stage recipe (default cfg.train.stage2); returns it and metrics.
 
@@ -37,12 +41,15 @@ def finetune(
     with its original requires_grad flags. Metrics: epochs, steps, loss parts (last epoch), seconds,
     and mAP/R1/R5/R10 (fractions) when eval_at_end. Seeded (cfg.train.seed, or `seed`): the same call on
     the same weights gives the same weights, so an interrupted prune resumes to an identical model.
+    With a `teacher` (e.g. the model before a pruning cut) the loss adds distillation terms per `distill`
+    (default DistillConfig()); the teacher is moved to the model's device, frozen, and left out of the model.
     """
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
     seed_everything(cfg.train.seed if seed is None else seed)  # augmentation and dropout draws
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
     env = DistEnv(device=str(next(model.parameters()).device))
+    distiller = Distiller(teacher.to(env.device), distill or DistillConfig()) if teacher is not None else None
     data_cfg = replace(cfg, model=model.cfg)
     loader, sampler, num_ids = build_train_loader(data_root, data_cfg)
     width = model.head.classifier.out_features
@@ -54,7 +61,8 @@ def finetune(
     metrics: dict[str, Any] = {"epochs": int(epochs), "steps": 0}
     start = time.perf_counter()
     try:
-        run = make_stage(model, stage, total, env, amp=cfg.train.amp, after_step=after_step)
+        run = make_stage(model, stage, total, env, amp=cfg.train.amp, after_step=after_step,
+                         distiller=distiller)
         set_train_mode(model, stage)
         for epoch in range(epochs):
             if run.stage_step >= total:

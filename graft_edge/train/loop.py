@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from graft_edge.config import StageConfig
+from graft_edge.distill import Distiller
 from graft_edge.finite import check_loss, check_weights
 from graft_edge.losses import GraftLoss, LossParts
 from graft_edge.model.backbone import unused_modules
@@ -26,15 +27,24 @@ OnStep = Callable[["StepInfo"], None]
 
 
 class Objective(nn.Module):
-    """model + criterion in one module, so DDP also averages the center-loss centers' gradients."""
+    """model + criterion in one module, so DDP also averages the center-loss centers' gradients.
 
-    def __init__(self, model: GraFT, criterion: GraftLoss) -> None:
+    With a `distiller` the loss adds its teacher terms; the distiller is a plain attribute, so the teacher is
+    not a submodule (not in state_dict, parameters or DDP's buckets).
+    """
+
+    def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None) -> None:
         super().__init__()
-        self.model, self.criterion = model, criterion
+        self.model, self.criterion, self.distiller = model, criterion, distiller
 
     def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
         """images {modality: (B, 3, H, W)}, labels (B,) -> weighted loss and its parts."""
-        return self.criterion(self.model(images), labels)
+        out = self.model(images)
+        parts = self.criterion(out, labels)
+        if self.distiller is None:
+            return parts
+        dist = self.distiller(images, out, self.model.cfg.neck_feat)
+        return parts._replace(total=parts.total + dist.total, distill=dist.total.detach())
 
 
 @dataclass
@@ -80,8 +90,9 @@ class EpochStats:
         """Accumulate one step."""
         self.steps += 1
         self.samples += batch_size
-        for key, value in zip(("loss", "triplet", "center", "ce"), parts):
-            self.sums[key] += float(value.detach())
+        for key, value in zip(("loss", "triplet", "center", "ce", "distill"), parts):
+            if value is not None:
+                self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
 
     def reduced(self, env: DistEnv) -> dict[str, float]:
         """Mean losses over all ranks' steps and global samples/s (one all_reduce)."""
@@ -112,8 +123,12 @@ def needs_unused_search(model: GraFT) -> bool:
 
 
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
-               after_step: AfterStep | None = None, global_batches_per_step: int = 1) -> StageRun:
-    """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective."""
+               after_step: AfterStep | None = None, global_batches_per_step: int = 1,
+               distiller: Distiller | None = None) -> StageRun:
+    """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective.
+
+    `distiller`: a frozen teacher whose distillation terms join the loss (the prune–finetune loop).
+    """
     freeze_backbone(model, stage.freeze_backbone)
     num_ids = model.head.classifier.out_features
     criterion = GraftLoss(stage.loss, num_ids, model.embed_dim).to(env.device)
@@ -122,7 +137,7 @@ def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=tuple(stage.betas))
     center_opt = torch.optim.SGD(criterion.parameters(), lr=stage.center_lr) if use_centers else None
-    objective: nn.Module = Objective(model, criterion)
+    objective: nn.Module = Objective(model, criterion, distiller)
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -54,6 +54,7 @@ from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
 from graft_edge.units import format_count, parse_size
 from graft_edge.workflows.frontier_report import write_reports
+from graft_edge.workflows.frontier_seeds import seed_variant_name
 from graft_edge.workflows.frontier_state import (
     STATE_FILE,
     FormatRecord,
@@ -106,6 +107,8 @@ class FrontierSettings:
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
+    distill: bool | None = None  # distil from the model before each cut; None: on for structured with finetuning
+    seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -119,6 +122,13 @@ class FrontierSettings:
                 raise GraftError(f"{name} {v}: expected a positive integer")
         if self.warmup < 0:
             raise GraftError(f"--warmup {self.warmup}: expected 0 or more")
+        if self.seeds < 1:
+            raise GraftError(f"--seeds {self.seeds}: expected a positive integer")
+        if self.seeds > 1 and self.finetune_epochs == 0:
+            raise GraftError(f"--seeds {self.seeds} needs --finetune-epochs of 1 or more (without finetuning every "
+                             "seed gives the same model)")
+        if self.distill and self.finetune_epochs == 0:
+            raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
         if self.steps is not None and self.steps < 1:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
@@ -131,7 +141,13 @@ class FrontierSettings:
     def identity(self) -> dict[str, Any]:
         """The settings a finished variant depends on (a rerun must match them)."""
         return {"method": self.method, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
-                "round_to": self.round_to}
+                "round_to": self.round_to, "distill": self.prune_request(None).distilling}
+
+    def prune_request(self, data_root: Path | None, target: int | None = None, seed: int = 0) -> PruneRequest:
+        """The prune run of one variant (finetuning only with a dataset) for finetuning seed `seed`."""
+        return PruneRequest(target=target, method=self.method, steps=self.steps, round_to=self.round_to,
+                            data=data_root if self.finetune_epochs > 0 else None, finetune_epochs=self.finetune_epochs,
+                            evaluate=False, distill=self.distill, seed_offset=seed)
 
 
 @dataclass
@@ -233,27 +249,27 @@ def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_c
 
 # ------------------------------------------------------------------------------------------ pieces
 
-def _variant_name(target_params: int) -> str:
-    return f"t{target_params}"
+def _variant_name(target_params: int, seed: int = 0) -> str:
+    return seed_variant_name(f"t{target_params}", seed)
 
 
-def _order_key(name: str) -> tuple[int, int]:
-    """dense first, then the variants from the largest to the smallest target."""
-    return (0, 0) if name == "dense" else (1, -int(name[1:]))
+def _order_key(name: str) -> tuple[int, int, int]:
+    """dense first, then the variants from the largest to the smallest target, seeds in order."""
+    if name == "dense":
+        return (0, 0, 0)
+    base, _, seed = name.partition("-s")
+    return (1, -int(base[1:]), int(seed or 0))
 
 
-def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str) -> PruneResult:
+def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str, seed: int) -> PruneResult:
     """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
-    s = job.settings
-    req = PruneRequest(target=int(target), method=s.method, steps=s.steps, round_to=s.round_to,
-                       data=job.data_root if s.finetune_epochs > 0 else None, finetune_epochs=s.finetune_epochs,
-                       evaluate=False)
+    req = job.settings.prune_request(job.data_root, int(target), seed)
     advance = job.progress(f"{label}: prune + finetune", None)
     return run_prune(prev_ckpt, dest, req, resume=True, progress=lambda done, total: advance(1), log=job.log)
 
 
 def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, target_text: str | None,
-                    target_n: int | None, prev_ckpt: Path) -> VariantRecord:
+                    target_n: int | None, prev_ckpt: Path, seed: int = 0) -> VariantRecord:
     """The variant's record, pruning `prev_ckpt` to `target_n` first unless its checkpoint is verified there."""
     out, vdir = job.out, job.out / "variants" / vname
     v = state.variants.get(vname)
@@ -272,13 +288,14 @@ def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, tar
     else:
         s = job.settings
         job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
-                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step)")
-        res = _prune(job, prev_ckpt, ckpt_path, target_n, label)
+                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step"
+                + (f", seed {seed}" if s.seeds > 1 else "") + ")")
+        res = _prune(job, prev_ckpt, ckpt_path, target_n, label, seed)
         model, history = res.model, res.new_steps
         job.result.done.append(f"{vname}: pruned")
     v = VariantRecord(label=label, target=target_text, target_params=target_n, params=embedding_params(model),
                       params_nonzero=embedding_params(model, nonzero=True), seconds=time.perf_counter() - started,
-                      steps=len(history), history=history)
+                      steps=len(history), seed=seed, history=history)
     v.record(out, ckpt_path)
     state.variants[vname] = v
     save_state(out, state)
@@ -400,7 +417,7 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
     """Time every evaluated artefact side by side; True when it measured (False: the state already has it)."""
     s = job.settings
     ok = {f"{vname}/{fmt}": rec for vname, v in state.variants.items() for fmt, rec in v.formats.items()
-          if rec.status == "ok" and rec.accuracy is not None}
+          if rec.status == "ok" and rec.accuracy is not None and v.seed == 0}  # seeds share seed 0's architecture
     keys = sorted(ok)
     hashes = {k: ok[k].sha256 or "" for k in keys}
     lat = state.latency
@@ -451,17 +468,22 @@ def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: 
 def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> FrontierResult:
     """run_frontier's work, with OUT locked: every variant and format, then latency and the reports."""
     out = job.out
-    plan = [("dense", "dense", None, None)] + [(_variant_name(n), t, t, n) for t, n in targets]
+    seeds = range(job.settings.seeds)
+    plan = [("dense", "dense", None, None, 0)] + [(_variant_name(n, k), t, t, n, k) for k in seeds for t, n in targets]
     state.order = sorted(set(state.order) | {p[0] for p in plan}, key=_order_key)
-    prev_ckpt = job.model_path
-    for vname, label, target_text, target_n in plan:  # each target is pruned from the previous one
-        v = _ensure_variant(job, state, vname, label, target_text, target_n, prev_ckpt)
+    prev_ckpt = dense_ckpt = job.model_path
+    for vname, label, target_text, target_n, seed in plan:  # each target is pruned from the previous one of its seed
+        if targets and target_n == targets[0][1]:
+            prev_ckpt = dense_ckpt  # every seed's chain starts from dense
+        v = _ensure_variant(job, state, vname, label, target_text, target_n, prev_ckpt, seed)
         prev_ckpt = resolve(out, v.path)
+        dense_ckpt = prev_ckpt if vname == "dense" else dense_ckpt
         _ensure_formats(job, state, vname, v)
     if _measure_latency(job, state):
         job.result.done.append("latency")
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, job.settings.formats)
+    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, job.settings.formats,
+                                                                               seeds=job.settings.seeds)
     return job.result

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from graft_edge.profile import report
 from graft_edge.profile.peaks import roofline
+from graft_edge.workflows.frontier_seeds import aggregate_rows, noise_band
 from graft_edge.workflows.frontier_state import FrontierState, LatencyRecord
 
 
@@ -33,14 +34,15 @@ def _roofline(lat: LatencyRecord, key: str, row: dict[str, Any]) -> dict[str, An
             "share_of_peak": rec["share_of_peak"]}
 
 
-def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], str]:
-    """One row per (variant, format) in variant order, with speed-up vs the dense PyTorch model; and a note."""
+def seed_rows(state: FrontierState, formats: Sequence[str] | None = None,
+              seeds: int | None = None) -> list[dict[str, Any]]:
+    """One row per (variant, seed, format) in variant order (seeds below `seeds` only, when given)."""
     lat = state.latency.results if state.latency else {}
     batch = state.latency.batch if state.latency else None
     rows = []
     for vname in state.order:
         v = state.variants.get(vname)
-        if v is None:
+        if v is None or (seeds is not None and v.seed >= seeds):
             continue
         for fmt in (formats or list(v.formats)):
             rec = v.formats.get(fmt)
@@ -56,10 +58,20 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) ->
                 "batch": batch if stats else None, "latency_ms": _per_sample(stats, "p50_ms"),
                 "min_ms": _per_sample(stats, "min_ms"), "p90_ms": _per_sample(stats, "p90_ms"),
                 "p99_ms": _per_sample(stats, "p99_ms"), "speedup": None, "speedup_min": None,
-                "key": f"{vname}/{fmt}",
+                "key": f"{vname}/{fmt}", "seed": v.seed,
             })
             if state.latency is not None:
                 rows[-1].update(_roofline(state.latency, f"{vname}/{fmt}", rows[-1]))
+    return rows
+
+
+def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None,
+                  seeds: int | None = None) -> tuple[list[dict[str, Any]], str]:
+    """One row per (variant, format) in variant order, mAP/R1/... as mean ± std over the seeds (`*_std`,
+    `n_seeds`), with speed-up vs the dense PyTorch model; and a note."""
+    lat = state.latency.results if state.latency else {}
+    batch = state.latency.batch if state.latency else None
+    rows = aggregate_rows(seed_rows(state, formats, seeds))
     ref = lat.get("dense/torch")
     note = ""
     if ref:
@@ -77,10 +89,15 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None) ->
     return rows, note
 
 
-def write_reports(state: FrontierState, out: Path,
-                  formats: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Path], str]:
-    """frontier.csv / .json / .md / .png from the state."""
-    rows, note = frontier_rows(state, formats)
+def write_reports(state: FrontierState, out: Path, formats: Sequence[str] | None = None,
+                  seeds: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Path], str]:
+    """frontier.csv / .json / .md / .png from the state (mean ± std over seeds below `seeds`; per-seed rows
+    in the JSON's `seed_rows`)."""
+    rows, note = frontier_rows(state, formats, seeds)
+    n = max((r.get("n_seeds") or 0 for r in rows), default=0)
+    if n > 1:
+        note = (f"mAP/R1/R5/R10: mean ± sample std over {n} finetuning seeds (dense: one model, no finetuning); "
+                "latency and size of seed 0. " + note).strip()
     lat = state.latency
     machine = lat.machine if lat else {}
     sw = machine.get("software", {})
@@ -91,12 +108,14 @@ def write_reports(state: FrontierState, out: Path,
     files = {
         "csv": report.write_csv(out / "frontier.csv", rows),
         "json": report.write_json_report(out / "frontier.json", rows, {
-            "source": state.source, "settings": state.settings, "latency": lat_meta, "note": note}),
+            "source": state.source, "settings": state.settings, "latency": lat_meta, "note": note,
+            "seed_rows": seed_rows(state, formats, seeds)}),
         "md": report.write_markdown(out / "frontier.md", rows, title="GraFT frontier",
                                     note=" ".join(x for x in (note, mline, "mAP/R1/R5/R10 in %, measured on the "
                                                               "exported artefact; * = on the latency-mAP Pareto front.")
                                                   if x)),
     }
     if any(r.get("mAP") is not None for r in rows):
-        files["png"] = report.write_plot(out / "frontier.png", rows)
+        bands = {f: noise_band(rows, f) for f in dict.fromkeys(r["format"] for r in rows)}
+        files["png"] = report.write_plot(out / "frontier.png", rows, band={f: b for f, b in bands.items() if b})
     return rows, files, note

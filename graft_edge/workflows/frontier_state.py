@@ -1,8 +1,9 @@
 """The frontier's resumable state, typed: what was pruned, exported, evaluated and timed, with file hashes.
 
-Saved as `frontier_state.json` (schema graft-edge/frontier-state, version 2) after every finished
-piece. A reused piece is trusted only while its files still have the size and SHA-256 recorded
-when it was made (`Recorded.verify`); a changed, truncated or missing file makes that piece (and
+Saved as `frontier_state.json` (schema graft-edge/frontier-state, version 3) after every finished
+piece. Version 3 adds the finetuning seed of every variant (`--seeds`: `t<params>-s<k>` variants for
+seeds k > 0); version-2 variants read as seed 0. A reused piece is trusted only while its files still
+have the size and SHA-256 recorded when it was made (`Recorded.verify`); a changed, truncated or missing file makes that piece (and
 the latency pass) run again. Version-1 states (no hashes) are read and their pieces re-verified by
 redoing them.
 """
@@ -20,8 +21,8 @@ from graft_edge.fileio import sha256_file, write_json
 
 STATE_FILE = "frontier_state.json"
 STATE_SCHEMA = "graft-edge/frontier-state"
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def now() -> str:
@@ -90,6 +91,7 @@ class VariantRecord(Recorded):
     params_nonzero: int | None = None
     seconds: float = 0.0
     steps: int = 0
+    seed: int = 0  # finetuning seed offset (frontier --seeds); dense is seed 0 only
     history: list[dict[str, Any]] = field(default_factory=list)  # the pruning steps this variant added
     formats: dict[str, FormatRecord] = field(default_factory=dict)
 

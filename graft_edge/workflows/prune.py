@@ -10,6 +10,7 @@ checkpoint records the request, and a resume with another source or request is r
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from torch import nn
 from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted_size, plan_prune, prune_to_target
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
+from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_embedder
 from graft_edge.fileio import sha256_file
@@ -29,7 +31,7 @@ from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
 
 # identity of a run: a partial checkpoint is only resumed when these match
-RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit")
+RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill", "seed_offset")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -52,6 +54,15 @@ class PruneRequest:
     finetune_epochs: int = 0
     device: str = "cpu"  # finetuning device
     evaluate: bool = True  # mAP after every step on --data (recorded in the history); False: finetune only
+    distill: bool | None = None  # teacher terms in the finetuning loss; None: on for structured (with finetuning)
+    distill_config: DistillConfig = DistillConfig()
+    seed_offset: int = 0  # finetuning seeds from cfg.train.seed + this (repeats of one frontier with other seeds)
+
+    @property
+    def distilling(self) -> bool:
+        """Whether finetuning distils from a teacher (needs finetuning; default on for structured pruning)."""
+        wanted = normalize_method(self.method) == "structured" if self.distill is None else self.distill
+        return bool(wanted) and self.finetune_epochs > 0
 
     def validated(self) -> PruneRequest:
         """A checked copy with normalised names; GraftError naming the first bad option."""
@@ -73,6 +84,11 @@ class PruneRequest:
         unit = self.attn_unit.replace("-", "_")
         if unit not in ATTN_UNITS:
             raise GraftError(f"--attn-unit {self.attn_unit!r}: expected heads or head-dims")
+        if self.distill and self.finetune_epochs == 0:
+            raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
+        self.distill_config.validated()
+        if self.seed_offset < 0:
+            raise GraftError(f"seed offset {self.seed_offset}: expected 0 or more")
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise GraftError(f"--device {self.device}: no CUDA GPU is available to PyTorch here")
@@ -95,11 +111,29 @@ class PruneResult:
     resumed_steps: int = 0
 
 
-def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0) -> Callable[[nn.Module, Any], Any] | None:
+class Teacher:
+    """The distillation teacher of the next finetuning: the model before the cut ("previous") or the source.
+
+    Rebuilt from what a step starts from (the source, or OUT.partial on resume), so a resumed run distils
+    from the same weights as an uninterrupted one. Held here, never in the student or its checkpoint.
+    """
+
+    def __init__(self, source: nn.Module, start: nn.Module, cfg: DistillConfig) -> None:
+        self.cfg = cfg
+        self.model = copy.deepcopy(source if cfg.teacher == "source" else start)
+
+    def step_done(self, model: nn.Module) -> None:
+        """After a finished step: with "previous", that step's result teaches the next one."""
+        if self.cfg.teacher == "previous":
+            self.model = copy.deepcopy(model)
+
+
+def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
+                 teacher: Teacher | None = None) -> Callable[[nn.Module, Any], Any] | None:
     """Finetune (and evaluate, unless told not to) after every step when --data is given.
 
-    Step N's finetuning is seeded from (cfg.train.seed, N), so a run resumed after step N-1 repeats
-    exactly what the uninterrupted run did.
+    Step N's finetuning is seeded from (cfg.train.seed + req.seed_offset, N), so a run resumed after step N-1 repeats
+    exactly what the uninterrupted run did. With a `teacher` the finetuning distils from it.
     """
     if req.data is None or (req.finetune_epochs == 0 and not req.evaluate):
         return None
@@ -109,7 +143,8 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0) -> Callable[[
         step[0] += 1
         if req.finetune_epochs > 0:
             return finetune(m, cfg, req.data, req.finetune_epochs, after_step=after_step, eval_at_end=req.evaluate,
-                            seed=int(cfg.train.seed) * 10_007 + step[0])
+                            seed=(int(cfg.train.seed) + req.seed_offset) * 10_007 + step[0],
+                            teacher=teacher.model if teacher is not None else None, distill=req.distill_config)
         m.eval()
         return evaluate_embedder(ModelEmbedder(m), req.data, batch_size=cfg.data.eval_batch_size)
 
@@ -144,7 +179,10 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
         "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
         "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
         "data": str(req.data) if req.data else None, "start_size": int(counted_size(net, req.method)), "done": 0,
+        "distill": req.distill_config.as_record() if req.distilling else None,
+        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
     }
+    source = net
     history, done, partial = list(ckpt.history), 0, partial_path(out)
     if resume and partial.is_file():
         pckpt = read_checkpoint(partial)
@@ -159,6 +197,7 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     elif partial.is_file():
         log(f"note: {partial} is from an earlier run; starting over (pass --resume to continue it)")
     net.to(req.device)
+    teacher = Teacher(source, net, req.distill_config) if req.distilling else None
     cfg, prior = ckpt.config, list(history)
     new: list[dict[str, Any]] = []
 
@@ -169,11 +208,13 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
                             history=prior + new + [entry], meta={"pruned_from": str(model_path)},
                             extra={"prune_run": dict(state)})
         new.append(entry)
+        if teacher is not None and entry["step"] < entry["steps"]:
+            teacher.step_done(m)
         if progress is not None:
             progress(int(entry["step"]), int(entry["steps"]))
 
     spec = PruneSpec(req.method, steps, req.round_to, req.attn_unit, req.fraction)
-    net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req, done), on_step, history=prior,
+    net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req, done, teacher), on_step, history=prior,
                                          schedule=schedule, done=done)
     arch = arch if arch is not None else ckpt.arch
     net.cpu()

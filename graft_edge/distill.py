@@ -1,0 +1,123 @@
+"""Knowledge distillation for the prune–finetune loop: a frozen teacher's embedding and logits guide the student.
+
+The student's finetuning loss adds w_e·embedding term + w_l·logits term, where the embedding term compares the
+L2-normalised matching features (what ReID ranks with: cosine distance or MSE) and the logits term is
+Hinton et al.'s KL(softmax(t/T) ‖ softmax(s/T))·T² (T² keeps its gradient scale independent of T).
+The teacher runs in inference mode (eval, no grad) and is held outside the student's module tree, so it never
+receives a gradient, never enters an optimiser and is never saved with the student.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft_edge.errors import GraftError
+from graft_edge.model.graft import GraftOutput
+
+EMBED_LOSSES = ("cosine", "mse")
+TEACHERS = ("previous", "source")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Weights and temperature of the distillation terms, and which model teaches.
+
+    teacher: "previous" (the model before each cut: the source for step 1, then the previous step's result)
+        or "source" (the checkpoint the prune run started from, for every step).
+    """
+
+    embed_weight: float = 1.0
+    logits_weight: float = 1.0
+    temperature: float = 4.0
+    embed_loss: str = "cosine"  # cosine: mean(1 - cos); mse: mean ‖ŝ - t̂‖² over L2-normalised embeddings
+    teacher: str = "previous"
+
+    def validated(self) -> DistillConfig:
+        """This config, or GraftError naming the first bad option."""
+        if self.embed_weight < 0 or self.logits_weight < 0:
+            raise GraftError(f"--distill-embed-weight {self.embed_weight} / --distill-logits-weight "
+                             f"{self.logits_weight}: expected 0 or more")
+        if not self.temperature > 0:
+            raise GraftError(f"--distill-temperature {self.temperature}: expected a positive number")
+        if self.embed_loss not in EMBED_LOSSES:
+            raise GraftError(f"--distill-embed-loss {self.embed_loss!r}: expected one of {', '.join(EMBED_LOSSES)}")
+        if self.teacher not in TEACHERS:
+            raise GraftError(f"--distill-teacher {self.teacher!r}: expected one of {', '.join(TEACHERS)}")
+        return self
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain values for checkpoints and run identities."""
+        return {"embed_weight": float(self.embed_weight), "logits_weight": float(self.logits_weight),
+                "temperature": float(self.temperature), "embed_loss": self.embed_loss, "teacher": self.teacher}
+
+
+class DistillParts(NamedTuple):
+    """The weighted distillation loss and its unweighted terms."""
+
+    total: torch.Tensor
+    embed: torch.Tensor
+    logits: torch.Tensor
+
+
+def embedding_distill(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean over the batch of 1 − cos(s, t) ("cosine") or ‖s/‖s‖ − t/‖t‖‖² ("mse"); (B, D) each -> scalar."""
+    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    if kind == "cosine":
+        return (1.0 - (s * t).sum(-1)).mean()
+    if kind == "mse":
+        return (s - t).pow(2).sum(-1).mean()
+    raise ValueError(f"unknown embedding distillation {kind!r}: expected one of {EMBED_LOSSES}")
+
+
+def logits_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch; (B, C) each -> scalar."""
+    T = float(temperature)
+    log_p_s = F.log_softmax(student.float() / T, dim=-1)
+    log_p_t = F.log_softmax(teacher.float() / T, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+
+
+def matching_feature(out: GraftOutput, neck_feat: str) -> torch.Tensor:
+    """The feature the model ranks with (before or after the BNNeck), un-normalised (B, D)."""
+    return out.embedding if neck_feat == "before" else out.neck
+
+
+def distill_loss(student: GraftOutput, teacher: GraftOutput, cfg: DistillConfig,
+                 neck_feat: str = "before") -> DistillParts:
+    """w_e·embedding term + w_l·logits term between one batch's student and teacher outputs."""
+    emb = embedding_distill(matching_feature(student, neck_feat), matching_feature(teacher, neck_feat).detach(),
+                            cfg.embed_loss)
+    logit = logits_distill(student.logits, teacher.logits.detach(), cfg.temperature)
+    return DistillParts(cfg.embed_weight * emb + cfg.logits_weight * logit, emb.detach(), logit.detach())
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: the teacher is a fixed function during finetuning."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+class Distiller:
+    """A frozen teacher plus the distillation config; called with the student's batch and output.
+
+    A plain object (not an nn.Module), so a module holding it does not register the teacher as a submodule:
+    the teacher is absent from state_dict(), parameters() and any DDP wrapper of the student's objective.
+    """
+
+    def __init__(self, teacher: nn.Module, cfg: DistillConfig) -> None:
+        self.teacher = freeze_teacher(teacher)
+        self.cfg = cfg.validated()
+
+    def __call__(self, images: Mapping[str, torch.Tensor], student_out: GraftOutput,
+                 neck_feat: str = "before") -> DistillParts:
+        """The distillation parts of one batch; the teacher runs in eval mode without autograd."""
+        self.teacher.eval()
+        with torch.no_grad():
+            t_out = self.teacher(images)
+        return distill_loss(student_out, t_out, self.cfg, neck_feat)
