@@ -23,8 +23,15 @@ def has_tensorrt() -> bool:
     return has_cuda() and importlib.util.find_spec("tensorrt") is not None
 
 
+# Test modules that run OpenVINO / NNCF in the pytest process. In the full suite (about 500 earlier tests in the
+# same process) a later in-process `train` crashed with SIGSEGV after them (not reproduced in smaller sets; the
+# root cause is not found yet): they run last, after every test that trains.
+RUN_LAST = ("test_openvino.py", "test_roofline.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests without an NVIDIA GPU and `trt` tests without TensorRT + GPU."""
+    """Run OpenVINO's modules last; skip `gpu` tests without an NVIDIA GPU and `trt` tests without TensorRT + GPU."""
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: the order within each group is kept
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (none visible to PyTorch)")
     skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install graft-edge[trt]) and an NVIDIA GPU")
     for item in items:
