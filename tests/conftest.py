@@ -42,6 +42,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core box two spinning threads are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_cfg() -> GraftConfig:
     """The synthetic preset (tiny ViT, 32x64 images, 3 modalities)."""
     return get_preset("synthetic")

@@ -33,12 +33,7 @@ def _tiny(preset: str, img_size: tuple[int, int], **args):
     return replace(cfg, model=model)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 def test_presets_name_the_families_and_their_statistics() -> None:

@@ -27,12 +27,7 @@ def _inputs(model, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
     return {m: torch.randn(batch, 3, h, w, generator=g) for m in model.modalities}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.mark.parametrize("modalities", [("rgb", "nir", "tir"), ("rgb", "nir")])

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from graft_edge.cli.main import app
@@ -25,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 LR = "train.stage1.lr=1e-3:3e-2:log"  # the tiny from-scratch ViT's useful range
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.fixture(scope="module")
