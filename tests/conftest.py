@@ -73,3 +73,29 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.pt"
     save_checkpoint(path, build_model(cfg.model), cfg)
     return path
+
+
+def tiny_train_config(**train_changes) -> GraftConfig:
+    """Synthetic preset shrunk to seconds: 1-block ViT at 16x32, batches of 2 ids x 2 images, no validation split."""
+    cfg = get_preset("synthetic")
+    model = replace(cfg.model, backbone_args={**cfg.model.backbone_args, "depth": 1, "embed_dim": 32, "num_heads": 2},
+                    img_size=(16, 32), enc_heads=2, enc_ff=32)
+    data = replace(cfg.data, ids_per_batch=2, instances_per_id=2, eval_batch_size=16, val_fraction=0.0)
+    s1 = replace(cfg.train.stage1, epochs=2, warmup_steps=2)
+    s2 = replace(cfg.train.stage2, epochs=1)
+    train = replace(cfg.train, stage1=s1, stage2=s2, eval_every=1, **train_changes)
+    return replace(cfg, model=model, data=data, train=train)
+
+
+@pytest.fixture
+def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
+    """tiny_train_config's model with a 4-id classifier (the 8-id tiny data sets have 4 training ids)."""
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.model import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
+    path = tmp_path / "tiny4.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg)
+    return path

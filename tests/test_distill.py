@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_train_config
 from typer.testing import CliRunner
 
-from graft_edge.checkpoint import read_checkpoint, save_checkpoint
+from graft_edge.checkpoint import read_checkpoint
 from graft_edge.cli.main import app
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.distill import DistillConfig, Distiller, distill_loss, embedding_distill, logits_distill
@@ -33,17 +32,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "syn"
     write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
     return root
-
-
-@pytest.fixture
-def tiny_ckpt(tmp_path: Path) -> Path:
-    """test_train's tiny config with a 4-id classifier (tiny_data has 4 training ids)."""
-    torch.manual_seed(0)
-    cfg = tiny_train_config()
-    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
-    path = tmp_path / "tiny4.pt"
-    save_checkpoint(path, build_model(cfg.model), cfg)
-    return path
 
 
 def _out(embedding: list[list[float]], logits: list[list[float]]) -> GraftOutput:
@@ -91,8 +79,8 @@ def test_bad_distill_config_names_its_option(change: dict, option: str) -> None:
 
 # ---------------------------------------------------------------- the teacher: frozen, never saved
 
-def test_teacher_gets_no_gradient_and_is_not_part_of_the_student(tiny_data: Path, tiny_ckpt: Path) -> None:
-    ckpt = read_checkpoint(tiny_ckpt)
+def test_teacher_gets_no_gradient_and_is_not_part_of_the_student(tiny_data: Path, tiny_checkpoint_4ids: Path) -> None:
+    ckpt = read_checkpoint(tiny_checkpoint_4ids)
     torch.manual_seed(1)
     student = build_model(ckpt.config.model)
     teacher = build_model(ckpt.config.model)  # another init: the terms are nonzero
@@ -111,8 +99,8 @@ def test_teacher_gets_no_gradient_and_is_not_part_of_the_student(tiny_data: Path
     assert any(not torch.equal(student0[k], v) for k, v in student.state_dict().items())
 
 
-def test_distillation_changes_finetuning(tiny_data: Path, tiny_ckpt: Path) -> None:
-    ckpt = read_checkpoint(tiny_ckpt)
+def test_distillation_changes_finetuning(tiny_data: Path, tiny_checkpoint_4ids: Path) -> None:
+    ckpt = read_checkpoint(tiny_checkpoint_4ids)
     torch.manual_seed(1)
     base, teacher = build_model(ckpt.config.model), build_model(ckpt.config.model)
     a, b = copy.deepcopy(base), copy.deepcopy(base)
@@ -129,14 +117,14 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.parametrize("teacher", ["previous", "source"])
-def test_resume_mid_distillation_gives_the_uninterrupted_weights(tiny_data: Path, tmp_path: Path, tiny_ckpt: Path,
+def test_resume_mid_distillation_gives_the_uninterrupted_weights(tiny_data: Path, tmp_path: Path, tiny_checkpoint_4ids: Path,
                                                                  teacher: str) -> None:
     req = PruneRequest(target="70%", steps=3, data=tiny_data, finetune_epochs=1, evaluate=False, distill=True,
                        distill_config=DistillConfig(teacher=teacher))
     plain = replace(req, distill=False)
     a, c, d = tmp_path / "a.pt", tmp_path / "c.pt", tmp_path / "d.pt"
-    res = run_prune(tiny_ckpt, a, req)
-    run_prune(tiny_ckpt, d, plain)
+    res = run_prune(tiny_checkpoint_4ids, a, req)
+    run_prune(tiny_checkpoint_4ids, d, plain)
     assert not _same_weights(a, d)  # the teacher took part
     saved = read_checkpoint(a)
     assert saved.state_dict.keys() == res.model.state_dict().keys()  # the student's tensors only
@@ -147,16 +135,16 @@ def test_resume_mid_distillation_gives_the_uninterrupted_weights(tiny_data: Path
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_ckpt, c, req, progress=stop_after_second)
+        run_prune(tiny_checkpoint_4ids, c, req, progress=stop_after_second)
     part = read_checkpoint(partial_path(c))
     assert part.extra["prune_run"]["distill"]["teacher"] == teacher
     assert set(part.state_dict) == set(saved.state_dict)  # the partial holds the student alone too
     torch.manual_seed(789)
-    res = run_prune(tiny_ckpt, c, req, resume=True)
+    res = run_prune(tiny_checkpoint_4ids, c, req, resume=True)
     assert res.resumed_steps == 2 and _same_weights(a, c)
 
 
-def test_resume_with_other_distill_settings_is_refused(tiny_data: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
+def test_resume_with_other_distill_settings_is_refused(tiny_data: Path, tmp_path: Path, tiny_checkpoint_4ids: Path) -> None:
     req = PruneRequest(target="70%", steps=2, data=tiny_data, finetune_epochs=1, evaluate=False)
     assert req.validated().distilling  # on by default for structured pruning with finetuning
     out = tmp_path / "p.pt"
@@ -165,10 +153,10 @@ def test_resume_with_other_distill_settings_is_refused(tiny_data: Path, tmp_path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_ckpt, out, req, progress=stop)
+        run_prune(tiny_checkpoint_4ids, out, req, progress=stop)
     for other in (replace(req, distill=False), replace(req, distill_config=DistillConfig(temperature=2.0))):
         with pytest.raises(GraftError, match="distill differs"):
-            run_prune(tiny_ckpt, out, other, resume=True)
+            run_prune(tiny_checkpoint_4ids, out, other, resume=True)
 
 
 @pytest.mark.parametrize("method, epochs, distill, expected", [
@@ -179,8 +167,8 @@ def test_distillation_default(method: str, epochs: int, distill: bool | None, ex
     assert req.validated().distilling is expected
 
 
-def test_cli_distill_options(tiny_data: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
-    base = ["prune", str(tiny_ckpt), "--out", str(tmp_path / "p.pt"), "--target", "80%", "--data", str(tiny_data)]
+def test_cli_distill_options(tiny_data: Path, tiny_checkpoint_4ids: Path, tmp_path: Path) -> None:
+    base = ["prune", str(tiny_checkpoint_4ids), "--out", str(tmp_path / "p.pt"), "--target", "80%", "--data", str(tiny_data)]
     res = runner.invoke(app, [*base, "--distill"])
     assert res.exit_code == 2 and "--distill needs --finetune-epochs" in " ".join(res.output.split()), res.output
     res = runner.invoke(app, [*base, "--finetune-epochs", "1", "--distill-temperature", "0"])

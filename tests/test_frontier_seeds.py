@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_train_config
 
-from graft_edge.checkpoint import read_checkpoint, save_checkpoint
+from graft_edge.checkpoint import read_checkpoint
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
-from graft_edge.model import build_model
 from graft_edge.profile.report import markdown_table
 from graft_edge.workflows import frontier as F
 from graft_edge.workflows.frontier_seeds import aggregate_rows, mean_std, noise_band, seed_variant_name
@@ -79,22 +77,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def ckpt4(tmp_path: Path) -> Path:
-    """A 1-block model with a 4-id classifier (the data's 4 training ids): finetunable."""
-    torch.manual_seed(0)
-    cfg = tiny_train_config()
-    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
-    path = tmp_path / "tiny4.pt"
-    save_checkpoint(path, build_model(cfg.model), cfg)
-    return path
-
-
-def test_two_seed_frontier_reports_mean_and_std(ckpt4: Path, data: Path, tmp_path: Path) -> None:
+def test_two_seed_frontier_reports_mean_and_std(tiny_checkpoint_4ids: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "fr"
     settings = F.FrontierSettings(targets=("70%",), formats=("torch",), finetune_epochs=1, seeds=2, batch=2,
                                   iters=2, rounds=1, warmup=0, eval_batch_size=64)
-    res = F.run_frontier(ckpt4, data, out, settings)
+    res = F.run_frontier(tiny_checkpoint_4ids, data, out, settings)
     state = load_state(out)
     names = state.order
     assert names[0] == "dense" and names[2] == names[1] + "-s1" and len(names) == 3
@@ -117,19 +104,19 @@ def test_two_seed_frontier_reports_mean_and_std(ckpt4: Path, data: Path, tmp_pat
     assert [r["seed"] for r in report["seed_rows"]] == [0, 0, 1] and "mean ± sample std over 2" in report["note"]
     assert "±" in (out / "frontier.md").read_text() and (out / "frontier.png").stat().st_size > 0
 
-    again = F.run_frontier(ckpt4, data, out, settings)  # everything reused
+    again = F.run_frontier(tiny_checkpoint_4ids, data, out, settings)  # everything reused
     assert again.done == [] and again.rows == res.rows
-    one = F.run_frontier(ckpt4, data, out, replace(settings, seeds=1))  # fewer seeds: reported on seed 0 only
+    one = F.run_frontier(tiny_checkpoint_4ids, data, out, replace(settings, seeds=1))  # fewer seeds: reported on seed 0 only
     r70 = next(r for r in one.rows if r["variant"] == "70%")
     assert one.done == [] and r70["n_seeds"] == 1 and r70["mAP"] == pytest.approx(maps[0])
 
 
-def test_frontier_cli_seeds_without_finetuning_is_one_line(ckpt4: Path, data: Path, tmp_path: Path) -> None:
+def test_frontier_cli_seeds_without_finetuning_is_one_line(tiny_checkpoint_4ids: Path, data: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from graft_edge.cli.main import app
 
-    res = CliRunner().invoke(app, ["frontier", str(ckpt4), "--targets", "70%", "--data", str(data), "--out",
+    res = CliRunner().invoke(app, ["frontier", str(tiny_checkpoint_4ids), "--targets", "70%", "--data", str(data), "--out",
                                    str(tmp_path / "fr"), "--finetune-epochs", "0", "--seeds", "3"])
     assert res.exit_code == 2 and "--seeds 3 needs --finetune-epochs" in " ".join(res.output.split()), res.output
     assert "Traceback" not in res.output and not (tmp_path / "fr").exists()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -413,17 +412,6 @@ def test_demo_rejects_bad_targets_before_any_work(tmp_path: Path, targets: str) 
 
 
 # ---------------------------------------------------------------- smaller: prune finetuning is seeded and resumable
-
-@pytest.fixture
-def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
-    """test_train's tiny config with a 4-id classifier (tiny_data has 4 training ids)."""
-    torch.manual_seed(0)
-    cfg = tiny_train_config()
-    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
-    path = tmp_path / "tiny4.pt"
-    save_checkpoint(path, build_model(cfg.model), cfg)
-    return path
-
 
 def _same_weights(a: Path, b: Path) -> bool:
     sa, sb = read_checkpoint(a).state_dict, read_checkpoint(b).state_dict

@@ -17,27 +17,16 @@ from typer.testing import CliRunner
 
 from graft_edge.checkpoint import load_model, read_checkpoint
 from graft_edge.cli.main import app
-from graft_edge.config import GraftConfig, LossConfig, config_to_dict, get_preset
+from graft_edge.config import GraftConfig, LossConfig, config_to_dict
 from graft_edge.fileio import write_yaml
 from graft_edge.model import build_model
 from graft_edge.train import finetune, lr_factor, run_training
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import make_stage, train_step
+from tests.conftest import tiny_train_config
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_train_config(**train_changes) -> GraftConfig:
-    """Synthetic preset shrunk to seconds: 1-block ViT at 16x32, batches of 2 ids x 2 images, no validation split."""
-    cfg = get_preset("synthetic")
-    model = replace(cfg.model, backbone_args={**cfg.model.backbone_args, "depth": 1, "embed_dim": 32, "num_heads": 2},
-                    img_size=(16, 32), enc_heads=2, enc_ff=32)
-    data = replace(cfg.data, ids_per_batch=2, instances_per_id=2, eval_batch_size=16, val_fraction=0.0)
-    s1 = replace(cfg.train.stage1, epochs=2, warmup_steps=2)
-    s2 = replace(cfg.train.stage2, epochs=1)
-    train = replace(cfg.train, stage1=s1, stage2=s2, eval_every=1, **train_changes)
-    return replace(cfg, model=model, data=data, train=train)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
