@@ -4,10 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Optional
 
+import torch
 import typer
+from rich.markup import escape
 
-from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
+from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.errors import GraftError
+from graft_edge.model.embedder import check_dtype
 from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
 from graft_edge.profile.progress import rich_progress
 from graft_edge.units import format_count, parse_int_list
@@ -33,8 +36,6 @@ def short_status(status: str, width: int = 24) -> str:
     """'ok' in green or 'error: ...' in red, cut to `width` characters (the full line is printed below)."""
     if status == "ok":
         return "[green]ok[/]"
-    from rich.markup import escape
-
     text = status if len(status) <= width else status[: width - 1] + "…"
     return f"[red]{escape(text)}[/]"
 
@@ -113,7 +114,7 @@ def bench_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (ONNX Runtime uses its CUDA provider on cuda)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: also measure mAP/R1/R5/R10 of each model on its query/gallery splits."),
     peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every run reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="Precision PyTorch checkpoints run at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported artefacts run at the precision they were exported in."),
+    dtype: str = typer.Option("fp32", "--dtype", help=f"Precision PyTorch checkpoints run at: {DTYPE_HELP}. Exported artefacts run at the precision they were exported in."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v2) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="With --data: also k-reciprocal re-ranked mAP/CMC (shown as plain/re-ranked mAP)."),
@@ -133,6 +134,8 @@ def bench_cmd(
     dev = device.strip().lower()
     if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise GraftError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if dev == "cpu":  # a precision this CPU cannot run is an option error, not a per-model failure
+        check_dtype(dtype, torch.device("cpu"))
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
                              eval_batch_size=eval_batch_size, rerank=rerank, dtype=dtype.strip().lower(), peaks=peaks,
@@ -143,7 +146,7 @@ def bench_cmd(
     out.print(bench_table(report, width=out.width))
     for r in report["results"]:
         if r["status"] != "ok":
-            err_console().print(f"[bold red]error:[/] {r['model']}: {r['error']}", soft_wrap=True, emoji=False)
+            err_console().print(f"[bold red]error:[/] {escape(str(r['model']) + ': ' + str(r['error']))}", soft_wrap=True, emoji=False)
     write_json_output(json_out, report)
     if any_failed(report):
         raise typer.Exit(1)

@@ -19,6 +19,8 @@ from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
+DTYPE_HELP = ("fp32; bf16 (torch.autocast: CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16); or fp16 (torch.autocast, "
+              "CUDA GPUs only)")
 
 
 def console() -> Console:
@@ -40,7 +42,7 @@ def guarded(func: F) -> F:
             with sigterm_as_interrupt():
                 return func(*args, **kwargs)
         except GraftError as exc:
-            err_console().print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, emoji=False)
+            err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, emoji=False)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt as exc:
             how = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, Interrupted) else ""

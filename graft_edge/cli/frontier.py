@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.cli.common import DTYPE_HELP, console, err_console, guarded
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, help_text, parse_formats
 from graft_edge.profile.progress import rich_progress
 from graft_edge.units import format_count
@@ -70,7 +70,7 @@ def frontier_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
     device: str = typer.Option(D.device, "--device", help="cpu or cuda[:N] for evaluation and timing."),
     peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every row reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
-    dtype: str = typer.Option(D.dtype, "--dtype", help="Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
+    dtype: str = typer.Option(D.dtype, "--dtype", help=f"Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: {DTYPE_HELP}. Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     seeds: int = typer.Option(D.seeds, "--seeds", help="Repeat every target's prune + finetune + evaluation with this many finetuning seeds; mAP/R1 are reported as mean ± sample std (n in the CSV/JSON), the plot shows error bars. Needs finetuning.", min=1),

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from graft_edge.checkpoint import save_checkpoint
-from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
+from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import embed_splits, query_gallery_distances, score_splits
@@ -122,7 +122,7 @@ def eval_cmd(
     top_k: int = typer.Option(10, "--top", help="Gallery images per strip.", min=1),
     vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: ./ranked_<model name>."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir): evaluate as if the other sensors were missing. Default: all."),
-    dtype: str = typer.Option("fp32", "--dtype", help="Precision PyTorch checkpoints run at: fp32, or bf16 (torch.autocast; CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16). Exported artefacts run at the precision they were exported in."),
+    dtype: str = typer.Option("fp32", "--dtype", help=f"Precision PyTorch checkpoints run at: {DTYPE_HELP}. Exported artefacts run at the precision they were exported in."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

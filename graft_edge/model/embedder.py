@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,14 +31,21 @@ def torch_info(model: GraFT, path: str, checkpoint: Any = None) -> EmbedderInfo:
     )
 
 
-DTYPES = ("fp32", "bf16")  # what --dtype accepts for PyTorch checkpoints
+DTYPES = ("fp32", "bf16", "fp16")  # what --dtype accepts for PyTorch checkpoints
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_dtype(dtype: str, device: torch.device) -> str:
-    """The normalised --dtype; GraftError when it is unknown or the device has no native bf16."""
+    """The normalised --dtype; GraftError when it is unknown or the device cannot run it natively.
+
+    bf16: CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX. fp16: CUDA GPUs only (CPU fp16 matrix units are rare;
+    on a CPU use bf16).
+    """
     dtype = str(dtype).strip().lower()
     if dtype not in DTYPES:
         raise GraftError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type != "cuda":
+        raise GraftError(f"--dtype fp16 runs on CUDA GPUs only (device here: {device.type}); on a CPU use bf16 or fp32")
     if dtype == "bf16":
         if device.type == "cuda":
             if not torch.cuda.is_bf16_supported():
@@ -51,8 +58,9 @@ def check_dtype(dtype: str, device: torch.device) -> str:
 class ModelEmbedder:
     """Runs `GraFT.embed` under inference mode on the model's device; the caller keeps train/eval mode control.
 
-    `dtype` bf16 runs under torch.autocast (bf16 matrix products, LayerNorm/softmax kept FP32 by autocast's
-    own op lists) on CPUs with AVX512-BF16/AMX or on CUDA GPUs; the embedding is returned as float32.
+    `dtype` bf16 / fp16 runs under torch.autocast (half-precision matrix products, LayerNorm/softmax kept FP32 by
+    autocast's own op lists): bf16 on CPUs with AVX512-BF16/AMX or CUDA GPUs, fp16 on CUDA GPUs; the embedding
+    is returned as float32. `bind` stages inputs on the device once, so timing measures the model, not copies.
     """
 
     def __init__(self, model: GraFT, path: str = "<memory>", checkpoint: Any = None, dtype: str = "fp32") -> None:
@@ -66,7 +74,7 @@ class ModelEmbedder:
     def _autocast(self):
         if self.dtype == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=AUTOCAST[self.dtype])
 
     @torch.inference_mode()
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,6 +83,17 @@ class ModelEmbedder:
         with self._autocast():
             out = self.model.embed(inputs)
         return out.float().cpu().numpy()
+
+    def bind(self, batch: dict[str, np.ndarray]) -> Callable[[], torch.Tensor]:
+        """Copy `batch` to the device once; the returned call runs the model on it and leaves the output there."""
+        inputs = {m: torch.as_tensor(x).to(self.device) for m, x in batch.items()}
+
+        @torch.inference_mode()
+        def run() -> torch.Tensor:
+            with self._autocast():
+                return self.model.embed(inputs)
+
+        return run
 
     def synchronize(self) -> None:
         """Wait for queued GPU work (for timing)."""
