@@ -147,3 +147,31 @@ def test_torch_half_precision_on_cuda(exported, dtype) -> None:
     assert emb.info.extra["precision"] == dtype
     assert _cosine(emb.embed(batch), want).min() >= 0.999
     assert emb.bind(batch)().device.type == "cuda"
+
+
+def _summary_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_summary", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_summary_pruning_sentence_uses_the_fastest_of_each_size() -> None:
+    mod = _summary_module()
+    rows = [
+        {"model": "dense.pt", "params": 100_000_000, "runtime": "PyTorch CUDA fp16", "batch": 1, "ms": 4.0, "util": 30},
+        {"model": "model.fp16.onnx", "params": 100_000_000, "runtime": "ORT CUDA fp16", "batch": 1, "ms": 3.0,
+         "util": 40},
+        {"model": "s60M.pt", "params": 60_000_000, "runtime": "PyTorch CUDA fp16", "batch": 1, "ms": 2.5, "util": 20},
+        {"model": "s46M.pt", "params": 46_000_000, "runtime": "PyTorch CUDA fp16", "batch": 1, "ms": 3.0, "util": 15},
+        {"model": "dense.pt", "params": 100_000_000, "runtime": "PyTorch CUDA fp16", "batch": 32, "ms": 40.0,
+         "util": 95},
+        {"model": "s46M.pt", "params": 46_000_000, "runtime": "PyTorch CUDA fp16", "batch": 32, "ms": 20.0, "util": 90},
+    ]
+    text = mod.pruning_sentence(rows)
+    assert "at batch 1" in text and "60M 1.20x (2.50 vs 3.00 ms" in text and "46M 1.00x" in text
+    assert "at batch 32" in text and "46M 2.00x (20.00 vs 40.00 ms" in text and "utilisation 95%" in text

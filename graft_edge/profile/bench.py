@@ -12,7 +12,7 @@ Schema "graft-edge/bench" v2 (v1 + dtype, peaks, flops_per_sample, roofline, mac
                                       "fp32"|"bf16"|"int8": {gflops: float|null, by_runtime: {runtime: float|str}}}},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
                    threads: int|null, device: str, data: str|null, rerank: bool,
-                   modalities: [str]|null, dtype: "fp32"|"bf16" (what PyTorch checkpoints ran at), peaks: bool},
+                   modalities: [str]|null, dtype: "fp32"|"bf16"|"fp16" (what PyTorch checkpoints ran at), peaks: bool},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
          "format": "torch"|"onnx"|"tensorrt"|"openvino"|null,
