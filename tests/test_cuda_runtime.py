@@ -175,3 +175,13 @@ def test_gpu_summary_pruning_sentence_uses_the_fastest_of_each_size() -> None:
     text = mod.pruning_sentence(rows)
     assert "at batch 1" in text and "60M 1.20x (2.50 vs 3.00 ms" in text and "46M 1.00x" in text
     assert "at batch 32" in text and "46M 2.00x (20.00 vs 40.00 ms" in text and "utilisation 95%" in text
+
+
+def test_subset_embedder_binds_through_to_its_runtime(exported) -> None:
+    _, out = exported
+    full = load_embedder(out / "model.onnx")
+    sub = load_embedder(out / "model.onnx", modalities="rgb,tir")
+    batch = random_images(MODS, full.info.img_size, 2, seed=5)  # nir is dropped by the subset
+    value = sub.bind(batch)()
+    assert isinstance(value, ort.OrtValue)
+    np.testing.assert_allclose(value.numpy(), full.embed({m: batch[m] for m in ("rgb", "tir")}), atol=1e-6)

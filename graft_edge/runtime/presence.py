@@ -8,7 +8,7 @@ its mask column, which gives PyTorch's embedding of the present subset. Artefact
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -136,6 +136,12 @@ class SubsetEmbedder:
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """{modality: images} of the selected modalities -> (B, D); other modalities are dropped."""
         return self.inner.embed({m: x for m, x in batch.items() if m in self.modalities})
+
+    def bind(self, batch: dict[str, np.ndarray]) -> Callable[[], Any]:
+        """The wrapped runtime's device-resident call on the selected modalities (plain `embed` where it has none)."""
+        kept = {m: x for m, x in batch.items() if m in self.modalities}
+        bind = getattr(self.inner, "bind", None)
+        return bind(kept) if callable(bind) else (lambda: self.inner.embed(kept))
 
     def synchronize(self) -> None:
         """Wait for the wrapped runtime's queued work."""
