@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from graft_edge.artefact import Embedder, EmbedderInfo
-from graft_edge.config import ModelConfig
-from graft_edge.data import build_eval_loaders
+from graft_edge.config import GraftConfig, ModelConfig
+from graft_edge.data import build_eval_loaders, build_val_loaders
 from graft_edge.finite import check_features
 from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 from graft_edge.model.embedder import ModelEmbedder
@@ -121,3 +121,19 @@ def evaluate_model(model: torch.nn.Module, query_loader: Iterable, gallery_loade
     finally:
         for name, m in model.named_modules():
             m.training = modes[name]
+
+
+def with_prefix(metrics: dict[str, Any], prefix: str = "val_") -> dict[str, Any]:
+    """The same metrics with `prefix` on every key (val_mAP, val_R1, ...): validation beside test in one record."""
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def evaluate_val(embedder: Embedder, data_root: str | Path, cfg: GraftConfig, batch_size: int | None = None,
+                 progress: Any = None) -> dict[str, Any]:
+    """val_mAP, val_R1/R5/R10 and counts on ROOT's validation split (the training ids `cfg.data` holds out),
+    with the embedder's own preprocessing; {} when cfg.data.val_fraction is 0."""
+    data = replace(cfg.data, eval_batch_size=batch_size) if batch_size else cfg.data
+    loaders = build_val_loaders(data_root, replace(cfg, model=model_config_of(embedder.info), data=data), 0)
+    if loaders is None:
+        return {}
+    return with_prefix(evaluate_loaders(embedder, *loaders, progress))

@@ -10,6 +10,7 @@ from graft_edge.cli.common import check_output_file, console, err_console, guard
 from graft_edge.distill import DistillConfig
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import arch_summary
+from graft_edge.train.runner import score_line
 from graft_edge.units import format_count
 from graft_edge.workflows.prune import PruneRequest, run_prune
 
@@ -29,7 +30,8 @@ def prune_cmd(
                                         "target. Default with --finetune-epochs: ~20% of the remaining size per step "
                                         "(unstructured: of the remaining prunable weights, as in the paper); without: 1."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: finetune between steps (with "
-                                        "--finetune-epochs) and record mAP/R1 per step."),
+                                        "--finetune-epochs; each keeps its epoch with the best validation mAP) and "
+                                        "record validation (val_mAP, val_R1, ...) and test (mAP, R1, ...) per step."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Stage-2 finetuning epochs after every step "
                                         "(needs --data)."),
     round_to: int = typer.Option(8, "--round-to", help="structured: channel widths are multiples of this."),
@@ -83,9 +85,10 @@ def prune_cmd(
     if method == "structured":
         lines.append(f"  widths: {arch_summary(res.arch)}")
     for e in res.new_steps:
-        metr = "".join(f"  {k} {100 * e[k]:.2f}" for k in ("mAP", "R1") if k in e)
+        scores = score_line(e, ("mAP", "R1"))
+        kept = f" (finetuning epoch {e['best_epoch']} kept: best val mAP)" if e.get("best_epoch") else ""
         lines.append(f"  step {e['step']}/{e['steps']}: params {format_count(e['params_embedding'])}, nonzero "
-                     f"{format_count(e['params_nonzero'])}{metr}")
+                     f"{format_count(e['params_nonzero'])}" + (f"  {scores}{kept}" if scores else ""))
     console().print("\n".join(lines))
     write_json_output(json_out, {"out": str(out), "method": method, "target": res.target,
                                  "params_embedding": final_params, "params_nonzero": final_nz,

@@ -31,6 +31,8 @@ FinetuneFn = Callable[[nn.Module, AfterStep | None], Any]
 # on_step(model, entry): called after every finished step (pruned and finetuned), e.g. to checkpoint.
 OnStep = Callable[[nn.Module, dict[str, Any]], None]
 METRIC_KEYS = ("mAP", "R1", "R5", "R10")
+# recorded per step: test metrics, the validation ones (val_mAP, ...: what the finetuning chose on) and the epoch kept
+RECORDED_KEYS = (*METRIC_KEYS, *(f"val_{k}" for k in METRIC_KEYS), "best_epoch")
 
 
 def method_floor(model: nn.Module, method: str, round_to: int = 8, attn_unit: str = "heads") -> int:
@@ -94,7 +96,9 @@ def _metrics(result: Any) -> tuple[nn.Module | None, dict[str, Any]]:
     model = None
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
         model, result = result
-    metrics = {k: float(result[k]) for k in METRIC_KEYS if isinstance(result, Mapping) and k in result}
+    metrics = {k: float(result[k]) for k in RECORDED_KEYS if isinstance(result, Mapping) and result.get(k) is not None}
+    if "best_epoch" in metrics:
+        metrics["best_epoch"] = int(metrics["best_epoch"])
     return model, metrics
 
 
@@ -156,7 +160,8 @@ def prune_to_target(
     Returns:
         (model, arch, history): arch is the per-layer widths for structured (None otherwise);
         history is `history` plus one dict per step: method, target, step, steps, step_target,
-        params_embedding, params_nonzero, and mAP/R1/... when finetune_fn returned metrics.
+        params_embedding, params_nonzero, and the metrics finetune_fn returned: test mAP/R1/R5/R10, validation
+        val_mAP/val_R1/... and the finetuning epoch kept (best_epoch).
     """
     method = normalize_method(spec.method)
     history = list(history or [])

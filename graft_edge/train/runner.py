@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -224,12 +224,14 @@ def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float
         save_last(tr, run)
 
 
-def score_line(metrics: Mapping[str, Any]) -> str:
-    """'val mAP .. R1 .. | test mAP .. R1 ..' (percent; the val part only when validation ran)."""
+def score_line(metrics: Mapping[str, Any], keys: Sequence[str] = METRIC_KEYS) -> str:
+    """'val mAP .. R1 .. | test mAP .. R1 ..' (percent; each part only when its split was evaluated)."""
     def fmt(prefix: str) -> str:
-        return "  ".join(f"{k} {100 * metrics[prefix + k]:.2f}" for k in METRIC_KEYS)
+        return "  ".join(f"{k} {100 * metrics[prefix + k]:.2f}" for k in keys if metrics.get(prefix + k) is not None)
 
-    return (f"val {fmt('val_')} | " if metrics.get("val_mAP") is not None else "") + f"test {fmt('')}"
+    parts = [f"{name} {fmt(prefix)}" for name, prefix in (("val", "val_"), ("test", ""))
+             if metrics.get(prefix + "mAP") is not None]
+    return " | ".join(parts)
 
 
 def _keep_best(tr: Trainer, stage: int, epoch: int, metrics: Mapping[str, Any]) -> None:

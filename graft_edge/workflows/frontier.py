@@ -29,9 +29,10 @@ from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
 from graft_edge.compress import counted_size, method_floor, normalize_method
+from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder
+from graft_edge.evaluation import evaluate_embedder, evaluate_val
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import (
@@ -52,8 +53,10 @@ from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
+from graft_edge.train.runner import score_line
 from graft_edge.units import format_count, parse_size
 from graft_edge.workflows.frontier_report import write_reports
+from graft_edge.workflows.frontier_seeds import order_key as _order_key
 from graft_edge.workflows.frontier_seeds import seed_variant_name
 from graft_edge.workflows.frontier_state import (
     STATE_FILE,
@@ -66,6 +69,7 @@ from graft_edge.workflows.frontier_state import (
     resolve,
     save_state,
 )
+from graft_edge.workflows.noise import summary as noise_summary
 from graft_edge.workflows.prune import PruneRequest, PruneResult, run_prune
 
 Log = Callable[[str], None]
@@ -160,6 +164,7 @@ class FrontierResult:
     done: list[str] = field(default_factory=list)  # pieces computed in this call
     skipped: list[str] = field(default_factory=list)  # pieces reused from OUT
     speedup_note: str = ""
+    noise_note: str = ""  # which variants are within noise of dense, and the rule (workflows.noise)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,12 @@ class _Job:
     progress: ProgressHook
     log: Log
     result: FrontierResult
+    cfg: GraftConfig | None = None  # the source checkpoint's config: its validation split (data.val_fraction)
+
+    @property
+    def has_val(self) -> bool:
+        """Whether artefacts are also evaluated on the validation split (held-out training ids)."""
+        return self.data_root is not None and self.cfg is not None and self.cfg.data.val_fraction > 0
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -191,8 +202,9 @@ def _check_latency_only(settings: FrontierSettings) -> None:
 
 
 def _resolve_targets(model_path: Path, data_root: Path | None,
-                     settings: FrontierSettings) -> tuple[int, list[tuple[str, int]]]:
-    """The dense size the targets refer to and the targets as (text, count), largest first; all checked."""
+                     settings: FrontierSettings) -> tuple[int, list[tuple[str, int]], GraftConfig]:
+    """The dense size the targets refer to, the targets as (text, count), largest first, all checked; and the
+    checkpoint's config."""
     if not model_path.is_file():
         raise GraftError(f"model {model_path} does not exist")
     if model_path.suffix.lower() not in RUNTIME_SUFFIXES["torch"]:
@@ -220,7 +232,7 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
         t, n = targets[-1]
         raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
                          f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
-    return dense_count, targets
+    return dense_count, targets, ckpt.config
 
 
 def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_count: int,
@@ -248,18 +260,6 @@ def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_c
 
 
 # ------------------------------------------------------------------------------------------ pieces
-
-def _variant_name(target_params: int, seed: int = 0) -> str:
-    return seed_variant_name(f"t{target_params}", seed)
-
-
-def _order_key(name: str) -> tuple[int, int, int]:
-    """dense first, then the variants from the largest to the smallest target, seeds in order."""
-    if name == "dense":
-        return (0, 0, 0)
-    base, _, seed = name.partition("-s")
-    return (1, -int(base[1:]), int(seed or 0))
-
 
 def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str, seed: int) -> PruneResult:
     """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
@@ -341,6 +341,11 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     started = time.perf_counter()
     acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
                             rerank_cfg=RerankConfig() if s.rerank else None)
+    if job.has_val:  # reported beside test; a data root without a usable validation split only loses these columns
+        try:
+            acc.update(evaluate_val(emb, job.data_root, job.cfg, batch_size=s.eval_batch_size, progress=advance))
+        except GraftError as exc:
+            acc["val_error"] = one_line(exc)
     acc["seconds"] = time.perf_counter() - started
     acc["modalities"] = list(s.modalities) if s.modalities else None
     acc["precision"] = emb.info.extra.get("precision", "fp32")
@@ -348,15 +353,17 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
 
 
 def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
-                modalities: tuple[str, ...] | None = None, precision: str = "") -> bool:
+                modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False) -> bool:
     """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
-    one without re-ranked numbers when --rerank asks for them, one of another --modalities subset, a
-    checkpoint evaluated at another --dtype)."""
+    one without re-ranked numbers when --rerank asks for them, one without validation numbers when `val`,
+    one of another --modalities subset, a checkpoint evaluated at another --dtype)."""
     if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
         return True
     if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
         return True
     if precision and rec.accuracy.get("precision", "fp32") != precision:
+        return True
+    if val and data_root is not None and "val_mAP" not in rec.accuracy and "val_error" not in rec.accuracy:
         return True
     return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
 
@@ -367,7 +374,7 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
             if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
-                           job.settings.dtype if f == "torch" else "")]
+                           job.settings.dtype if f == "torch" else "", job.has_val)]
     stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(stale)}")
@@ -395,7 +402,7 @@ def _evaluate_format(job: _Job, state: FrontierState, vname: str, fmt: str, rec:
     else:
         try:
             rec.accuracy = _evaluate(job, resolve(job.out, rec.path), f"{label} {fmt}")
-            job.log(f"{label} {fmt}: mAP {100 * rec.accuracy['mAP']:.1f}  R1 {100 * rec.accuracy['R1']:.1f}")
+            job.log(f"{label} {fmt}: {score_line(rec.accuracy, ('mAP', 'R1'))}")
         except Exception as exc:
             rec.status, rec.error = f"error: {one_line(exc)}", one_line(exc)
             job.log(f"{label} {fmt}: {rec.status}")
@@ -456,11 +463,11 @@ def run_frontier(model_path: str | Path, data_root: str | Path | None, out_dir: 
     settings = settings.validated()
     model_path, out = Path(model_path), Path(out_dir)
     data_root = Path(data_root) if data_root is not None else None
-    dense_count, targets = _resolve_targets(model_path, data_root, settings)  # everything checked: nothing written yet
+    dense_count, targets, cfg = _resolve_targets(model_path, data_root, settings)  # all checked: nothing written yet
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {out} exists and is not a folder")
     job = _Job(out, model_path, data_root, settings, progress, log or (lambda msg: None),
-               FrontierResult(out_dir=out, rows=[], files={}))
+               FrontierResult(out_dir=out, rows=[], files={}), cfg)
     with OutputLock(out, "frontier"):  # one frontier per OUT
         return _run(job, _open_state(out, model_path, settings, dense_count, overwrite), targets)
 
@@ -469,7 +476,7 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
     """run_frontier's work, with OUT locked: every variant and format, then latency and the reports."""
     out = job.out
     seeds = range(job.settings.seeds)
-    plan = [("dense", "dense", None, None, 0)] + [(_variant_name(n, k), t, t, n, k) for k in seeds for t, n in targets]
+    plan = [("dense", "dense", None, None, 0)] + [(seed_variant_name(f"t{n}", k), t, t, n, k) for k in seeds for t, n in targets]
     state.order = sorted(set(state.order) | {p[0] for p in plan}, key=_order_key)
     prev_ckpt = dense_ckpt = job.model_path
     for vname, label, target_text, target_n, seed in plan:  # each target is pruned from the previous one of its seed
@@ -484,6 +491,7 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    job.result.rows, job.result.files, job.result.speedup_note = write_reports(state, out, job.settings.formats,
-                                                                               seeds=job.settings.seeds)
+    rows, files, note = write_reports(state, out, job.settings.formats, seeds=job.settings.seeds)
+    job.result.rows, job.result.files, job.result.speedup_note = rows, files, note
+    job.result.noise_note = noise_summary(rows)
     return job.result

@@ -11,12 +11,21 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
-AGGREGATED = ("mAP", "R1", "R5", "R10", "mAP_rerank", "R1_rerank")  # each gets *_std; the row value is the mean
+AGGREGATED = ("mAP", "R1", "R5", "R10", "val_mAP", "val_R1", "val_R5", "val_R10", "mAP_rerank",
+              "R1_rerank")  # each gets *_std; the row value is the mean
 
 
 def seed_variant_name(base: str, seed: int) -> str:
     """`t123` for seed 0, `t123-s2` for seed 2."""
     return base if seed == 0 else f"{base}-s{seed}"
+
+
+def order_key(name: str) -> tuple[int, int, int]:
+    """dense first, then the variants `t<params>[-s<k>]` from the largest to the smallest target, seeds in order."""
+    if name == "dense":
+        return (0, 0, 0)
+    base, _, seed = name.partition("-s")
+    return (1, -int(base[1:]), int(seed or 0))
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
@@ -34,21 +43,22 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
     return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)), n
 
 
-def aggregate_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (variant, format), in first-seen order: mean ± std over its seed rows.
+def aggregate_rows(rows: Sequence[dict[str, Any]], by: Sequence[str] = ("variant", "format"),
+                   keys: Sequence[str] = AGGREGATED) -> list[dict[str, Any]]:
+    """One row per group (default (variant, format)), in first-seen order: mean ± std of `keys` over its seed rows.
 
     The representative row (seed 0, else the lowest seed) gives everything else (status, size, latency,
     artefact); `n_seeds` counts the seeds with an mAP, `seeds` lists the seeds present.
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r["variant"]), str(r["format"])), []).append(r)
+        groups.setdefault(tuple(str(r[k]) for k in by), []).append(r)
     out = []
     for members in groups.values():
         members = sorted(members, key=lambda r: int(r.get("seed") or 0))
         agg = dict(members[0])
         ok = [r for r in members if r.get("status", "ok") == "ok"]
-        for key in AGGREGATED:
+        for key in keys:
             mean, std, n = mean_std(r.get(key) for r in ok)
             agg[key], agg[f"{key}_std"] = mean, std
             if key == "mAP":
@@ -65,5 +75,10 @@ def noise_band(rows: Sequence[dict[str, Any]], fmt: str, key: str = "mAP") -> fl
     dense = next((r for r in rows if r["variant"] == "dense" and r["format"] == fmt), None)
     if dense is not None and dense.get(f"{key}_std") is not None:
         return float(dense[f"{key}_std"])
+    return pooled_std(rows, fmt, key)
+
+
+def pooled_std(rows: Sequence[dict[str, Any]], fmt: str, key: str = "mAP") -> float | None:
+    """The pooled (root-mean-square) seed std of `key` over the rows of format `fmt` that have one; else None."""
     stds = [float(r[f"{key}_std"]) for r in rows if r["format"] == fmt and r.get(f"{key}_std") is not None]
     return math.sqrt(sum(s * s for s in stds) / len(stds)) if stds else None

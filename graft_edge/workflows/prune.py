@@ -23,7 +23,7 @@ from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
 from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import evaluate_embedder
+from graft_edge.evaluation import evaluate_embedder, evaluate_val
 from graft_edge.fileio import sha256_file
 from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
@@ -132,6 +132,9 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
                  teacher: Teacher | None = None) -> Callable[[nn.Module, Any], Any] | None:
     """Finetune (and evaluate, unless told not to) after every step when --data is given.
 
+    Finetuning keeps its best epoch on the validation split (when the config holds one out); the test split is
+    evaluated on that model and only recorded. Without finetuning both splits are evaluated.
+
     Step N's finetuning is seeded from (cfg.train.seed + req.seed_offset, N), so a run resumed after step N-1 repeats
     exactly what the uninterrupted run did. With a `teacher` the finetuning distils from it.
     """
@@ -146,7 +149,9 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
                             seed=(int(cfg.train.seed) + req.seed_offset) * 10_007 + step[0],
                             teacher=teacher.model if teacher is not None else None, distill=req.distill_config)
         m.eval()
-        return evaluate_embedder(ModelEmbedder(m), req.data, batch_size=cfg.data.eval_batch_size)
+        embedder = ModelEmbedder(m)
+        return {**evaluate_embedder(embedder, req.data, batch_size=cfg.data.eval_batch_size),
+                **evaluate_val(embedder, req.data, cfg)}
 
     return finetune_fn
 

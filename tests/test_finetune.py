@@ -1,0 +1,86 @@
+"""`finetune` keeps the epoch with the best validation mAP (held-out training ids) and reports the test split
+separately; choosing never changes the trajectory it chooses from."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft_edge.data.synthetic import write_synthetic
+from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.model import build_model
+from graft_edge.model.embedder import ModelEmbedder
+from graft_edge.train import finetune
+from tests.conftest import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 ids (8 train: 6 for training, 2 held out for validation at 0.25), 2 cameras, 16x32 slots."""
+    root = tmp_path_factory.mktemp("data") / "syn16"
+    write_synthetic(root, ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    return root
+
+
+def _cfg(lr: float = 2e-2):
+    """A high constant lr: validation mAP goes up and down between epochs (the last epoch is not the best)."""
+    cfg = tiny_train_config()
+    return replace(cfg, data=replace(cfg.data, val_fraction=0.25), model=replace(cfg.model, num_ids=6),
+                   train=replace(cfg.train, stage2=replace(cfg.train.stage2, lr=lr)))
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg.model)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_keeps_the_val_best_epoch_not_the_last(data16: Path, one_thread: None) -> None:
+    cfg = _cfg()
+    model, metrics = finetune(_model(cfg), cfg, data16, 4, seed=0)
+    hist = metrics["val_history"]
+    assert len(hist) == 4 and metrics["selected_on"] == "val_mAP"
+    best = max(range(4), key=lambda i: (hist[i], -i)) + 1  # first epoch with the highest val mAP
+    assert metrics["best_epoch"] == best < 4 and hist[best - 1] > hist[-1]  # the case this test is about
+    assert metrics["val_mAP"] == pytest.approx(hist[best - 1])
+    # the returned weights are epoch `best` of the same trajectory: what training for `best` epochs gives
+    at_best, _ = finetune(_model(cfg), cfg, data16, best, seed=0, select_on_val=False, eval_at_end=False)
+    last, _ = finetune(_model(cfg), cfg, data16, 4, seed=0, select_on_val=False, eval_at_end=False)
+    assert _same(model, at_best) and not _same(model, last)
+    # and the metrics are that model's: validation from the held-out ids, test from query/gallery
+    emb = ModelEmbedder(model)
+    val, test = evaluate_val(emb, data16, cfg), evaluate_embedder(emb, data16, batch_size=16)
+    assert metrics["val_mAP"] == pytest.approx(val["val_mAP"]) and metrics["mAP"] == pytest.approx(test["mAP"])
+    assert metrics["val_num_query"] == val["val_num_query"] != metrics["num_query"] == test["num_query"]
+    assert metrics["val_mAP"] != metrics["mAP"]
+
+
+def test_restoring_keeps_pruned_widths_and_the_model_object(data16: Path, one_thread: None) -> None:
+    from graft_edge.compress import PruneSpec, prune_to_target
+
+    cfg = _cfg()
+    model = _model(cfg)
+    prune_to_target(model, int(0.7 * sum(p.numel() for p in model.parameters())), PruneSpec(steps=1))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    out, metrics = finetune(model, cfg, data16, 3, seed=0, eval_at_end=False)
+    assert out is model and {k: v.shape for k, v in model.state_dict().items()} == shapes
+    assert "mAP" not in metrics and metrics["best_epoch"] in (1, 2, 3)
+
+
+@pytest.mark.parametrize("val_fraction, select", [(0.0, True), (0.25, False)])
+def test_without_validation_the_last_epoch_is_kept(data16: Path, one_thread: None, val_fraction: float,
+                                                   select: bool) -> None:
+    cfg = _cfg()
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=val_fraction),
+                  model=replace(cfg.model, num_ids=8 if val_fraction == 0 else 6))
+    model, metrics = finetune(_model(cfg), cfg, data16, 2, seed=0, select_on_val=select)
+    assert "best_epoch" not in metrics and "val_mAP" not in metrics and 0 <= metrics["mAP"] <= 1
+    again, _ = finetune(_model(cfg), cfg, data16, 2, seed=0, select_on_val=select, eval_at_end=False)
+    assert _same(model, again)
+
