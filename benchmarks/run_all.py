@@ -110,14 +110,15 @@ def _demo_ratios(doc: dict) -> list[str]:
     h = doc.get("headline") or {}
     if not h:
         return ["no headline (see demo.log)"]
-    lines = [f"synthetic: pruned INT8 {h['variant']} vs dense PyTorch eager: {h['speedup']:.2f}x p50"
+    lines = [f"synthetic: pruned {h.get('format', 'int8')} {h['variant']} vs dense PyTorch eager: {h['speedup']:.2f}x p50"
              + (f", {h['speedup_min']:.2f}x best-of-N" if h.get("speedup_min") else "")
-             + f" at batch {h['batch']}; mAP {100 * (h.get('mAP') or 0):.1f} vs {100 * (h.get('dense_mAP') or 0):.1f}"]
+             + f" at batch {h['batch']}; mAP {100 * (h.get('mAP') or 0):.1f} vs {100 * (h.get('dense_mAP') or 0):.1f}"
+             + (f" ({h['vs_dense']})" if h.get("vs_dense") else "")]
     s = doc.get("scale_headline") or {}
     if s:
         lines.append(f"rgbnt100 architecture (random weights): pruned INT8 {s['variant']} vs dense PyTorch eager: "
                      f"{s['speedup']:.2f}x p50" + (f", {s['speedup_min']:.2f}x best-of-N" if s.get("speedup_min") else "")
-                     + f" at batch {s['batch']} ({s['int8_ms']:.0f} vs {s['dense_ms']:.0f} ms)")
+                     + f" at batch {s['batch']} ({s.get('variant_ms', s.get('int8_ms')):.0f} vs {s['dense_ms']:.0f} ms)")
     return lines + ["times: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc.get("seconds", {}).items())]
 
 

@@ -17,7 +17,8 @@ D = FrontierSettings(targets=())  # the defaults shown and used by the options b
 
 
 def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", width: int = 120) -> Any:
-    """The frontier as a rich table (the paper's Tables 3-4 columns plus format, size, latency, speed-up).
+    """The frontier as a rich table (the paper's Tables 3-4 columns (test split), validation mAP when measured, plus
+    format, size, latency, speed-up).
 
     Below 100 columns of `width`, size and R5 are left out (frontier.md and .csv have everything).
     """
@@ -32,7 +33,9 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
     t.add_column("Variant", no_wrap=True)
     t.add_column("Params", justify="right", no_wrap=True)
     t.add_column("Format", overflow="fold", min_width=6)
-    cols = (["MB"] if wide else []) + ["mAP", "R1"] + (["R5"] if wide else []) + ["R10", "ms", "Speed-up"]
+    val = any(r.get("val_mAP") is not None for r in rows)
+    cols = ((["MB"] if wide else []) + ["mAP", "R1"] + (["R5"] if wide else []) + ["R10"] + (["val mAP"] if val else [])
+            + ["ms", "Speed-up"])
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
 
@@ -45,6 +48,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
         fmt = r["format"] if r["status"] == "ok" else f"{r['format']} [red]{escape(r['status'][:40])}[/]"
         vals = {"MB": f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
                 "mAP": pct(r.get("mAP"), r.get("mAP_std")), "R1": pct(r.get("R1"), r.get("R1_std")), "R5": pct(r.get("R5")), "R10": pct(r.get("R10")),
+                "val mAP": pct(r.get("val_mAP"), r.get("val_mAP_std")),
                 "ms": f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
                 "Speed-up": f"{r['speedup']:.2f}x" if r.get("speedup") else "-"}
         name = escape(str(r["variant"]))
@@ -95,6 +99,8 @@ def frontier_cmd(
     con.print(frontier_table(result.rows, width=con.width))
     if result.speedup_note:
         con.print(result.speedup_note, soft_wrap=True)
+    if result.noise_note:
+        con.print(result.noise_note, soft_wrap=True)
     if result.skipped:
         con.print(f"reused from {out}: {len(result.skipped)} finished piece(s)")
     con.print("wrote " + ", ".join(str(p) for p in result.files.values()), soft_wrap=True)

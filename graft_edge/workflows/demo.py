@@ -8,6 +8,7 @@ every finished frontier piece.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -19,6 +20,7 @@ import torch
 
 from graft_edge.checkpoint import save_checkpoint
 from graft_edge.config import get_preset
+from graft_edge.cpu import has_bf16
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_json
@@ -26,11 +28,21 @@ from graft_edge.formats import DEFAULT_FRONTIER_FORMATS as DEFAULT_FORMATS
 from graft_edge.model import build_model
 from graft_edge.train import run_training
 from graft_edge.workflows.frontier import FrontierResult, FrontierSettings, run_frontier
+from graft_edge.workflows.noise import WORSE, judge_row
 
 DEFAULT_TARGETS = ("70%", "45%")
+DEMO_SEEDS = 3  # finetuning seeds of the demo's frontier: mean ± std, error bars (fits its 10 minutes on 2 cores)
 SPEEDUP_GOAL = 4.0  # pruned INT8 vs dense PyTorch eager (issue #6)
 SCALE_PRESET = "rgbnt100"
 SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
+
+
+def demo_formats() -> tuple[str, ...]:
+    """The demo's formats: torch, ONNX FP32 and INT8, plus OpenVINO INT8 where OpenVINO and NNCF are installed and
+    OpenVINO bf16 where the CPU also multiplies bf16 natively (AVX512-BF16 / AMX)."""
+    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf")):
+        return DEFAULT_FORMATS
+    return (*DEFAULT_FORMATS, "openvino-int8", *(("openvino-bf16",) if has_bf16() else ()))
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,13 @@ class DemoSettings:
     ids: int = 64
     cameras: int = 8
     images_per_camera: int = 3
+    # which synthetic set: "default" is today's generator; a named harder preset is passed to write_synthetic as
+    # `difficulty=` (the capacity-bound benchmark of issue 11, wired where the generator has it)
+    difficulty: str = "default"
     max_steps: int | None = None  # per training stage; None: the preset's epochs
     frontier: FrontierSettings = field(default_factory=lambda: FrontierSettings(
-        targets=DEFAULT_TARGETS, formats=DEFAULT_FORMATS, finetune_epochs=2, batch=64, iters=20, rounds=5,
-        warmup=3))  # 2 finetuning epochs per step: after 1, mAP still swings by 10+ points between epochs
+        targets=DEFAULT_TARGETS, formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
+        warmup=3, seeds=DEMO_SEEDS))  # 2 finetuning epochs per step, best on validation; seeds give error bars
     # the same pruning + INT8 on the paper-size architecture (random weights: latency only, batch 1); None: skip
     scale: FrontierSettings | None = field(default_factory=lambda: FrontierSettings(
         targets=SCALE_TARGETS, formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
@@ -73,25 +88,37 @@ class DemoResult:
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The smallest pruned INT8 artefact vs the dense PyTorch model: speed-up and both mAPs.
+    """The fastest pruned artefact whose test mAP is within noise of the dense PyTorch model's (or above it, by
+    workflows.noise's rule) against that model: speed-up, both mAPs and the judgement.
 
-    The goal counts as met only when both the p50 ratio and the best-of-N ratio reach it (a busy machine
-    inflates eager PyTorch's p50 far more than ONNX Runtime's, which would flatter the p50 ratio).
+    Without mAPs (latency only), or when every pruned artefact is below dense beyond the noise, it is the
+    smallest pruned INT8 artefact instead (`within_noise` False says which). The speed-up goal counts as met
+    only when both the p50 ratio and the best-of-N ratio reach it (a busy machine inflates eager PyTorch's p50
+    far more than ONNX Runtime's, which would flatter the p50 ratio).
     """
     dense = next((r for r in rows if r["variant"] == "dense" and r["format"] == "torch" and r["status"] == "ok"), None)
-    int8 = [r for r in rows if r["variant"] != "dense" and r["format"] == "int8" and r["status"] == "ok"
-            and r.get("latency_ms")]
-    if dense is None or not int8 or not dense.get("latency_ms"):
+    pruned = [r for r in rows if r["variant"] != "dense" and r["status"] == "ok" and r.get("latency_ms")]
+    if dense is None or not pruned or not dense.get("latency_ms"):
         return None
-    small = min(int8, key=lambda r: r["params"])
-    speedup = dense["latency_ms"] / small["latency_ms"]
-    speedup_min = small.get("speedup_min")
+    judged = {id(r): judge_row(r, dense, rows) for r in pruned}
+    close = [r for r in pruned if judged[id(r)] is not None and judged[id(r)].verdict != WORSE]
+    int8 = [r for r in pruned if r["format"] == "int8"]
+    if close:
+        pick = min(close, key=lambda r: r["latency_ms"])
+    elif int8:
+        pick = min(int8, key=lambda r: r["params"])
+    else:
+        return None
+    speedup = dense["latency_ms"] / pick["latency_ms"]
+    speedup_min = pick.get("speedup_min")
     conservative = min(speedup, speedup_min) if speedup_min else speedup
-    return {"variant": small["variant"], "params": small["params"], "dense_params": dense["params"],
-            "speedup": speedup, "speedup_min": speedup_min, "goal": SPEEDUP_GOAL,
-            "goal_met": conservative >= SPEEDUP_GOAL,
-            "batch": small.get("batch"), "dense_ms": dense["latency_ms"], "int8_ms": small["latency_ms"],
-            "mAP": small.get("mAP"), "dense_mAP": dense.get("mAP")}
+    j = judged[id(pick)]
+    return {"variant": pick["variant"], "format": pick["format"], "params": pick["params"],
+            "dense_params": dense["params"], "speedup": speedup, "speedup_min": speedup_min, "goal": SPEEDUP_GOAL,
+            "goal_met": conservative >= SPEEDUP_GOAL, "batch": pick.get("batch"), "dense_ms": dense["latency_ms"],
+            "variant_ms": pick["latency_ms"], "mAP": pick.get("mAP"), "mAP_std": pick.get("mAP_std"),
+            "dense_mAP": dense.get("mAP"), "within_noise": bool(close), "vs_dense": j.words() if j else None,
+            "verdict": j.verdict if j else None, "noise": j.noise if j else None}
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: Any = None,
@@ -113,8 +140,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     if not (data / "rgbir").is_dir():
         log(f"[1/{phases}] writing the synthetic dataset to {data} ({settings.ids} ids, {settings.cameras} cameras)")
         hook = progress("synthesising images", None) if progress else None
+        harder = {"difficulty": settings.difficulty} if settings.difficulty != "default" else {}
         summary = write_synthetic(data, ids=settings.ids, cameras=settings.cameras,
-                                  images_per_camera=settings.images_per_camera)
+                                  images_per_camera=settings.images_per_camera, **harder)
         if hook:
             hook(1)
         log(f"      {summary.counts} images in {summary.seconds:.1f} s")

@@ -61,18 +61,20 @@ def judge(value: float | None, ref: float | None, std: float | None = None, ref_
     return Judgement(float(value) - float(ref), math.sqrt((s_v or 0.0) ** 2 + (s_r or 0.0) ** 2), False)
 
 
+def judge_row(row: dict[str, Any], ref: dict[str, Any], rows: Sequence[dict[str, Any]], key: str = "mAP",
+              floor: float = SINGLE_SEED_FLOOR) -> Judgement | None:
+    """One (mean ± std) row against a reference row, missing stds pooled over `rows` of the row's format."""
+    return judge(row.get(key), ref.get(key), row.get(f"{key}_std"), ref.get(f"{key}_std"),
+                 pooled_std(rows, row["format"], key), floor)
+
+
 def judge_rows(rows: Sequence[dict[str, Any]], key: str = "mAP",
                floor: float = SINGLE_SEED_FLOOR) -> dict[int, Judgement]:
     """Every non-dense row (by index) judged against the dense row of its format (mean ± std rows)."""
     out: dict[int, Judgement] = {}
     for i, r in enumerate(rows):
-        if r["variant"] == "dense":
-            continue
         dense = next((d for d in rows if d["variant"] == "dense" and d["format"] == r["format"]), None)
-        if dense is None:
-            continue
-        j = judge(r.get(key), dense.get(key), r.get(f"{key}_std"), dense.get(f"{key}_std"),
-                  pooled_std(rows, r["format"], key), floor)
+        j = judge_row(r, dense, rows, key, floor) if dense is not None and r["variant"] != "dense" else None
         if j is not None:
             out[i] = j
     return out
