@@ -1,0 +1,93 @@
+"""The size sweep (benchmarks/prune_sweep.py over graft_edge.workflows.sweep): seeds aggregated to mean ± std on
+known numbers, judged against dense by the noise rule, and a tiny real run that resumes."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft_edge.checkpoint import save_checkpoint
+from graft_edge.data.synthetic import write_synthetic
+from graft_edge.errors import GraftError
+from graft_edge.model import build_model
+from graft_edge.workflows.sweep import SweepSettings, run_sweep
+from graft_edge.workflows.sweep_report import recovery_lines, sweep_markdown, sweep_rows
+from tests.conftest import tiny_train_config
+
+
+def _row(cond: str, level: str, seed: int, m: float, v: float) -> dict:
+    return {"condition": cond, "level": level, "seed": seed, "params_embedding": 1000, "params_nonzero": 900,
+            "mAP": m, "R1": m, "R5": m, "R10": m, "val_mAP": v, "val_R1": v, "val_R5": v, "val_R10": v}
+
+
+def test_seed_rows_aggregate_to_mean_and_sample_std() -> None:
+    seed_rows = [_row("dense", "100%", 0, 0.80, 0.90)]
+    seed_rows += [_row("structured+ft", "45%", s, m, v) for s, (m, v) in enumerate([(0.70, 0.80), (0.72, 0.86),
+                                                                                      (0.74, 0.83)])]
+    seed_rows += [_row("structured+ft+kd", "45%", s, m, 0.9) for s, m in enumerate([0.76, 0.78, 0.80])]
+    seed_rows += [_row("structured", "45%", 0, 0.30, 0.35)]
+    rows = sweep_rows(seed_rows, ["45%"])
+    assert [(r["condition"], r["level"]) for r in rows] == [("dense", "100%"), ("structured+ft", "45%"),
+                                                            ("structured+ft+kd", "45%"), ("structured", "45%")]
+    ft = rows[1]
+    assert ft["mAP"] == pytest.approx(0.72) and ft["mAP_std"] == pytest.approx(0.02) and ft["n_seeds"] == 3
+    assert ft["val_mAP"] == pytest.approx(0.83) and ft["val_mAP_std"] == pytest.approx(0.03)
+    assert ft["kept"] == pytest.approx(0.9) and ft["seeds"] == [0, 1, 2]
+    # dense has no std: the pooled std of the variants (sqrt((0.02^2 + 0.02^2) / 2) = 0.02) stands in for it
+    assert ft["mAP_noise"] == pytest.approx(math.sqrt(0.02 ** 2 + 0.02 ** 2))
+    assert ft["mAP_vs_dense"] == "worse" and rows[2]["mAP_vs_dense"] == "within noise"
+    assert rows[3]["mAP_std"] is None and rows[3]["n_seeds"] == 1 and rows[3]["mAP_vs_dense"] == "worse"
+    md = sweep_markdown(rows)
+    assert "| structured+ft | 45% | 1.0K | 0.9K | 83.0 ± 3.0 | 83.0 ± 3.0 | 72.0 ± 2.0 |" in md
+    # distillation recovers 6 of the 8 points plain finetuning loses; 6 > sqrt(2) x 2 points of noise
+    (line,) = recovery_lines(rows)
+    assert line == ("45%: finetuning alone is 8.0 points below dense; distillation changes test mAP by +6.0 "
+                    "(75% of it), beyond the seed noise (2.8).")
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """16 ids (6 training ids + 2 validation ids at val_fraction 0.25) and an untrained 6-id tiny model."""
+    root = tmp_path_factory.mktemp("sweep")
+    write_synthetic(root / "data", ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.25), model=replace(cfg.model, num_ids=6))
+    torch.manual_seed(0)
+    save_checkpoint(root / "dense.pt", build_model(cfg.model), cfg)
+    return root / "dense.pt", root / "data"
+
+
+def test_tiny_sweep_runs_every_seed_chain_and_resumes(sweep_inputs: tuple[Path, Path], tmp_path: Path,
+                                                      one_thread: None) -> None:
+    model, data = sweep_inputs
+    # 50% is below what structured pruning reaches on this model (62%): every chain ends after 70%
+    settings = SweepSettings(levels=("85%", "70%", "50%"), conditions=("structured", "structured+ft",
+                                                                       "structured+ft+kd"), seeds=2, finetune_epochs=1)
+    res = run_sweep(model, data, tmp_path / "sweep", settings)
+    assert len(res.seed_rows) == 1 + 2 + 2 * 2 * 2  # dense, no-ft once, two finetuned conditions x 2 seeds x 2 levels
+    by = {(r["condition"], r["level"]): r for r in res.rows}
+    assert by[("structured", "70%")]["n_seeds"] == 1 and by[("structured+ft", "70%")]["n_seeds"] == 2
+    assert not any(r["level"] == "50%" for r in res.rows)
+    for r in res.rows:  # validation and test both measured, on different query sets
+        assert 0 <= r["val_mAP"] <= 1 and 0 <= r["mAP"] <= 1
+    ft = [r for r in res.seed_rows if r["condition"] == "structured+ft" and r["level"] == "70%"]
+    assert ft[0]["mAP"] != ft[1]["mAP"] or ft[0]["val_mAP"] != ft[1]["val_mAP"]  # the seeds differ
+    assert (tmp_path / "sweep" / "sweep.md").read_text().count("| structured") == 6
+    again = run_sweep(model, data, tmp_path / "sweep", settings)
+    assert not again.done and again.rows == res.rows
+    with pytest.raises(GraftError, match="other --levels"):
+        run_sweep(model, data, tmp_path / "sweep", replace(settings, levels=("75%",)))
+
+
+def test_script_is_thin_and_bad_conditions_are_one_line(sweep_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("prune_sweep", Path(__file__).parents[1] / "benchmarks" /
+                                                  "prune_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, data = sweep_inputs
+    with pytest.raises(GraftError, match="--conditions 'pruned'"):
+        mod.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "s"), "--conditions", "pruned"])
