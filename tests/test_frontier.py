@@ -151,7 +151,7 @@ def test_markdown_table_formats_percent_and_errors():
              "pareto": True, "achieved_gflops": 106.42, "peak_precision": "fp32", "share_of_peak": 0.554},
             {"variant": "60M", "params": 60e6, "format": "trt", "size_bytes": None, "status": "error: no GPU"}]
     md = markdown_table(rows)
-    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | - | 950.000 | 1.00x | 106.4 | 55 fp32 | * |" in md
+    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | - | - | - | 950.000 | 1.00x | 106.4 | 55 fp32 | * |" in md
     assert "trt (error: no GPU)" in md
 
 
