@@ -52,9 +52,9 @@ class DemoSettings:
     ids: int = 64
     cameras: int = 8
     images_per_camera: int = 3
-    # which synthetic set: "default" is today's generator; a named harder preset is passed to write_synthetic as
-    # `difficulty=` (the capacity-bound benchmark of issue 11, wired where the generator has it)
-    difficulty: str = "default"
+    # which synthetic set: "easy" is today's generator; another preset name (e.g. "hard", the capacity-bound set
+    # of issue 11) is passed to write_synthetic as `difficulty=` (wired where the generator has the knob)
+    difficulty: str = "easy"
     max_steps: int | None = None  # per training stage; None: the preset's epochs
     frontier: FrontierSettings = field(default_factory=lambda: FrontierSettings(
         targets=DEFAULT_TARGETS, formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
@@ -140,7 +140,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     if not (data / "rgbir").is_dir():
         log(f"[1/{phases}] writing the synthetic dataset to {data} ({settings.ids} ids, {settings.cameras} cameras)")
         hook = progress("synthesising images", None) if progress else None
-        harder = {"difficulty": settings.difficulty} if settings.difficulty != "default" else {}
+        harder = {"difficulty": settings.difficulty} if settings.difficulty != "easy" else {}
         summary = write_synthetic(data, ids=settings.ids, cameras=settings.cameras,
                                   images_per_camera=settings.images_per_camera, **harder)
         if hook:
