@@ -84,3 +84,53 @@ def test_without_validation_the_last_epoch_is_kept(data16: Path, one_thread: Non
     again, _ = finetune(_model(cfg), cfg, data16, 2, seed=0, select_on_val=select, eval_at_end=False)
     assert _same(model, again)
 
+
+
+def test_prune_with_val_selection_resumes_to_identical_weights(data16: Path, tmp_path: Path, one_thread: None) -> None:
+    """Every step keeps its val-best epoch; a run stopped after step 2 of 3 resumes to the uninterrupted weights,
+    and the history records val and test metrics and the kept epoch per step."""
+    from graft_edge.checkpoint import read_checkpoint, save_checkpoint
+    from graft_edge.workflows.prune import PruneRequest, run_prune
+
+    cfg = _cfg(lr=5e-3)
+    src = tmp_path / "dense.pt"
+    save_checkpoint(src, _model(cfg), cfg)
+    req = PruneRequest(target="75%", steps=3, data=data16, finetune_epochs=2)
+    a, c = tmp_path / "a.pt", tmp_path / "c.pt"
+    res = run_prune(src, a, req)
+    for e in res.new_steps:
+        assert e["best_epoch"] in (1, 2) and 0 <= e["val_mAP"] <= 1 and 0 <= e["mAP"] <= 1
+
+    def stop_after_second(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(src, c, req, progress=stop_after_second)
+    torch.manual_seed(123)  # the global RNG state must not matter
+    resumed = run_prune(src, c, req, resume=True)
+    sa, sc = read_checkpoint(a).state_dict, read_checkpoint(c).state_dict
+    assert resumed.resumed_steps == 2 and all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert resumed.history[-1] == res.history[-1]
+
+
+def test_prune_cli_prints_val_and_test_per_step(data16: Path, tmp_path: Path, one_thread: None) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.cli.main import app
+
+    cfg = _cfg(lr=5e-3)
+    src = tmp_path / "dense.pt"
+    save_checkpoint(src, _model(cfg), cfg)
+    res = CliRunner().invoke(app, ["prune", str(src), "--target", "75%", "--steps", "1", "--data", str(data16),
+                                   "--finetune-epochs", "2", "--out", str(tmp_path / "p.pt"), "--json",
+                                   str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    (step,) = json.loads((tmp_path / "p.json").read_text())["history"]
+    text = " ".join(res.output.split())
+    assert ("step 1/1: params" in text and f"val mAP {100 * step['val_mAP']:.2f} R1 {100 * step['val_R1']:.2f} | "
+            f"test mAP {100 * step['mAP']:.2f} R1 {100 * step['R1']:.2f} (finetuning epoch {step['best_epoch']} kept: "
+            "best val mAP)" in text)
