@@ -40,6 +40,18 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            help="ONNX Runtime INT8, dynamic quantisation (weights INT8, activations at run time)"),
     Format("int8-static", "onnx-int8-static", ".int8-static.onnx", "int8-static", "onnx", "onnx",
            needs_calibration=True, marker="v", help="INT8 static Q/DQ, calibrated on real images"),
+    Format("int8-u8s8", "onnx-int8-u8s8", ".int8-u8s8.onnx", "int8-static", "onnx", "onnx", needs_calibration=True,
+           marker="<", help="INT8 static Q/DQ for CPUs: UINT8 asymmetric activations, INT8 per-channel weights (U8S8)"),
+    # Fused transformer graphs (graft_edge.export.fusion): every self-attention is one ONNX Runtime contrib node
+    # (com.microsoft::MultiHeadAttention), exported from the checkpoint; the INT8 rows quantise that graph.
+    Format("onnx-fused", "onnx-fp32-fused", ".fused.onnx", "fp32", "onnx", None, marker="H",
+           help="FP32 ONNX with every attention one ONNX Runtime MultiHeadAttention node"),
+    Format("int8-fused", "onnx-int8-dynamic-fused", ".int8-dynamic-fused.onnx", "int8-dynamic", "onnx", "onnx-fused",
+           marker="8", help="ONNX Runtime INT8 dynamic of the fused-attention graph"),
+    Format("int8-static-fused", "onnx-int8-static-fused", ".int8-static-fused.onnx", "int8-static", "onnx",
+           "onnx-fused", needs_calibration=True, marker="1", help="INT8 static Q/DQ (S8S8) of the fused-attention graph"),
+    Format("int8-u8s8-fused", "onnx-int8-u8s8-fused", ".int8-u8s8-fused.onnx", "int8-static", "onnx", "onnx-fused",
+           needs_calibration=True, marker="2", help="INT8 static Q/DQ U8S8 of the fused-attention graph"),
     Format("fp16", "onnx-fp16", ".fp16.onnx", "fp16", "onnx", "onnx", marker="D",
            help="FP16 ONNX with LayerNorm/Softmax kept FP32"),
     Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, marker="P",

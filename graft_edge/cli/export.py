@@ -9,8 +9,9 @@ import typer
 
 from graft_edge.cli.common import console, err_console, guarded
 from graft_edge.export import ExportOptions, export_model
+from graft_edge.export.fusion import ATTENTION_OPS
 from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
-from graft_edge.export.options import OPENVINO_MODES
+from graft_edge.export.options import FUSED_MODES, OPENVINO_MODES
 from graft_edge.formats import FORMATS
 from graft_edge.serve.triton_repo import RepoOptions, model_config_pb2, write_repository
 
@@ -37,6 +38,7 @@ def _int8_modes(values: list[str] | None) -> tuple[str, ...]:
     return _modes(values, ("dynamic", "static"), "both")
 
 
+FUSED_HELP = "; ".join(f"'{mode}': NAME{FORMATS[name].suffix} ({FORMATS[name].help})" for mode, name in FUSED_MODES.items())
 OPENVINO_HELP = "; ".join(f"'{mode}': NAME{FORMATS[name].suffix} ({FORMATS[name].help})"
                           for mode, name in OPENVINO_MODES.items())
 
@@ -76,7 +78,9 @@ def export_cmd(
     model: Path = typer.Argument(..., help="Checkpoint (.pt) written by graft-edge init/train/prune."),
     out: Path = typer.Option(..., "--out", help="Folder for the artefacts (created; existing files of the same names are replaced)."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT. It is always built and checked (INT8/FP16/TensorRT derive from it); --no-onnx only skips keeping it."),
-    int8: Optional[List[str]] = typer.Option(None, "--int8", help=f"INT8 ONNX Runtime models: 'dynamic' (NAME{FORMATS['int8'].suffix}: {FORMATS['int8'].help}) and/or 'static' (NAME{FORMATS['int8-static'].suffix}: {FORMATS['int8-static'].help} from --calib-data; also TensorRT's INT8 source). Repeat, or give 'dynamic,static'."),
+    int8: Optional[List[str]] = typer.Option(None, "--int8", help=f"INT8 ONNX Runtime models: 'dynamic' (NAME{FORMATS['int8'].suffix}: {FORMATS['int8'].help}) and/or 'static' (NAME{FORMATS['int8-static'].suffix}: {FORMATS['int8-static'].help} from --calib-data; also TensorRT's INT8 source) and/or 'u8s8' (NAME{FORMATS['int8-u8s8'].suffix}: {FORMATS['int8-u8s8'].help}, from --calib-data). Repeat, or give 'dynamic,static'."),
+    fused: Optional[List[str]] = typer.Option(None, "--fused", help=f"Fused-attention ONNX (every attention one ONNX Runtime contrib node; CPU ONNX Runtime only): {FUSED_HELP}. Repeat, give a comma-separated list, or 'all'. static/u8s8 need --calib-data."),
+    attention_op: str = typer.Option(D.attention_op, "--attention-op", help=f"Contrib op of the --fused graphs: {' or '.join(ATTENTION_OPS)} (Attention holds the q|k|v projection and becomes QAttention under dynamic INT8; static Q/DQ leaves it FP32)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 ONNX NAME.fp16.onnx: LayerNorm/Softmax/reductions kept FP32, FP32 inputs/outputs (TensorRT >= 11 FP16 source; GPU EPs)."),
     openvino: Optional[List[str]] = typer.Option(None, "--openvino", help=f"OpenVINO IR (.xml + .bin), checked through OpenVINO: {OPENVINO_HELP}. Repeat, give a comma-separated list, or 'all'. int8 needs --calib-data; bf16 needs a CPU with AVX512-BF16 or AMX."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines NAME.trt-fp32.engine (+ -fp16 with --fp16, -int8 with --int8 static). Needs the tensorrt package (graft-edge's trt extra) and an NVIDIA GPU."),
@@ -109,7 +113,8 @@ def export_cmd(
     2 on bad input (nothing written).
     """
     options = ExportOptions(
-        onnx=onnx, int8=_int8_modes(int8), fp16=fp16, trt=trt, openvino=_modes(openvino, tuple(OPENVINO_MODES), "all"),
+        onnx=onnx, int8=_int8_modes(int8), fused=_modes(fused, tuple(FUSED_MODES), "all"), attention_op=attention_op,
+        fp16=fp16, trt=trt, openvino=_modes(openvino, tuple(OPENVINO_MODES), "all"),
         batch=batch, min_cosine_bf16=min_cosine_bf16,
         calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,
         tolerance=tolerance, min_cosine_int8=min_cosine_int8, min_cosine_fp16=min_cosine_fp16,

@@ -121,11 +121,12 @@ def _example(modalities: Sequence[str], img_size: Sequence[int], masked: bool) -
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
-                external_data: bool | None = None) -> Path:
+                external_data: bool | None = None, translation_table: dict | None = None) -> Path:
     """Export `model.embed` to `path` (FP32, dynamic batch); returns the path.
 
     external_data: None decides by size (weights over ~1.8 GB go to NAME.onnx.data), True/False forces it.
     Writes exactly where told: the caller stages and commits files (see pipeline.py).
+    translation_table: the exporter's custom_translation_table (custom torch ops -> ONNX; see fusion.py).
     """
     check_opset(opset)
     path = Path(path)
@@ -148,6 +149,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
                 wrapper, _example(modalities, img_size, len(names) > len(modalities)), str(path), dynamo=True,
                 input_names=names, output_names=[OUTPUT_NAME], opset_version=opset,
                 dynamic_shapes=dynamic_shapes, external_data=bool(external_data), optimize=True, verbose=False,
+                custom_translation_table=translation_table,
             )
     except GraftError:
         raise

@@ -11,11 +11,14 @@ from graft_edge.artefact import DEFAULT_BATCH, BatchRange, parse_batch_range
 from graft_edge.cpu import require_bf16
 from graft_edge.errors import GraftError
 from graft_edge.export.calibration import CALIB_METHODS, DEFAULT_CALIB_METHOD, DEFAULT_CALIB_SAMPLES, MIN_CALIB_SAMPLES
+from graft_edge.export.fusion import ATTENTION_OPS, DEFAULT_ATTENTION_OP
 from graft_edge.export.onnx import DEFAULT_OPSET, check_opset
 from graft_edge.export.tensorrt import DEFAULT_WORKSPACE_MB, check_workspace
 from graft_edge.formats import FORMATS, Format, get_format
 
-INT8_MODES = {"dynamic": "int8", "static": "int8-static"}  # --int8 MODE -> format name
+INT8_MODES = {"dynamic": "int8", "static": "int8-static", "u8s8": "int8-u8s8"}  # --int8 MODE -> format name
+# --fused MODE -> format name (fused-attention graphs: graft_edge.export.fusion)
+FUSED_MODES = {"fp32": "onnx-fused", "dynamic": "int8-fused", "static": "int8-static-fused", "u8s8": "int8-u8s8-fused"}
 # --openvino MODE -> format name, from the table: openvino -> fp32, openvino-bf16 -> bf16, openvino-int8 -> int8
 OPENVINO_MODES = {(n.split("-", 1)[1] if "-" in n else "fp32"): n for n, f in FORMATS.items()
                   if f.runtime == "openvino"}
@@ -30,7 +33,9 @@ class ExportOptions:
     """What to export and how strictly to check it (the CLI's options, as data)."""
 
     onnx: bool = True  # keep the FP32 ONNX in OUT (it is always built: everything else derives from it)
-    int8: tuple[str, ...] = ()  # subset of ("dynamic", "static")
+    int8: tuple[str, ...] = ()  # subset of INT8_MODES: dynamic, static, u8s8
+    fused: tuple[str, ...] = ()  # subset of FUSED_MODES: fp32, dynamic, static, u8s8
+    attention_op: str = DEFAULT_ATTENTION_OP  # the contrib op of the fused graphs
     fp16: bool = False
     trt: bool = False
     openvino: tuple[str, ...] = ()  # subset of OPENVINO_MODES: fp32, bf16, int8
@@ -56,13 +61,15 @@ class ExportOptions:
         int8 = tuple(mode for mode, fmt in INT8_MODES.items()
                      if fmt in wanted or (fmt == "int8-static" and "trt-int8" in wanted))
         openvino = tuple(mode for mode, fmt in OPENVINO_MODES.items() if fmt in wanted)
-        return cls(onnx="onnx" in wanted, int8=int8, fp16=bool(wanted & {"fp16", "trt-fp16"}),
+        fused = tuple(mode for mode, fmt in FUSED_MODES.items() if fmt in wanted)
+        return cls(onnx="onnx" in wanted, int8=int8, fused=fused, fp16=bool(wanted & {"fp16", "trt-fp16"}),
                    trt=any(f.runtime == "tensorrt" for f in rows), openvino=openvino, **kwargs)
 
     def formats(self) -> tuple[Format, ...]:
         """The formats these options ask for, in table order (sources before what is built from them)."""
         wanted = {INT8_MODES[m] for m in self.int8} | ({"onnx"} if self.onnx else set())
         wanted |= {OPENVINO_MODES[m] for m in self.openvino if m in OPENVINO_MODES}
+        wanted |= {FUSED_MODES[m] for m in self.fused if m in FUSED_MODES}
         if self.fp16:
             wanted.add("fp16")
         if self.trt:
@@ -84,13 +91,20 @@ class ExportOptions:
         int8 = tuple(dict.fromkeys(str(m).strip().lower() for m in self.int8 if str(m).strip()))
         bad = [m for m in int8 if m not in INT8_MODES]
         if bad:
-            raise GraftError(f"--int8 {bad[0]!r}: expected dynamic or static")
+            raise GraftError(f"--int8 {bad[0]!r}: expected {', '.join(INT8_MODES)}")
         openvino = tuple(dict.fromkeys(str(m).strip().lower() for m in self.openvino if str(m).strip()))
         bad = [m for m in openvino if m not in OPENVINO_MODES]
         if bad:
             raise GraftError(f"--openvino {bad[0]!r}: expected {', '.join(OPENVINO_MODES)}")
+        fused = tuple(dict.fromkeys(str(m).strip().lower() for m in self.fused if str(m).strip()))
+        bad = [m for m in fused if m not in FUSED_MODES]
+        if bad:
+            raise GraftError(f"--fused {bad[0]!r}: expected {', '.join(FUSED_MODES)}")
+        if self.attention_op not in ATTENTION_OPS:
+            raise GraftError(f"--attention-op {self.attention_op!r}: expected {', '.join(ATTENTION_OPS)}")
         needs_images = [f"--int8 {m}" for m in int8 if FORMATS[INT8_MODES[m]].needs_calibration] + [
-            f"--openvino {m}" for m in openvino if FORMATS[OPENVINO_MODES[m]].needs_calibration]
+            f"--openvino {m}" for m in openvino if FORMATS[OPENVINO_MODES[m]].needs_calibration] + [
+            f"--fused {m}" for m in fused if FORMATS[FUSED_MODES[m]].needs_calibration]
         if needs_images and not self.calib_data:
             raise GraftError(f"{needs_images[0]} needs --calib-data ROOT (a dataset whose train split calibrates the "
                              "activation ranges)")
@@ -111,6 +125,6 @@ class ExportOptions:
         check_workspace(self.workspace_mb)
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise GraftError(f"--name {self.name!r}: expected a plain file stem such as 'model'")
-        if not (self.onnx or int8 or self.fp16 or self.trt or openvino):
-            raise GraftError("nothing to export: --no-onnx without --int8, --fp16, --trt or --openvino")
-        return replace(self, int8=int8, openvino=openvino, batch=parse_batch_range(self.batch))
+        if not (self.onnx or int8 or self.fp16 or self.trt or openvino or fused):
+            raise GraftError("nothing to export: --no-onnx without --int8, --fused, --fp16, --trt or --openvino")
+        return replace(self, int8=int8, fused=fused, openvino=openvino, batch=parse_batch_range(self.batch))

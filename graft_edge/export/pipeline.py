@@ -44,6 +44,7 @@ from graft_edge.runtime.presence import presence_feeds
 from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
 
 SUMMARY_FILE = "export.json"
+TRT_SOURCES = ("int8", "int8-static", "fp16")  # the ONNX formats TensorRT engines are built from (by precision)
 Log = Callable[[str], None]
 
 
@@ -377,6 +378,14 @@ def _build_engines(job: ExportJob, rows: list[Format], sources: dict[str, Path |
         _build_engine(job, fmt, major, sparse, sources)
 
 
+def _build_fused(job: ExportJob, wanted: tuple[Format, ...], stage: Path) -> dict[str, Path | None]:
+    """The fused-attention FP32 ONNX when it or a format built from it is asked for ({} otherwise)."""
+    names = {f.name for f in wanted}
+    if not any(FORMATS[n].source == "onnx-fused" or n == "onnx-fused" for n in names):
+        return {}
+    return {"onnx-fused": _build_onnx(job, FORMATS["onnx-fused"], None, stage, keep="onnx-fused" in names)}
+
+
 def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
                  log: Log | None = None, raise_on_failure: bool = True) -> ExportResult:
     """Export a checkpoint to OUT: the FP32 ONNX (always built and checked) and every format the options ask for.
@@ -425,10 +434,14 @@ def _export(model_path: str | Path, out_dir: str | Path, options: ExportOptions 
         fp32 = _build_onnx(job, FORMATS["onnx"], None, stage, keep=opt.onnx)
         sources: dict[str, Path | None] = {"fp32": fp32}
         if fp32 is not None:
-            for fmt in (f for f in wanted if f.runtime in ("onnx", "openvino") and f.name != "onnx"):
-                built = _build_onnx(job, fmt, fp32, stage)
-                if fmt.runtime == "onnx":
-                    sources[fmt.precision] = built
+            built = {"onnx": fp32, **_build_fused(job, wanted, stage)}
+            for fmt in (f for f in wanted if f.runtime in ("onnx", "openvino") and f.source is not None):
+                src = built.get(fmt.source)
+                if src is None:  # its source failed its check (already reported)
+                    continue
+                built[fmt.name] = _build_onnx(job, fmt, src, stage)
+                if fmt.name in TRT_SOURCES:
+                    sources[fmt.precision] = built[fmt.name]
             engines = [f for f in wanted if f.runtime == "tensorrt"]
             if engines:
                 try:

@@ -32,6 +32,7 @@ from graft_edge.export.calibration import CALIB_METHODS, DEFAULT_CALIB_METHOD
 from graft_edge.export.onnx import quiet
 
 DEFAULT_PERCENTILE = 99.999
+ACTIVATION_TYPES = ("s8", "u8")  # static activations: INT8 symmetric (S8S8, TensorRT) | UINT8 asymmetric (U8S8)
 CALIB_BATCH = 4  # samples per calibration run (calibration memory grows with it)
 
 
@@ -79,10 +80,12 @@ def weight_matmuls(path: str | Path, op_types: Sequence[str] = ("MatMul", "Gemm"
     return weighted, other
 
 
-def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = True,
+                          attention: bool = False) -> Path:
     """Dynamic INT8: weights INT8 offline, activations quantised at run time (no calibration data needed).
 
-    Only weight MatMuls are quantised (DynamicQuantizeLinear + MatMulInteger/DynamicQuantizeMatMul).
+    Only weight MatMuls are quantised (DynamicQuantizeLinear + MatMulInteger/DynamicQuantizeMatMul), and with
+    `attention` also the q|k|v projection inside fused com.microsoft::Attention nodes (-> QAttention).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -93,7 +96,8 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, per_channel: bool = 
         try:
             with quiet():
                 quantize_dynamic(
-                    str(prepped), str(dst), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                    str(prepped), str(dst), op_types_to_quantize=["MatMul"] + (["Attention"] if attention else []),
+                    per_channel=per_channel,
                     reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=other,
                     use_external_data_format=_large(prepped), extra_options={"MatMulConstBOnly": True},
                 )
@@ -137,12 +141,15 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
 def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[str, np.ndarray],
                          method: str = DEFAULT_CALIB_METHOD, percentile: float = DEFAULT_PERCENTILE,
-                         per_channel: bool = True, quantize_conv: bool = True) -> Path:
-    """Static INT8 in QDQ format (symmetric INT8 activations and weights): ORT CPU and TensorRT both run it."""
+                         per_channel: bool = True, quantize_conv: bool = True, activations: str = "s8") -> Path:
+    """Static INT8 in QDQ format, weights INT8 symmetric per channel; activations `s8` (INT8 symmetric: ORT CPU and
+    TensorRT both run it) or `u8` (UINT8 asymmetric, the U8S8 scheme of ONNX Runtime's CPU kernels)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIB_METHODS:
         raise GraftError(f"calibration method {method!r}: expected one of {', '.join(CALIB_METHODS)}")
+    if activations not in ACTIVATION_TYPES:
+        raise GraftError(f"static INT8 activations {activations!r}: expected one of {', '.join(ACTIVATION_TYPES)}")
     if not calibration or len(next(iter(calibration.values()))) == 0:
         raise GraftError("static INT8 quantisation needs calibration images (--calib-data ROOT)")
     dst = Path(dst)
@@ -150,7 +157,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
                     "percentile": CalibrationMethod.Percentile}[method]
     # CalibStridedMinMax=1: ORT collects (and, for histograms, merges) one batch at a time. Without it the
     # histogram calibrators keep every activation of every batch in memory (>20 GB for ViT-B x 3 modalities).
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+    extra = {"ActivationSymmetric": activations == "s8", "WeightSymmetric": True, "MatMulConstBOnly": True,
              "CalibStridedMinMax": 1, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
@@ -163,7 +170,8 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
                 quantize_static(
                     str(prepped), str(dst), ArrayCalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=ops, per_channel=per_channel, reduce_range=False,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=other,
+                    activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=other,
                     use_external_data_format=_large(prepped), calibrate_method=calib_method, extra_options=extra,
                 )
         except GraftError:
