@@ -43,15 +43,13 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("int8-u8s8", "onnx-int8-u8s8", ".int8-u8s8.onnx", "int8-static", "onnx", "onnx", needs_calibration=True,
            marker="<", help="INT8 static Q/DQ for CPUs: UINT8 asymmetric activations, INT8 per-channel weights (U8S8)"),
     # Fused transformer graphs (graft_edge.export.fusion): every self-attention is one ONNX Runtime contrib node
-    # (com.microsoft::MultiHeadAttention), exported from the checkpoint; the INT8 rows quantise that graph.
+    # (com.microsoft::MultiHeadAttention), exported from the checkpoint; int8-fused quantises that graph. Static
+    # Q/DQ (S8S8 or U8S8) of the fused graph was slower than of the plain one and less accurate on DeiT-B x 3
+    # (benchmarks/README.md "Fused transformer graphs and U8S8"), so it is no format.
     Format("onnx-fused", "onnx-fp32-fused", ".fused.onnx", "fp32", "onnx", None, marker="H",
-           help="FP32 ONNX with every attention one ONNX Runtime MultiHeadAttention node"),
+           help="FP32 ONNX with every attention one ONNX Runtime contrib node (MultiHeadAttention by default)"),
     Format("int8-fused", "onnx-int8-dynamic-fused", ".int8-dynamic-fused.onnx", "int8-dynamic", "onnx", "onnx-fused",
            marker="8", help="ONNX Runtime INT8 dynamic of the fused-attention graph"),
-    Format("int8-static-fused", "onnx-int8-static-fused", ".int8-static-fused.onnx", "int8-static", "onnx",
-           "onnx-fused", needs_calibration=True, marker="1", help="INT8 static Q/DQ (S8S8) of the fused-attention graph"),
-    Format("int8-u8s8-fused", "onnx-int8-u8s8-fused", ".int8-u8s8-fused.onnx", "int8-static", "onnx", "onnx-fused",
-           needs_calibration=True, marker="2", help="INT8 static Q/DQ U8S8 of the fused-attention graph"),
     Format("fp16", "onnx-fp16", ".fp16.onnx", "fp16", "onnx", "onnx", marker="D",
            help="FP16 ONNX with LayerNorm/Softmax kept FP32"),
     Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, marker="P",

@@ -50,7 +50,7 @@ def test_export_options_for_formats_round_trip(names, int8, fp16, trt, onnx):
 
 
 def test_calibrated_formats_and_markers_come_from_the_table():
-    assert set(needing_calibration()) == {"int8-static", "trt-int8", "openvino-int8"}
+    assert set(needing_calibration()) == {"int8-static", "int8-u8s8", "trt-int8", "openvino-int8"}
     with pytest.raises(GraftError, match="needs --calib-data"):
         ExportOptions.for_formats(["int8-static"]).validated()
     m = markers()

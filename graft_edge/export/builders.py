@@ -98,8 +98,6 @@ ONNX_BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, An
     "int8-u8s8": build_int8_u8s8,
     "onnx-fused": build_fused,
     "int8-fused": build_int8_dynamic,
-    "int8-static-fused": build_int8_static,
-    "int8-u8s8-fused": build_int8_u8s8,
     "fp16": build_fp16,
 }
 

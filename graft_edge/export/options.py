@@ -18,7 +18,7 @@ from graft_edge.formats import FORMATS, Format, get_format
 
 INT8_MODES = {"dynamic": "int8", "static": "int8-static", "u8s8": "int8-u8s8"}  # --int8 MODE -> format name
 # --fused MODE -> format name (fused-attention graphs: graft_edge.export.fusion)
-FUSED_MODES = {"fp32": "onnx-fused", "dynamic": "int8-fused", "static": "int8-static-fused", "u8s8": "int8-u8s8-fused"}
+FUSED_MODES = {"fp32": "onnx-fused", "dynamic": "int8-fused"}
 # --openvino MODE -> format name, from the table: openvino -> fp32, openvino-bf16 -> bf16, openvino-int8 -> int8
 OPENVINO_MODES = {(n.split("-", 1)[1] if "-" in n else "fp32"): n for n, f in FORMATS.items()
                   if f.runtime == "openvino"}
@@ -34,7 +34,7 @@ class ExportOptions:
 
     onnx: bool = True  # keep the FP32 ONNX in OUT (it is always built: everything else derives from it)
     int8: tuple[str, ...] = ()  # subset of INT8_MODES: dynamic, static, u8s8
-    fused: tuple[str, ...] = ()  # subset of FUSED_MODES: fp32, dynamic, static, u8s8
+    fused: tuple[str, ...] = ()  # subset of FUSED_MODES: fp32, dynamic
     attention_op: str = DEFAULT_ATTENTION_OP  # the contrib op of the fused graphs
     fp16: bool = False
     trt: bool = False

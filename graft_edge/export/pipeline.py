@@ -4,6 +4,8 @@ Files written to OUT (NAME defaults to "model"; one per row of graft_edge.format
   NAME.onnx                 FP32 ONNX (+ NAME.onnx.data when the weights exceed ~1.8 GB)
   NAME.int8-dynamic.onnx    INT8 dynamic quantisation (ONNX Runtime)
   NAME.int8-static.onnx     INT8 static Q/DQ, calibrated on --calib-data (ONNX Runtime, TensorRT)
+  NAME.int8-u8s8.onnx       INT8 static Q/DQ with UINT8 asymmetric activations (ONNX Runtime CPU)
+  NAME.fused.onnx, NAME.int8-dynamic-fused.onnx   every attention one ORT contrib node (--fused), + dynamic INT8
   NAME.fp16.onnx            FP16 with LayerNorm/Softmax/reductions FP32, FP32 I/O (TensorRT >= 11, GPUs)
   NAME.trt-{fp32,fp16,int8}.engine   TensorRT engines (--trt), + timing.cache
   NAME.openvino{,-bf16,-int8}.xml     OpenVINO IR (--openvino fp32,bf16,int8), weights in the .bin beside each

@@ -8,8 +8,12 @@ Choices (measured on GraFT, see benchmarks/README.md "Export"):
 - Weights: signed INT8, symmetric, per output channel, for dynamic and static alike. On the
   random-init rgbnt100 model per-tensor dynamic weights gave a min embedding cosine of 0.983,
   per-channel 0.9997, at the same latency.
-- Static activations: signed INT8, symmetric (zero point 0) - the only activation scheme TensorRT
-  accepts in Q/DQ graphs; on this AVX-512 VNNI CPU unsigned asymmetric activations were no faster.
+- Static activations: signed INT8, symmetric (zero point 0) by default - the only activation scheme
+  TensorRT accepts in Q/DQ graphs; `activations="u8"` gives the U8S8 scheme of ONNX Runtime's CPU
+  kernels (UINT8 asymmetric activations, the `int8-u8s8` format), a little faster than S8S8 on ORT CPU
+  (benchmarks/README.md "Fused transformer graphs and U8S8").
+- Fused-attention graphs (fusion.py): dynamic quantisation also turns com.microsoft::Attention into
+  QAttention; MultiHeadAttention needs nothing (its q|k|v projection is a plain MatMul before it).
 - Calibration: MinMax by default. On the trained synthetic model MinMax, Percentile (99.999) and
   Entropy all stayed within 0.2 mAP points of FP32; on ViT-B x 3 modalities Percentile took 5x
   longer (histograms of ~1000 tensors) for the same cosine. Percentile / entropy are selectable.
