@@ -29,7 +29,7 @@ def _one_error_line(result) -> str:
     (["--batch", "8:4:16"], "MIN <= OPT <= MAX"),
     (["--batch", "x"], "MIN:OPT:MAX"),
     (["--int8", "static"], "--int8 static needs --calib-data"),
-    (["--int8", "fast"], "expected dynamic or static"),
+    (["--int8", "fast"], "expected dynamic, static, u8s8"),
     (["--opset", "17"], "opsets 18-25"),
     (["--opset", "30"], "opsets 18-25"),
     (["--tolerance", "0"], "--tolerance"),
