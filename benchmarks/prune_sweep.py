@@ -5,6 +5,7 @@ Reports validation and test mAP/R1/R5/R10 as mean ± sample std over the seeds, 
 whether each difference from dense is beyond the seed noise. Resumable: rerun with the same --out.
 
     python benchmarks/prune_sweep.py --model RUN/best.pt --data DATA --out sweep --seeds 3 --finetune-epochs 2
+    python benchmarks/prune_sweep.py --model RUN0/best.pt --model RUN1/best.pt --model RUN2/best.pt --seeds 1 ...
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from pathlib import Path
 import torch
 
 from graft_edge.errors import GraftError, one_line
-from graft_edge.workflows.sweep import CONDITIONS, DEFAULT_CONDITIONS, DEFAULT_LEVELS, SweepSettings, run_sweep
+from graft_edge.workflows.sweep import CONDITIONS, DEFAULT_CONDITIONS, DEFAULT_LEVELS, SweepSettings, run_sweeps
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True, help="Trained dense checkpoint.")
+    ap.add_argument("--model", type=Path, required=True, action="append", help="Trained dense checkpoint; repeat "
+                    "it for the same recipe trained with other seeds (each gets its own sweep in OUT/m<i>, and the "
+                    "report in OUT covers all of them: dense gets a training-seed std).")
     ap.add_argument("--data", type=Path, required=True, help="Dataset root (train split to finetune and validate, "
                     "query/gallery to test).")
     ap.add_argument("--out", type=Path, required=True, help="Folder for the chains' checkpoints, sweep.json, sweep.md.")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
                              conditions=conditions, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
                              device=args.device)
     started = time.perf_counter()
-    res = run_sweep(args.model, args.data, args.out, settings,
+    res = run_sweeps(args.model, args.data, args.out, settings,
                     log=lambda msg: print(f"{msg} (load {os.getloadavg()[0]:.1f})", flush=True))
     print("\n" + res.files["md"].read_text())
     print(f"{len(res.done)} chain level(s) computed, {len(res.skipped)} reused, {time.perf_counter() - started:.0f} s; "

@@ -14,7 +14,7 @@ from graft_edge.checkpoint import save_checkpoint
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
-from graft_edge.workflows.sweep import SweepSettings, run_sweep
+from graft_edge.workflows.sweep import SweepSettings, run_sweep, run_sweeps
 from graft_edge.workflows.sweep_report import recovery_lines, sweep_markdown, sweep_rows
 from tests.conftest import tiny_train_config
 
@@ -91,3 +91,26 @@ def test_script_is_thin_and_bad_conditions_are_one_line(sweep_inputs: tuple[Path
     model, data = sweep_inputs
     with pytest.raises(GraftError, match="--conditions 'pruned'"):
         mod.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "s"), "--conditions", "pruned"])
+
+
+def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(sweep_inputs: tuple[Path, Path],
+                                                                          tmp_path: Path, one_thread: None) -> None:
+    model, data = sweep_inputs
+    other = tmp_path / "dense1.pt"  # the same recipe "trained" with another seed
+    from graft_edge.checkpoint import load_model
+
+    first, ckpt = load_model(model)
+    torch.manual_seed(1)
+    save_checkpoint(other, build_model(first.cfg), ckpt.config)
+    settings = SweepSettings(levels=("85%",), conditions=("structured", "structured+ft"), seeds=1, finetune_epochs=1)
+    res = run_sweeps([model, other], data, tmp_path / "all", settings)
+    assert (tmp_path / "all" / "m0" / "sweep.json").is_file() and (tmp_path / "all" / "m1" / "sweep.json").is_file()
+    dense = [r for r in res.seed_rows if r["condition"] == "dense"]
+    assert sorted(r["seed"] for r in dense) == [0, 1] and len(res.seed_rows) == 2 * 3
+    by = {(r["condition"], r["level"]): r for r in res.rows}
+    d = by[("dense", "100%")]
+    maps = [r["mAP"] for r in dense]
+    assert d["n_seeds"] == 2 and d["mAP"] == pytest.approx(sum(maps) / 2)
+    assert d["mAP_std"] == pytest.approx(abs(maps[0] - maps[1]) / math.sqrt(2))
+    assert by[("structured", "85%")]["n_seeds"] == 2 and by[("structured+ft", "85%")]["n_seeds"] == 2
+    assert "sweep.md" in {p.name for p in (tmp_path / "all").iterdir()}

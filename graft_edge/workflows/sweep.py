@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
 from graft_edge.compress.targets import resolve_target
@@ -236,6 +236,31 @@ def run_sweep(model_path: str | Path, data: str | Path, out: str | Path, setting
                                                {"model": str(model_path), "data": str(data),
                                                 "settings": asdict(settings)})
         return job.result
+
+
+def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
+               settings: SweepSettings = SweepSettings(), log: Log | None = None) -> SweepResult:
+    """One sweep per dense model (e.g. the same recipe trained with different seeds) into OUT/m<i>, then one report
+    over all of them in OUT: model i's finetuning seed s counts as seed i * settings.seeds + s, so the mean ± std
+    covers training and finetuning noise, dense included (its std is then the training seed std)."""
+    if not models:
+        raise GraftError("--model: give at least one dense checkpoint")
+    out = Path(out)
+    log = log or (lambda msg: None)
+    if len(models) == 1:
+        return run_sweep(models[0], data, out, settings, log)
+    parts = []
+    for i, model in enumerate(models):
+        log(f"model {i + 1}/{len(models)}: {model}")
+        parts.append(run_sweep(model, data, out / f"m{i}", settings, log))
+    seed_rows = [{**r, "seed": i * settings.seeds + int(r.get("seed") or 0), "model": str(models[i])}
+                 for i, part in enumerate(parts) for r in part.seed_rows]
+    levels = parse_targets(settings.levels)
+    result = SweepResult(rows=sweep_rows(seed_rows, levels), seed_rows=seed_rows, files={},
+                         done=[k for p in parts for k in p.done], skipped=[k for p in parts for k in p.skipped])
+    result.files = write_sweep_reports(out, result.rows, seed_rows, {
+        "models": [str(m) for m in models], "data": str(data), "settings": asdict(settings.validated())})
+    return result
 
 
 def _wanted(settings: SweepSettings) -> set[str]:
