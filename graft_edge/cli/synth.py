@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from graft_edge.cli.common import console, guarded
 from graft_edge.config import parse_modalities
+from graft_edge.data.difficulty import KNOBS, PRESETS, get_difficulty
 from graft_edge.data.synthetic import write_synthetic
+
+KNOB_HELP = "; ".join(f"{k}: {meaning} [{lo:g}, {hi:g}]" for k, (lo, hi, meaning) in KNOBS.items())
 
 
 @guarded
@@ -21,10 +25,16 @@ def synth(
     height: int = typer.Option(64, "--height", help="Height of one modality slot in pixels."),
     width: int = typer.Option(128, "--width", help="Width of one modality slot in pixels (the file is width x number of modalities)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder (only once the new set is complete)."),
+    difficulty: str = typer.Option("easy", "--difficulty", help=f"Nuisance preset: {' | '.join(PRESETS)} (easy: the "
+                                   "original set; hard: more cue values, per-camera illumination/colour/blur/noise, "
+                                   "partial occlusion, jitter, a degraded sensor; see graft_edge/data/difficulty.py)."),
+    knob: Optional[List[str]] = typer.Option(None, "--knob", help=f"Change one knob of the preset, KEY=VALUE "
+                                             f"(repeatable). {KNOB_HELP}."),
 ) -> None:
     """Write a synthetic vehicle ReID set where identity needs all modalities (colour in RGB, pattern in NIR, heat in TIR)."""
     summary = write_synthetic(
         out, ids=ids, cameras=cameras, modalities=parse_modalities(modalities), seed=seed,
         images_per_camera=images_per_camera, size=(height, width), overwrite=overwrite,
+        difficulty=get_difficulty(difficulty, knob or ()),
     )
     console().print(summary.line(), soft_wrap=True)

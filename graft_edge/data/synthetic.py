@@ -13,7 +13,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,7 +21,9 @@ import numpy as np
 from PIL import Image
 
 from graft_edge.config import MODALITIES, parse_modalities
+from graft_edge.data import difficulty as nuisance
 from graft_edge.data import render
+from graft_edge.data.difficulty import Difficulty
 from graft_edge.data.layouts import META_FILE, SIDE_BY_SIDE, SIDE_BY_SIDE_DIR, SPLITS
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_json
@@ -53,6 +55,7 @@ class SyntheticSummary:
     cue_values: int  # values per modality cue
     identities: tuple[IdentityCues, ...]
     seconds: float
+    difficulty: Difficulty = Difficulty()
 
     def line(self) -> str:
         """One-line human summary."""
@@ -60,13 +63,14 @@ class SyntheticSummary:
         return (
             f"wrote {self.root}: {c['train']} train / {c['query']} query / {c['gallery']} gallery images, "
             f"{self.train_ids} train + {self.test_ids} test ids, {self.cameras} cameras, "
-            f"modalities {','.join(self.modalities)} ({self.cue_values} values per cue) in {self.seconds:.1f} s"
+            f"modalities {','.join(self.modalities)} ({self.cue_values} values per cue), difficulty "
+            f"{self.difficulty.name} in {self.seconds:.1f} s"
         )
 
 
-def cue_values_for(ids: int, num_modalities: int) -> int:
-    """Fewest values per cue (at least 4) that give every identity its own combination."""
-    k = max(4, math.ceil(ids ** (1.0 / num_modalities) - 1e-9))
+def cue_values_for(ids: int, num_modalities: int, minimum: int = 4) -> int:
+    """Fewest values per cue (at least `minimum`) that give every identity its own combination."""
+    k = max(int(minimum), math.ceil(ids ** (1.0 / num_modalities) - 1e-9))
     if k > render.MAX_CUE_VALUES:
         raise GraftError(
             f"ids={ids} needs {k} values per cue with {num_modalities} modalit{'y' if num_modalities == 1 else 'ies'} "
@@ -75,9 +79,10 @@ def cue_values_for(ids: int, num_modalities: int) -> int:
     return k
 
 
-def assign_identities(ids: int, modalities: Sequence[str], seed: int) -> tuple[list[IdentityCues], int]:
+def assign_identities(ids: int, modalities: Sequence[str], seed: int,
+                      min_values: int = 4) -> tuple[list[IdentityCues], int]:
     """Give each pid 1..ids a distinct cue combination; the first half train, the rest test."""
-    k = cue_values_for(ids, len(modalities))
+    k = cue_values_for(ids, len(modalities), min_values)
     rng = np.random.default_rng([seed, 7])
     combos = rng.choice(k ** len(modalities), size=ids, replace=False)
     n_train = ids // 2
@@ -110,12 +115,20 @@ def _night_cameras(cameras: int, rng: np.random.Generator) -> set[int]:
 
 def render_image(
     ident: IdentityCues, modalities: Sequence[str], cam: render.Camera, values: int,
-    size: tuple[int, int], key: Sequence[int],
+    size: tuple[int, int], key: Sequence[int], diff: Difficulty = Difficulty(),
+    cam_nuisance: nuisance.CameraNuisance | None = None,
 ) -> np.ndarray:
-    """One side-by-side image (H, W * M, 3) uint8; slots are identical whatever the modality subset."""
+    """One side-by-side image (H, W * M, 3) uint8; slots are identical whatever the modality subset.
+
+    The difficulty's per-image knobs draw from their own stream ([*key, 17]); with every knob off the
+    pixels are the original generator's."""
     H, W = size
     rng_pose = np.random.default_rng([*key, 0])
     pose = render.make_pose(rng_pose, cam, size)
+    rng_hard = np.random.default_rng([*key, 17])
+    if diff.jitter > 0:
+        scale, dx, dy = nuisance.jitter_offsets(diff, rng_hard)
+        pose = replace(pose, su=pose.su * scale, sv=pose.sv * scale, cx=pose.cx + dx * W, cy=pose.cy + dy * H)
     margin = (cam.backgrounds["tir"].shape[0] - H) // 2
     offset = (int(rng_pose.integers(0, 2 * margin + 1)), int(rng_pose.integers(0, 2 * margin + 1)))
     parts = render.Parts(pose, size)
@@ -130,6 +143,10 @@ def render_image(
         else:
             views[m] = render.render_tir(parts, cam, rng, value, bg)
     render.add_occluder(views, rng_pose, W)
+    nuisance.add_partial_occluder(views, diff, rng_hard)
+    if cam_nuisance is not None:
+        nuisance.apply_camera(views, cam_nuisance, rng_hard)
+    nuisance.degrade_one(views, diff, rng_hard)
     return np.concatenate([render.to_uint8(views[m]) for m in modalities], axis=1)
 
 
@@ -192,6 +209,7 @@ def _commit(tmp: Path, out: Path) -> None:
 def _metadata(
     modalities: Sequence[str], identities: Sequence[IdentityCues], values: int, seed: int,
     cameras: int, images_per_camera: int, size: tuple[int, int], night: set[int], counts: Mapping[str, int],
+    diff: Difficulty, cam_nuisance: Mapping[int, nuisance.CameraNuisance],
 ) -> dict:
     """graft_dataset.json: names the slots (what the reader needs) and records the cue table."""
     return {
@@ -208,6 +226,10 @@ def _metadata(
         "cue_values": values,
         "cue_names": {m: [render.cue_name(m, v, values) for v in range(values)] for m in modalities},
         "identities": [{"pid": i.pid, "split": i.split, "cues": dict(zip(modalities, i.cues))} for i in identities],
+        "difficulty": diff.record(),
+        "camera_nuisance": {str(c): {"gains": dict(n.gains), "hue_degrees": round(n.hue_degrees, 3),
+                                     "blur_sigma": round(n.blur_sigma, 3), "noise_sigma": round(n.noise_sigma, 4)}
+                            for c, n in cam_nuisance.items()},
     }
 
 
@@ -220,33 +242,41 @@ def write_synthetic(
     images_per_camera: int = 3,
     size: tuple[int, int] = (64, 128),
     overwrite: bool = False,
+    difficulty: Difficulty | str = "easy",
 ) -> SyntheticSummary:
-    """Write the synthetic set to `out` (built in a temp folder, renamed at the end) and summarise it."""
+    """Write the synthetic set to `out` (built in a temp folder, renamed at the end) and summarise it.
+
+    `difficulty`: a preset name of graft_edge.data.difficulty.PRESETS or a Difficulty ("easy": the original set)."""
     start = time.perf_counter()
     mods = parse_modalities(modalities)
     size = (int(size[0]), int(size[1]))
     _check_args(ids, cameras, images_per_camera, size)
-    identities, values = assign_identities(ids, mods, seed)
+    diff = nuisance.get_difficulty(difficulty) if isinstance(difficulty, str) else difficulty.validated()
+    identities, values = assign_identities(ids, mods, seed, int(diff.min_cue_values))
     out = Path(out)
     rng_cam = np.random.default_rng([seed, 5])
     night = _night_cameras(cameras, rng_cam)
     margin = max(2, size[0] // 8)
     cams = {c: render.make_camera(np.random.default_rng([seed, 5, c]), size, c in night, margin) for c in range(1, cameras + 1)}
+    cam_nuisance = {c: nuisance.camera_nuisance(diff, np.random.default_rng([seed, 5, c, 17]), mods)
+                    for c in range(1, cameras + 1)}
     if out.exists() and not out.is_dir():
         raise GraftError(f"output {out} exists and is not a folder")
     with OutputLock(out, "synth"):
         counts = _write_all(out, overwrite, mods, identities, values, seed, cameras, images_per_camera, size, night,
-                            cams)
+                            cams, diff, cam_nuisance)
     n_train = sum(i.split == "train" for i in identities)
     return SyntheticSummary(
         root=out, modalities=mods, counts=counts, train_ids=n_train, test_ids=ids - n_train,
         cameras=cameras, cue_values=values, identities=tuple(identities), seconds=time.perf_counter() - start,
+        difficulty=diff,
     )
 
 
 def _write_all(out: Path, overwrite: bool, mods: tuple[str, ...], identities: list[IdentityCues], values: int,
                seed: int, cameras: int, images_per_camera: int, size: tuple[int, int], night: set[int],
-               cams: Mapping[int, Any]) -> dict[str, int]:
+               cams: Mapping[int, Any], diff: Difficulty,
+               cam_nuisance: Mapping[int, nuisance.CameraNuisance]) -> dict[str, int]:
     """Render every image into a temp folder inside `out`, then move the set into place; returns counts."""
     tmp = _prepare_out(out, overwrite)
     try:
@@ -255,11 +285,13 @@ def _write_all(out: Path, overwrite: bool, mods: tuple[str, ...], identities: li
             folder.mkdir(parents=True)
         counts = {s: 0 for s in SPLITS}
         for ident, cam, frame, split in _plan(identities, cameras, images_per_camera, seed):
-            pixels = render_image(ident, mods, cams[cam], values, size, (seed, ident.pid, cam, frame))
+            pixels = render_image(ident, mods, cams[cam], values, size, (seed, ident.pid, cam, frame), diff,
+                                  cam_nuisance[cam])
             name = f"{ident.pid:04d}_c{cam:04d}_{frame:03d}.jpg"
             Image.fromarray(pixels).save(folders[split] / name, quality=JPEG_QUALITY)
             counts[split] += 1
-        write_json(tmp / META_FILE, _metadata(mods, identities, values, seed, cameras, images_per_camera, size, night, counts))
+        write_json(tmp / META_FILE, _metadata(mods, identities, values, seed, cameras, images_per_camera, size, night,
+                                              counts, diff, cam_nuisance))
         _commit(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
