@@ -11,6 +11,7 @@ with the demo's finetuning (2 epochs per step, no distillation) still >= 2, seed
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -30,7 +31,8 @@ from graft_edge.workflows.prune import PruneRequest, run_prune
 def data_root(args: argparse.Namespace) -> Path:
     """Write (or reuse) the set of these sizes and difficulty under OUT/data-..."""
     diff = get_difficulty(args.difficulty, args.knob or ())
-    tag = f"{diff.name}-{args.ids}x{args.cameras}x{args.images_per_camera}-s{args.data_seed}".replace(",", "_")
+    knobs = hashlib.sha256(json.dumps(diff.record(), sort_keys=True).encode()).hexdigest()[:8]  # preset edits too
+    tag = f"{diff.name.split('+')[0]}-{knobs}-{args.ids}x{args.cameras}x{args.images_per_camera}-s{args.data_seed}"
     root = args.out / f"data-{tag}"
     if not (root / "graft_dataset.json").is_file():
         s = write_synthetic(root, ids=args.ids, cameras=args.cameras, images_per_camera=args.images_per_camera,
