@@ -153,9 +153,10 @@ def test_bad_difficulty_is_one_line(name: str, overrides, message: str) -> None:
 
 
 def test_overrides_change_only_their_knobs() -> None:
-    d = get_difficulty("hard", ["noise=0.1", "min_cue_values=6"])
-    assert (d.noise, d.min_cue_values) == (0.1, 6) and isinstance(d.min_cue_values, int)
-    assert replace(d, noise=dif.PRESETS["hard"].noise, min_cue_values=8, name="hard") == dif.PRESETS["hard"]
+    hard = dif.PRESETS["hard"]
+    d = get_difficulty("hard", ["noise=0.1", "min_cue_values=9"])
+    assert (d.noise, d.min_cue_values) == (0.1, 9) and isinstance(d.min_cue_values, int)
+    assert replace(d, noise=hard.noise, min_cue_values=hard.min_cue_values, name="hard") == hard
 
 
 def test_cli_synth_difficulty(tmp_path: Path) -> None:
@@ -167,7 +168,8 @@ def test_cli_synth_difficulty(tmp_path: Path) -> None:
             "--width", "32"]
     res = runner.invoke(app, [*args, "--difficulty", "hard", "--knob", "noise=0.1"])
     assert res.exit_code == 0, res.output
-    assert "difficulty hard+noise=0.1" in res.output and "(8 values per cue)" in res.output
+    assert "difficulty hard+noise=0.1" in res.output
+    assert f"({dif.PRESETS['hard'].min_cue_values} values per cue)" in res.output
     meta = json.loads((out / "graft_dataset.json").read_text())
     assert meta["difficulty"]["noise"] == 0.1 and meta["difficulty"]["occlusion"] == dif.PRESETS["hard"].occlusion
     for bad, message in [(["--difficulty", "nope"], "unknown difficulty 'nope'"),
