@@ -177,3 +177,11 @@ def test_cli_synth_difficulty(tmp_path: Path) -> None:
         res = runner.invoke(app, [*args, "--overwrite", *bad])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_capacity_preset_is_easy_with_finer_cues(tmp_path: Path) -> None:
+    a = write_synthetic(tmp_path / "a", difficulty="capacity", **TINY)
+    b = write_synthetic(tmp_path / "b", difficulty=get_difficulty("easy", ["min_cue_values=6"]), **TINY)
+    assert _files(a.root) == _files(write_synthetic(tmp_path / "c", difficulty="capacity", **TINY).root)
+    assert _images_sha256(a.root) == _images_sha256(b.root) != EASY_TINY_SHA256  # same pixels, other cues than easy
+    assert a.cue_values == 6 and json.loads((a.root / "graft_dataset.json").read_text())["difficulty"]["name"] == "capacity"
