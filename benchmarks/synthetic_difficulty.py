@@ -44,8 +44,9 @@ def data_root(args: argparse.Namespace) -> Path:
 def one_seed(args: argparse.Namespace, data: Path, seed: int) -> dict:
     """Train with train.seed = seed, then prune to the target without and with finetuning; the row of numbers."""
     cfg = get_preset("synthetic")
-    cfg = replace(cfg, train=replace(cfg.train, seed=seed))
-    run_dir = args.out / f"run-{data.name}-t{seed}-m{args.max_steps or 0}"
+    stage1 = replace(cfg.train.stage1, epochs=args.stage1_epochs or cfg.train.stage1.epochs)
+    cfg = replace(cfg, train=replace(cfg.train, seed=seed, stage1=stage1))
+    run_dir = args.out / f"run-{data.name}-t{seed}-m{args.max_steps or 0}-e{stage1.epochs}"
     t0 = time.perf_counter()
     res = run_training(cfg, data, run_dir, overwrite=True, max_steps=args.max_steps, progress=False)
     train_s = time.perf_counter() - t0
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--train-seeds", default="0", help="Comma-separated training seeds (train.seed).")
     ap.add_argument("--max-steps", type=int, default=None, help="Cap on optimizer steps per training stage.")
+    ap.add_argument("--stage1-epochs", type=int, default=None, help="Stage-1 epochs (default: the preset's).")
     ap.add_argument("--target", default="45%", help="Structured pruning budget (fraction of the dense size).")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="Finetuning epochs after every pruning step.")
     ap.add_argument("--distill", action="store_true", help="Distil during finetuning (default: plain finetuning).")
