@@ -63,7 +63,7 @@ def one_seed(args: argparse.Namespace, data: Path, seed: int) -> dict:
         row[f"{name}_steps"] = len(pr.new_steps)
     row["loss_noft"], row["loss_ft"] = row["dense_test"] - row["noft"], row["dense_test"] - row["ft"]
     print(f"  seed {seed}: dense test {row['dense_test']:.1f} val {row['dense_val']:.1f} | {args.target} no-ft "
-          f"{row['noft']:.1f} (-{row['loss_noft']:.1f}) ft {row['ft']:.1f} (-{row['loss_ft']:.1f}) | train "
+          f"{row['noft']:.1f} ({-row['loss_noft']:+.1f}) ft {row['ft']:.1f} ({-row['loss_ft']:+.1f}) | train "
           f"{train_s:.0f} s ({res.steps} steps), ft {row['ft_s']:.0f} s | load {os.getloadavg()[0]:.1f}", flush=True)
     return row
 
