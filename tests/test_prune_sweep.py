@@ -14,6 +14,7 @@ from graft_edge.checkpoint import save_checkpoint
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
+from graft_edge.workflows.noise import judge
 from graft_edge.workflows.sweep import SweepSettings, run_sweep, run_sweeps
 from graft_edge.workflows.sweep_report import recovery_lines, sweep_markdown, sweep_rows
 from tests.conftest import tiny_train_config
@@ -114,3 +115,24 @@ def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(sweep_i
     assert d["mAP_std"] == pytest.approx(abs(maps[0] - maps[1]) / math.sqrt(2))
     assert by[("structured", "85%")]["n_seeds"] == 2 and by[("structured+ft", "85%")]["n_seeds"] == 2
     assert "sweep.md" in {p.name for p in (tmp_path / "all").iterdir()}
+
+
+def test_one_dense_model_per_seed_pairs_the_differences() -> None:
+    # dense models far apart (training seeds), each pruned model ~4 points below ITS dense: unpaired, the
+    # training spread (std 8) hides the loss; paired, it is beyond the differences' own spread
+    dense = [0.72, 0.81, 0.65]
+    seed_rows = [_row("dense", "100%", s, m, 0.98) for s, m in enumerate(dense)]
+    seed_rows += [_row("structured+ft", "45%", s, m - d, 0.97) for s, (m, d) in enumerate(zip(dense, (0.04, 0.05,
+                                                                                                        0.03)))]
+    seed_rows += [_row("structured+ft+kd", "45%", s, m - d, 0.97) for s, (m, d) in enumerate(zip(dense, (0.02,
+                                                                                                           0.03, 0.01)))]
+    rows = sweep_rows(seed_rows, ["45%"])
+    ft = next(r for r in rows if r["condition"] == "structured+ft")
+    assert ft["mAP_paired"] and ft["mAP_diff"] == pytest.approx(-0.04) and ft["mAP_noise"] == pytest.approx(0.01)
+    assert ft["mAP_vs_dense"] == "worse" and ft["mAP_std"] == pytest.approx(0.0702, abs=1e-3)  # unpaired: 0.11 noise
+    d = next(r for r in rows if r["condition"] == "dense")
+    assert judge(ft["mAP"], d["mAP"], ft["mAP_std"], d["mAP_std"]).verdict == "within noise"  # what unpaired says
+    md = sweep_markdown(rows, seed_rows=seed_rows)
+    assert "worse (-4.0 paired, noise 1.0)" in md and "each its own trained dense model" in md
+    (line,) = recovery_lines(rows, seed_rows=seed_rows)
+    assert "distillation changes test mAP by +2.0 (50% of it), beyond the seed noise (0.0)" in line

@@ -61,6 +61,21 @@ def judge(value: float | None, ref: float | None, std: float | None = None, ref_
     return Judgement(float(value) - float(ref), math.sqrt((s_v or 0.0) ** 2 + (s_r or 0.0) ** 2), False)
 
 
+PAIRED_RULE = ("Where every seed has its own dense model (a sweep over several trained models), differences are "
+               "paired: the mean of the per-seed differences counts only when it exceeds their sample std.")
+
+
+def judge_paired(diffs: Sequence[float]) -> Judgement | None:
+    """Per-seed differences (variant_s - dense_s, the same training seed) judged by their own spread: the mean
+    counts only when it exceeds the sample std of the differences; None with fewer than two."""
+    vals = [float(d) for d in diffs]
+    if len(vals) < 2:
+        return None
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return Judgement(mean, std, False)
+
+
 def judge_row(row: dict[str, Any], ref: dict[str, Any], rows: Sequence[dict[str, Any]], key: str = "mAP",
               floor: float = SINGLE_SEED_FLOOR) -> Judgement | None:
     """One (mean ± std) row against a reference row, missing stds pooled over `rows` of the row's format."""
