@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError, one_line
 from graft_edge.workflows.sweep import CONDITIONS, DEFAULT_CONDITIONS, DEFAULT_LEVELS, SweepSettings, run_sweeps
 
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--finetune-epochs", type=int, default=2, help="Finetuning epochs after every level.")
     ap.add_argument("--control", action="store_true", help="Also finetune the dense model for as many epochs as a "
                     "whole chain gets (separates the gain of extra training from the loss of pruning).")
+    ap.add_argument("--distill-teacher", default="previous", help="+kd condition's teacher: previous (the model "
+                    "before each cut) or source (the dense model, for every level).")
+    ap.add_argument("--distill-embed-weight", type=float, default=1.0, help="Weight of the embedding term (1 - cos).")
+    ap.add_argument("--distill-logits-weight", type=float, default=1.0, help="Weight of the logits KL term (T^2-scaled).")
+    ap.add_argument("--distill-temperature", type=float, default=4.0, help="Softmax temperature of the logits term.")
     ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads.")
     ap.add_argument("--device", default="cpu", help="Finetuning device (cpu, cuda).")
     args = ap.parse_args(argv)
@@ -45,7 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip()) + (("control",) if args.control else ())
     settings = SweepSettings(levels=tuple(x.strip() for x in args.levels.split(",") if x.strip()),
                              conditions=conditions, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
-                             device=args.device)
+                             device=args.device,
+                             distill=DistillConfig(embed_weight=args.distill_embed_weight,
+                                                   logits_weight=args.distill_logits_weight,
+                                                   temperature=args.distill_temperature, teacher=args.distill_teacher))
     started = time.perf_counter()
     res = run_sweeps(args.model, args.data, args.out, settings,
                     log=lambda msg: print(f"{msg} (load {os.getloadavg()[0]:.1f})", flush=True))

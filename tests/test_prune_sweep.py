@@ -92,6 +92,9 @@ def test_script_is_thin_and_bad_conditions_are_one_line(sweep_inputs: tuple[Path
     model, data = sweep_inputs
     with pytest.raises(GraftError, match="--conditions 'pruned'"):
         mod.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "s"), "--conditions", "pruned"])
+    with pytest.raises(GraftError, match="'dense'"):
+        mod.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "s"), "--distill-teacher",
+                  "dense"])
 
 
 def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(sweep_inputs: tuple[Path, Path],

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
 from graft_edge.compress.targets import resolve_target
+from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_embedder, evaluate_val
 from graft_edge.fileio import sha256_file, write_json
@@ -71,6 +72,7 @@ class SweepSettings:
     seeds: int = 3  # finetuning seeds; each seed is its own chain
     finetune_epochs: int = 2  # per level, in every finetuned condition (equal epochs)
     device: str = "cpu"
+    distill: DistillConfig = DistillConfig()  # the +kd condition's teacher, weights and temperature
 
     def validated(self) -> SweepSettings:
         """A checked copy (GraftError naming the first bad option)."""
@@ -82,11 +84,13 @@ class SweepSettings:
             raise GraftError(f"--seeds {self.seeds}: expected a positive integer")
         if self.finetune_epochs < 1 and any(CONDITIONS[c].finetune for c in self.conditions):
             raise GraftError(f"--finetune-epochs {self.finetune_epochs}: the finetuned conditions need 1 or more")
+        self.distill.validated()
         return replace(self, levels=parse_targets(self.levels), conditions=tuple(dict.fromkeys(self.conditions)))
 
     def identity(self) -> dict[str, Any]:
         """What finished rows depend on (a rerun into the same OUT must match)."""
-        return {"levels": list(self.levels), "finetune_epochs": self.finetune_epochs}
+        return {"levels": list(self.levels), "finetune_epochs": self.finetune_epochs,
+                **({"distill": self.distill.as_record()} if self.distill != DistillConfig() else {})}
 
 
 @dataclass
@@ -157,7 +161,8 @@ def _chain(job: _Job, cond: Condition, seed: int, dense: Any) -> None:
         target = resolve_target(level, dense, cond.method)  # a fraction of the DENSE size, not of the previous level
         req = PruneRequest(target=target, method=cond.method, steps=1, data=job.data,
                            finetune_epochs=s.finetune_epochs if cond.finetune else 0, device=s.device,
-                           evaluate=True, distill=cond.distill if cond.finetune else None, seed_offset=seed)
+                           evaluate=True, distill=cond.distill if cond.finetune else None, seed_offset=seed,
+                           distill_config=s.distill)
         started = time.perf_counter()
         try:
             res = run_prune(prev, dest, req, resume=True)
