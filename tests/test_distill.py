@@ -176,3 +176,19 @@ def test_cli_distill_options(tiny_data: Path, tiny_checkpoint_4ids: Path, tmp_pa
     res = runner.invoke(app, [*base, "--finetune-epochs", "1", "--steps", "1", "--distill-embed-loss", "mse",
                               "--distill-temperature", "2"])
     assert res.exit_code == 0 and "with distillation" in res.output, res.output
+
+
+def test_teacher_file_is_the_source_teacher_of_a_one_cut_run(tiny_data: Path, tmp_path: Path,
+                                                             tiny_checkpoint_4ids: Path) -> None:
+    # a chain of one-cut runs (the size sweep): level 2 starts from level 1's result, but distils from the dense
+    # model when given it as teacher_file; without it the "source" teacher is level 1's result itself
+    level1 = tmp_path / "l1.pt"
+    run_prune(tiny_checkpoint_4ids, level1, PruneRequest(target="90%", steps=1))
+    req = PruneRequest(target="80%", steps=1, data=tiny_data, finetune_epochs=1, evaluate=False, distill=True,
+                       distill_config=DistillConfig(teacher="source"))
+    own, dense = tmp_path / "own.pt", tmp_path / "dense.pt"
+    run_prune(level1, own, req)
+    run_prune(level1, dense, replace(req, teacher_file=tiny_checkpoint_4ids))
+    assert not _same_weights(own, dense)  # another teacher, other weights
+    with pytest.raises(GraftError, match="teacher .* does not exist"):
+        run_prune(level1, tmp_path / "x.pt", replace(req, teacher_file=tmp_path / "missing.pt"))

@@ -57,6 +57,9 @@ class PruneRequest:
     distill: bool | None = None  # teacher terms in the finetuning loss; None: on for structured (with finetuning)
     distill_config: DistillConfig = DistillConfig()
     seed_offset: int = 0  # finetuning seeds from cfg.train.seed + this (repeats of one frontier with other seeds)
+    # the "source" teacher from this checkpoint instead of the run's source (a chain of one-cut runs, e.g. the size
+    # sweep, distils every level from its dense model); None: the run's source
+    teacher_file: str | Path | None = None
 
     @property
     def distilling(self) -> bool:
@@ -87,6 +90,8 @@ class PruneRequest:
         if self.distill and self.finetune_epochs == 0:
             raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
         self.distill_config.validated()
+        if self.teacher_file is not None and not Path(self.teacher_file).is_file():
+            raise GraftError(f"distillation teacher {self.teacher_file} does not exist")
         if self.seed_offset < 0:
             raise GraftError(f"seed offset {self.seed_offset}: expected 0 or more")
         if self.device.startswith("cuda"):
@@ -109,6 +114,16 @@ class PruneResult:
     schedule: list[int]
     start_size: int
     resumed_steps: int = 0
+
+
+def _distill_record(req: PruneRequest) -> dict[str, Any] | None:
+    """The run identity's distillation part (with the teacher file's hash when it is not the run's source)."""
+    if not req.distilling:
+        return None
+    rec = req.distill_config.as_record()
+    if req.teacher_file is not None and req.distill_config.teacher == "source":
+        rec["teacher_sha256"] = sha256_file(req.teacher_file)
+    return rec
 
 
 class Teacher:
@@ -184,7 +199,7 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
         "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
         "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
         "data": str(req.data) if req.data else None, "start_size": int(counted_size(net, req.method)), "done": 0,
-        "distill": req.distill_config.as_record() if req.distilling else None,
+        "distill": _distill_record(req),
         "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
     }
     source = net
@@ -202,6 +217,8 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     elif partial.is_file():
         log(f"note: {partial} is from an earlier run; starting over (pass --resume to continue it)")
     net.to(req.device)
+    if req.distilling and req.teacher_file is not None and req.distill_config.teacher == "source":
+        source = load_model(req.teacher_file)[0].to(req.device)
     teacher = Teacher(source, net, req.distill_config) if req.distilling else None
     cfg, prior = ckpt.config, list(history)
     new: list[dict[str, Any]] = []

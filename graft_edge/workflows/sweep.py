@@ -7,7 +7,8 @@ epoch on the validation split is kept; the test split is only reported). Conditi
 
     structured          structured pruning, no finetuning (one chain: without training the seeds do not matter)
     structured+ft       structured pruning + finetuning
-    structured+ft+kd    structured pruning + finetuning with distillation from the model before each cut
+    structured+ft+kd    structured pruning + finetuning with distillation from the model before each cut (or, with
+                        teacher "source", from the dense model at every level)
     unstructured        unstructured (global L1) pruning at the same budgets, no finetuning
     unstructured+ft     unstructured pruning + finetuning
     control             the dense model finetuned for as many epochs as a whole chain gets (no pruning)
@@ -162,7 +163,8 @@ def _chain(job: _Job, cond: Condition, seed: int, dense: Any) -> None:
         req = PruneRequest(target=target, method=cond.method, steps=1, data=job.data,
                            finetune_epochs=s.finetune_epochs if cond.finetune else 0, device=s.device,
                            evaluate=True, distill=cond.distill if cond.finetune else None, seed_offset=seed,
-                           distill_config=s.distill)
+                           distill_config=s.distill,
+                           teacher_file=job.model_path if s.distill.teacher == "source" else None)
         started = time.perf_counter()
         try:
             res = run_prune(prev, dest, req, resume=True)
