@@ -99,3 +99,19 @@ def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
     path = tmp_path / "tiny4.pt"
     save_checkpoint(path, build_model(cfg.model), cfg)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_val_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """16 ids (6 training + 2 validation ids at val_fraction 0.25) and an untrained 6-id tiny model: (ckpt, data)."""
+    from graft_edge.checkpoint import save_checkpoint
+    from graft_edge.data.synthetic import write_synthetic
+    from graft_edge.model import build_model
+
+    root = tmp_path_factory.mktemp("val-inputs")
+    write_synthetic(root / "data", ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    cfg = tiny_train_config()
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.25), model=replace(cfg.model, num_ids=6))
+    torch.manual_seed(0)
+    save_checkpoint(root / "dense.pt", build_model(cfg.model), cfg)
+    return root / "dense.pt", root / "data"

@@ -6,21 +6,15 @@ import csv
 import json
 import math
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from graft_edge.checkpoint import save_checkpoint
 from graft_edge.cli.demo import headline_line
 from graft_edge.cli.main import app
-from graft_edge.data.synthetic import write_synthetic
-from graft_edge.model import build_model
 from graft_edge.workflows import demo as D
 from graft_edge.workflows.noise import SINGLE_SEED_FLOOR, judge, judge_rows, mark_vs_dense, summary
-from tests.conftest import tiny_train_config
 
 
 @pytest.mark.parametrize("value, ref, std, ref_std, pooled, verdict, noise", [
@@ -94,21 +88,9 @@ def test_demo_headline_is_the_fastest_artefact_within_noise() -> None:
     assert "pruned INT8 (45%" in headline_line("x", h, "here") and "mAP" not in headline_line("x", h, "here")
 
 
-@pytest.fixture(scope="module")
-def val_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """16 ids (6 training + 2 validation ids at val_fraction 0.25) and an untrained 6-id tiny model."""
-    root = tmp_path_factory.mktemp("noise")
-    write_synthetic(root / "data", ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    cfg = tiny_train_config()
-    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.25), model=replace(cfg.model, num_ids=6))
-    torch.manual_seed(0)
-    save_checkpoint(root / "dense.pt", build_model(cfg.model), cfg)
-    return root / "dense.pt", root / "data"
-
-
-def test_frontier_reports_val_and_test_and_words_within_noise(val_inputs: tuple[Path, Path], tmp_path: Path,
+def test_frontier_reports_val_and_test_and_words_within_noise(tiny_val_inputs: tuple[Path, Path], tmp_path: Path,
                                                               one_thread: None) -> None:
-    model, data = val_inputs
+    model, data = tiny_val_inputs
     out = tmp_path / "fr"
     res = CliRunner().invoke(app, ["frontier", str(model), "--targets", "80%", "--data", str(data), "--out", str(out),
                                    "--formats", "torch", "--finetune-epochs", "1", "--seeds", "2", "--batch", "2",

@@ -11,13 +11,11 @@ import pytest
 import torch
 
 from graft_edge.checkpoint import save_checkpoint
-from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
 from graft_edge.workflows.noise import judge
 from graft_edge.workflows.sweep import SweepSettings, run_sweep, run_sweeps
 from graft_edge.workflows.sweep_report import recovery_lines, sweep_markdown, sweep_rows
-from tests.conftest import tiny_train_config
 
 
 def _row(cond: str, level: str, seed: int, m: float, v: float) -> dict:
@@ -50,21 +48,9 @@ def test_seed_rows_aggregate_to_mean_and_sample_std() -> None:
                     "(75% of it), beyond the seed noise (2.8).")
 
 
-@pytest.fixture(scope="module")
-def sweep_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """16 ids (6 training ids + 2 validation ids at val_fraction 0.25) and an untrained 6-id tiny model."""
-    root = tmp_path_factory.mktemp("sweep")
-    write_synthetic(root / "data", ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    cfg = tiny_train_config()
-    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.25), model=replace(cfg.model, num_ids=6))
-    torch.manual_seed(0)
-    save_checkpoint(root / "dense.pt", build_model(cfg.model), cfg)
-    return root / "dense.pt", root / "data"
-
-
-def test_tiny_sweep_runs_every_seed_chain_and_resumes(sweep_inputs: tuple[Path, Path], tmp_path: Path,
+def test_tiny_sweep_runs_every_seed_chain_and_resumes(tiny_val_inputs: tuple[Path, Path], tmp_path: Path,
                                                       one_thread: None) -> None:
-    model, data = sweep_inputs
+    model, data = tiny_val_inputs
     # 50% is below what structured pruning reaches on this model (62%): every chain ends after 70%
     settings = SweepSettings(levels=("85%", "70%", "50%"), conditions=("structured", "structured+ft",
                                                                        "structured+ft+kd"), seeds=2, finetune_epochs=1)
@@ -84,12 +70,12 @@ def test_tiny_sweep_runs_every_seed_chain_and_resumes(sweep_inputs: tuple[Path, 
         run_sweep(model, data, tmp_path / "sweep", replace(settings, levels=("75%",)))
 
 
-def test_script_is_thin_and_bad_conditions_are_one_line(sweep_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_script_is_thin_and_bad_conditions_are_one_line(tiny_val_inputs: tuple[Path, Path], tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("prune_sweep", Path(__file__).parents[1] / "benchmarks" /
                                                   "prune_sweep.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    model, data = sweep_inputs
+    model, data = tiny_val_inputs
     with pytest.raises(GraftError, match="--conditions 'pruned'"):
         mod.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "s"), "--conditions", "pruned"])
     with pytest.raises(GraftError, match="'dense'"):
@@ -97,9 +83,9 @@ def test_script_is_thin_and_bad_conditions_are_one_line(sweep_inputs: tuple[Path
                   "dense"])
 
 
-def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(sweep_inputs: tuple[Path, Path],
+def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(tiny_val_inputs: tuple[Path, Path],
                                                                           tmp_path: Path, one_thread: None) -> None:
-    model, data = sweep_inputs
+    model, data = tiny_val_inputs
     other = tmp_path / "dense1.pt"  # the same recipe "trained" with another seed
     from graft_edge.checkpoint import load_model
 
