@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--finetune-epochs", type=int, default=2, help="Finetuning epochs after every level.")
     ap.add_argument("--control", action="store_true", help="Also finetune the dense model for as many epochs as a "
                     "whole chain gets (separates the gain of extra training from the loss of pruning).")
-    ap.add_argument("--distill-teacher", default="previous", help="+kd condition's teacher: previous (the model "
-                    "before each cut) or source (the dense model, for every level).")
+    ap.add_argument("--distill-teacher", default=DistillConfig().teacher, help="+kd condition's teacher: source "
+                    "(the dense model, for every level) or previous (the model before each cut).")
     ap.add_argument("--distill-embed-weight", type=float, default=1.0, help="Weight of the embedding term (1 - cos).")
     ap.add_argument("--distill-logits-weight", type=float, default=1.0, help="Weight of the logits KL term (T^2-scaled).")
     ap.add_argument("--distill-temperature", type=float, default=4.0, help="Softmax temperature of the logits term.")

@@ -49,8 +49,8 @@ def prune_cmd(
                                               "logits term (unitless, > 0)."),
     distill_embed_loss: str = typer.Option("cosine", "--distill-embed-loss", help="Embedding term: cosine "
                                            "(1 - cos) or mse (squared distance of the L2-normalised embeddings)."),
-    distill_teacher: str = typer.Option("previous", "--distill-teacher", help="Teacher: previous (the model before "
-                                        "each cut) or source (the input checkpoint, for every step)."),
+    distill_teacher: str = typer.Option(DistillConfig().teacher, "--distill-teacher", help="Teacher: source (the "
+                                        "input checkpoint, for every step) or previous (the model before each cut)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (finetuning)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON to this file ('-' "
