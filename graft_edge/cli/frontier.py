@@ -78,7 +78,7 @@ def frontier_cmd(
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     seeds: int = typer.Option(D.seeds, "--seeds", help="Repeat every target's prune + finetune + evaluation with this many finetuning seeds; mAP/R1 are reported as mean ± sample std (n in the CSV/JSON), the plot shows error bars. Needs finetuning.", min=1),
-    distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the model before the cut (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
+    distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the dense model (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
 ) -> None:

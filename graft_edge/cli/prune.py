@@ -38,7 +38,7 @@ def prune_cmd(
     attn_unit: str = typer.Option("heads", "--attn-unit", help="structured: prune whole heads, or head-dims."),
     fraction: float = typer.Option(0.2, "--fraction", help="Share of what remains removed per default step."),
     distill: Optional[bool] = typer.Option(
-        None, "--distill/--no-distill", help="Finetune with knowledge distillation from the model before each cut "
+        None, "--distill/--no-distill", help="Finetune with knowledge distillation from a teacher (--distill-teacher) "
         "(embedding + logits terms; the teacher is never saved). Default: on for structured pruning with "
         "--finetune-epochs, off otherwise."),
     distill_embed_weight: float = typer.Option(1.0, "--distill-embed-weight", help="Weight of the embedding "

@@ -111,7 +111,7 @@ class FrontierSettings:
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
-    distill: bool | None = None  # distil from the model before each cut; None: on for structured with finetuning
+    distill: bool | None = None  # distil from the dense model; None: on for structured with finetuning
     seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
 
     def validated(self) -> FrontierSettings:

@@ -7,8 +7,8 @@ epoch on the validation split is kept; the test split is only reported). Conditi
 
     structured          structured pruning, no finetuning (one chain: without training the seeds do not matter)
     structured+ft       structured pruning + finetuning
-    structured+ft+kd    structured pruning + finetuning with distillation from the model before each cut (or, with
-                        teacher "source", from the dense model at every level)
+    structured+ft+kd    structured pruning + finetuning with distillation from the dense model at every level (or,
+                        with teacher "previous", from the model before each cut)
     unstructured        unstructured (global L1) pruning at the same budgets, no finetuning
     unstructured+ft     unstructured pruning + finetuning
     control             the dense model finetuned for as many epochs as a whole chain gets (no pruning)
