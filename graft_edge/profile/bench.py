@@ -61,7 +61,7 @@ from graft_edge.evaluation import evaluate_embedder
 from graft_edge.formats import runtime_of
 from graft_edge.metrics import RerankConfig
 from graft_edge.profile.hardware import machine_info
-from graft_edge.profile.latency import DEFAULT_WARMUP, synthetic_batch, time_embedder, warm_up
+from graft_edge.profile.latency import DEFAULT_WARMUP, bound_call, synthetic_batch, time_embedder, warm_up
 from graft_edge.profile.peaks import PEAK_PRECISIONS, embedder_flops, machine_peaks, roofline
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
@@ -129,8 +129,9 @@ def bench_run(embedder: Any, batch: int, settings: BenchSettings, rss_before_loa
     inputs = synthetic_batch(embedder.info, batch)
     total = settings.warmup + settings.iters if settings.iters is not None else None
     advance = progress(f"{label} batch {batch}", total)
-    # warm-up outside the monitored window (first calls allocate, autotune, JIT)
-    warm_up(embedder, inputs, settings.warmup, on_iter=advance)
+    # inputs staged on the device and warm-up outside the monitored window (first calls allocate, autotune, JIT)
+    call = bound_call(embedder, inputs)
+    warm_up(embedder, inputs, settings.warmup, on_iter=advance, call=call)
     reset_torch, read_torch = _gpu_torch_memory(embedder)
     reset_torch()
     on_gpu = settings.device.startswith("cuda")
@@ -139,7 +140,7 @@ def bench_run(embedder: Any, batch: int, settings: BenchSettings, rss_before_loa
         if mon is not None:
             mon.start()
         times = time_embedder(embedder, inputs, warmup=0, iters=settings.iters, seconds=settings.seconds,
-                              on_iter=advance)
+                              on_iter=advance, call=call)
         tele = mon.stop(batch * len(times), baseline_used=gpu_before_load) if mon is not None else None
     stats = summarize(times, batch)
     if tele is None:
