@@ -137,3 +137,9 @@ def evaluate_val(embedder: Embedder, data_root: str | Path, cfg: GraftConfig, ba
     if loaders is None:
         return {}
     return with_prefix(evaluate_loaders(embedder, *loaders, progress))
+
+
+def evaluate_test_and_val(embedder: Embedder, data_root: str | Path, cfg: GraftConfig) -> dict[str, Any]:
+    """Test (query/gallery: mAP, R1, ...) and validation (val_mAP, ...) metrics side by side, at cfg's eval batch."""
+    return {**evaluate_embedder(embedder, data_root, batch_size=cfg.data.eval_batch_size),
+            **evaluate_val(embedder, data_root, cfg)}

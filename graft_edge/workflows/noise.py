@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from graft_edge.workflows.frontier_seeds import pooled_std
+from graft_edge.workflows.frontier_seeds import mean_std, pooled_std
 
 SINGLE_SEED_FLOOR = 0.03  # mAP (fraction): differences under 3 points are not significant with one seed
 WITHIN, BETTER, WORSE = "within noise", "better", "worse"
@@ -68,12 +68,8 @@ PAIRED_RULE = ("Where every seed has its own dense model (a sweep over several t
 def judge_paired(diffs: Sequence[float]) -> Judgement | None:
     """Per-seed differences (variant_s - dense_s, the same training seed) judged by their own spread: the mean
     counts only when it exceeds the sample std of the differences; None with fewer than two."""
-    vals = [float(d) for d in diffs]
-    if len(vals) < 2:
-        return None
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return Judgement(mean, std, False)
+    mean, std, _ = mean_std(diffs)
+    return Judgement(mean, std, False) if std is not None else None
 
 
 def judge_row(row: dict[str, Any], ref: dict[str, Any], rows: Sequence[dict[str, Any]], key: str = "mAP",

@@ -23,7 +23,7 @@ from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
 from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file
 from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
@@ -60,6 +60,13 @@ class PruneRequest:
     # the "source" teacher from this checkpoint instead of the run's source (a chain of one-cut runs, e.g. the size
     # sweep, distils every level from its dense model); None: the run's source
     teacher_file: str | Path | None = None
+
+    @property
+    def source_teacher_file(self) -> Path | None:
+        """The checkpoint that teaches in place of the run's source ("source" teacher with a teacher_file)."""
+        if self.distilling and self.teacher_file is not None and self.distill_config.teacher == "source":
+            return Path(self.teacher_file)
+        return None
 
     @property
     def distilling(self) -> bool:
@@ -121,8 +128,8 @@ def _distill_record(req: PruneRequest) -> dict[str, Any] | None:
     if not req.distilling:
         return None
     rec = req.distill_config.as_record()
-    if req.teacher_file is not None and req.distill_config.teacher == "source":
-        rec["teacher_sha256"] = sha256_file(req.teacher_file)
+    if req.source_teacher_file is not None:
+        rec["teacher_sha256"] = sha256_file(req.source_teacher_file)
     return rec
 
 
@@ -164,9 +171,7 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
                             seed=(int(cfg.train.seed) + req.seed_offset) * 10_007 + step[0],
                             teacher=teacher.model if teacher is not None else None, distill=req.distill_config)
         m.eval()
-        embedder = ModelEmbedder(m)
-        return {**evaluate_embedder(embedder, req.data, batch_size=cfg.data.eval_batch_size),
-                **evaluate_val(embedder, req.data, cfg)}
+        return evaluate_test_and_val(ModelEmbedder(m), req.data, cfg)
 
     return finetune_fn
 
@@ -217,8 +222,8 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     elif partial.is_file():
         log(f"note: {partial} is from an earlier run; starting over (pass --resume to continue it)")
     net.to(req.device)
-    if req.distilling and req.teacher_file is not None and req.distill_config.teacher == "source":
-        source = load_model(req.teacher_file)[0].to(req.device)
+    if req.source_teacher_file is not None:
+        source = load_model(req.source_teacher_file)[0].to(req.device)
     teacher = Teacher(source, net, req.distill_config) if req.distilling else None
     cfg, prior = ckpt.config, list(history)
     new: list[dict[str, Any]] = []

@@ -30,7 +30,7 @@ from graft_edge.checkpoint import load_model
 from graft_edge.compress.targets import resolve_target
 from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file, write_json
 from graft_edge.model import embedding_params
 from graft_edge.model.embedder import ModelEmbedder
@@ -130,8 +130,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(model: Any, data: Path, cfg: Any) -> dict[str, Any]:
     """Test and validation metrics of a live model."""
     model.eval()
-    emb = ModelEmbedder(model)
-    return {**evaluate_embedder(emb, data, batch_size=cfg.data.eval_batch_size), **evaluate_val(emb, data, cfg)}
+    return evaluate_test_and_val(ModelEmbedder(model), data, cfg)
 
 
 def _dense_row(job: _Job) -> None:
