@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,8 @@ from graft_edge.data import build_eval_loaders
 from graft_edge.evaluation import evaluate_embedder, model_config_of
 from graft_edge.metrics import evaluate_rank, pairwise_distance
 from graft_edge.runtime import load_embedder
-from graft_edge.serve.loadtest import LoadSettings, run_loadtest
+from graft_edge.serve.loadtest import LoadSettings, free_ports, run_loadtest
 from graft_edge.serve.server import model_name
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait_ready(port: int, name: str, proc: subprocess.Popen, limit: float = 180) -> None:

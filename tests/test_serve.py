@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from graft_edge.cli.main import app
 from graft_edge.data.transforms import PairedTransform
 from graft_edge.errors import GraftError
 from graft_edge.runtime import load_embedder
-from graft_edge.serve.loadtest import LoadSettings, loopback_target, run_loadtest
+from graft_edge.serve.loadtest import LoadSettings, free_ports, loopback_target, run_loadtest
 from graft_edge.serve.server import ServeOptions, model_name, start
 
 pytest.importorskip("pytriton")
@@ -35,16 +34,6 @@ pytestmark = pytest.mark.slow  # a Triton server starts in about 5 s
 
 MODS = ("rgb", "nir", "tir")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +252,13 @@ def test_serve_options_and_names_are_checked():
         ServeOptions(http_port=8000, grpc_port=8000).validated()
     with pytest.raises(GraftError, match="--instances 0"):
         ServeOptions(instances=0).validated()
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    import socket
+
+    ports = free_ports(3)
+    assert len(set(ports)) == 3 and all(0 < p < 65536 for p in ports)
+    for port in ports:  # released: a server can take each of them
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

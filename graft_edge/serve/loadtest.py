@@ -64,6 +64,18 @@ class LoadSettings:
         return self
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free at the time of the call (all held open together, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def loopback_target(target: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port) when HOST is a loopback address; GraftError otherwise (loopback only)."""
     host, sep, port = target.rpartition(":")
