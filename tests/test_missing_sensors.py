@@ -168,3 +168,15 @@ def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
     assert _needs_work(rec, tmp_path, tmp_path, modalities=("rgb", "nir"))
     rec.accuracy["modalities"] = ["rgb", "nir"]
     assert not _needs_work(rec, tmp_path, tmp_path, modalities=("rgb", "nir")) and _needs_work(rec, tmp_path, tmp_path)
+
+
+def test_graph_inputs_must_be_the_metadata_modalities_or_the_mask(tmp_path) -> None:
+    from graft_edge.artefact import EmbedderInfo
+    from graft_edge.runtime.presence import check_graph_inputs
+
+    info = EmbedderInfo(format="onnx", path="m.onnx", modalities=("rgb", "nir"), img_size=(32, 64),
+                        mean=(0.5,) * 3, std=(0.5,) * 3, embed_dim=8, params_embedding=1, params_nonzero=1,
+                        extra={"presence_input": "present"})
+    assert check_graph_inputs(["rgb", "nir", "present"], info, tmp_path / "m.onnx") == "present"
+    with pytest.raises(GraftError, match="graph input 'tir' is not one of its metadata's modalities rgb,nir"):
+        check_graph_inputs(["rgb", "tir", "present"], info, tmp_path / "m.onnx")

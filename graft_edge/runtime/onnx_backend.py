@@ -17,7 +17,7 @@ import numpy as np
 
 from graft_edge.artefact import EmbedderInfo, artefact_size, data_file, decode_props, embedder_info, read_metadata
 from graft_edge.errors import GraftError, one_line
-from graft_edge.runtime.presence import presence_feeds
+from graft_edge.runtime.presence import check_graph_inputs, presence_feeds
 
 
 def session_options(threads: int | None = None):
@@ -111,10 +111,7 @@ class OnnxEmbedder:
         info = onnx_info(self.path, self.session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self.presence_input = info.extra.get("presence_input")
-        missing = [m for m in self.input_names if m not in info.modalities and m != self.presence_input]
-        if missing:
-            raise GraftError(f"{self.path}: graph input {missing[0]!r} is not one of its metadata's modalities {','.join(info.modalities)}")
+        self.presence_input = check_graph_inputs(self.input_names, info, self.path)
         self.device = device
         self.info = replace(info, extra={**info.extra, "providers": self.session.get_providers(),
                                          "threads": threads or "onnxruntime default (one per physical core)"})

@@ -16,7 +16,7 @@ import numpy as np
 from graft_edge.artefact import artefact_size, embedder_info, read_sidecar
 from graft_edge.cpu import require_bf16
 from graft_edge.errors import GraftError, one_line
-from graft_edge.runtime.presence import presence_feeds
+from graft_edge.runtime.presence import check_graph_inputs, presence_feeds
 
 
 def precision_hint(precision: str) -> str:
@@ -70,11 +70,7 @@ class OpenVINOEmbedder:
         precision = str(info.extra.get("precision"))
         self.compiled = compile_ir(self.path, precision, threads, device)
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-        self.presence_input = info.extra.get("presence_input")
-        missing = [m for m in self.input_names if m not in info.modalities and m != self.presence_input]
-        if missing:
-            raise GraftError(f"{self.path}: graph input {missing[0]!r} is not one of its metadata's modalities "
-                             f"{','.join(info.modalities)}")
+        self.presence_input = check_graph_inputs(self.input_names, info, self.path)
         self.request = self.compiled.create_infer_request()
         self.device = "cpu"
         self.info = replace(info, extra={**info.extra, "inference_precision_hint": precision_hint(precision),

@@ -8,6 +8,7 @@ its mask column, which gives PyTorch's embedding of the present subset. Artefact
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -38,6 +39,17 @@ def check_images(name: str, x: np.ndarray, img_size: Sequence[int]) -> np.ndarra
     if arr.ndim != 4 or arr.shape[1:] != (3, H, W):
         raise GraftError(f"input {name!r} has shape {tuple(arr.shape)}: expected (B, 3, {H}, {W})")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_graph_inputs(input_names: Sequence[str], info: EmbedderInfo, path: Path) -> str | None:
+    """The graph's presence-mask input name (None without one); GraftError when a graph input is neither one of
+    the metadata's modalities nor that mask (a file whose metadata does not describe its graph)."""
+    presence_input = info.extra.get("presence_input")
+    missing = [m for m in input_names if m not in info.modalities and m != presence_input]
+    if missing:
+        raise GraftError(f"{path}: graph input {missing[0]!r} is not one of its metadata's modalities "
+                         f"{','.join(info.modalities)}")
+    return presence_input
 
 
 def presence_feeds(batch: Mapping[str, np.ndarray], modalities: Sequence[str], img_size: Sequence[int],
