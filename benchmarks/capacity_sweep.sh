@@ -5,7 +5,8 @@
 # mean ± std is over the 3 training seeds): structured 80/60/45/35% without finetuning, with finetuning, with
 # finetuning + distillation (2 epochs per level, the best epoch on validation), unstructured at the same budgets.
 #
-#   bash benchmarks/capacity_sweep.sh [OUT] [THREADS]     # from the repository root; resumable (rerun to continue)
+#   bash benchmarks/capacity_sweep.sh [OUT] [THREADS] [prune_sweep.py options ...]   # from the repository root;
+#   resumable (rerun to continue); e.g. `... OUT 2 --distill-teacher previous` for the teacher before each cut
 set -euo pipefail
 OUT=${1:-capacity-sweep}
 THREADS=${2:-2}
@@ -27,4 +28,4 @@ for S in $SEEDS; do
   MODELS+=(--model "$RUN/best.pt")
 done
 /usr/bin/time -f "sweep: %e s" $PY benchmarks/prune_sweep.py "${MODELS[@]}" --data "$OUT/data" --out "$OUT/sweep" \
-  --seeds 1 --finetune-epochs 2 --threads "$THREADS"
+  --seeds 1 --finetune-epochs 2 --threads "$THREADS" "${@:3}"
