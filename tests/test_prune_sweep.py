@@ -104,6 +104,9 @@ def test_sweeps_over_several_dense_models_give_dense_a_training_seed_std(tiny_va
     assert d["mAP_std"] == pytest.approx(abs(maps[0] - maps[1]) / math.sqrt(2))
     assert by[("structured", "85%")]["n_seeds"] == 2 and by[("structured+ft", "85%")]["n_seeds"] == 2
     assert "sweep.md" in {p.name for p in (tmp_path / "all").iterdir()}
+    with pytest.raises(GraftError, match="--model .*nope.pt does not exist"):
+        run_sweeps([model, tmp_path / "nope.pt"], data, tmp_path / "bad", settings)
+    assert not (tmp_path / "bad").exists()  # refused before the first model's sweep began
 
 
 def test_one_dense_model_per_seed_pairs_the_differences() -> None:

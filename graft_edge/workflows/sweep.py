@@ -251,6 +251,9 @@ def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
     covers training and finetuning noise, dense included (its std is then the training seed std)."""
     if not models:
         raise GraftError("--model: give at least one dense checkpoint")
+    missing = next((m for m in models if not Path(m).is_file()), None)
+    if missing is not None:  # before any sweep starts, not after the first ones ran
+        raise GraftError(f"--model {missing} does not exist")
     out = Path(out)
     log = log or (lambda msg: None)
     if len(models) == 1:
