@@ -78,6 +78,15 @@ def check_output_file(path: Path | None, option: str) -> None:
         raise GraftError(f"{option} {path}: {parent} is a file, not a folder")
 
 
+def check_output_folder(path: Path | None, option: str) -> None:
+    """Before any work: an output FOLDER option must not name a file (or sit under one)."""
+    if path is None:
+        return
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise GraftError(f"{option} {path}: {blocker} is a file, not a folder")
+
+
 def write_json_output(path: Path | None, data: Any) -> None:
     """Write JSON to a file atomically, or to stdout when path is '-'."""
     if path is None:

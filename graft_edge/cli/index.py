@@ -8,7 +8,14 @@ from typing import Any, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import (
+    check_output_file,
+    check_output_folder,
+    console,
+    err_console,
+    guarded,
+    write_json_output,
+)
 from graft_edge.errors import GraftError
 from graft_edge.metrics import RerankConfig
 from graft_edge.retrieval.images import find_images
@@ -18,11 +25,10 @@ from graft_edge.retrieval.index import (
     build_index,
     check_model,
     embed_samples,
-    load_entries,
     model_identity,
-    read_manifest,
     search_index,
 )
+from graft_edge.retrieval.store import open_index, read_manifest
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 
@@ -58,10 +64,12 @@ def build_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Embed IMAGES with MODEL into a new index; rerun the same command to finish an interrupted build."""
+    options = IndexOptions(faiss_spec, batch_size, split).validated()
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} is a file: expected a folder for the index")
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding gallery") as (advance, total):
-        options = IndexOptions(faiss_spec, batch_size, split)
-        manifest = build_index(model, embedder, images, out, options, advance, total)
+        manifest = build_index(model, embedder, images, out, options, advance, total, log=_note)
     resumed = manifest["parts"][-1].get("resumed", 0)
     kept = f" ({resumed} embedded by the interrupted run, kept)" if resumed else ""
     console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, "
@@ -82,8 +90,13 @@ def add_cmd(
     model = model or Path(read_manifest(index)["model"]["path"])
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding new images") as (advance, total):
-        manifest, added = add_to_index(model, embedder, images, index, batch_size, advance, total)
+        manifest, added = add_to_index(model, embedder, images, index, batch_size, advance, total, log=_note)
     console().print(f"index {index}: added {added} images, {manifest['count']} in all", soft_wrap=True)
+
+
+def _note(line: str) -> None:
+    """A side note of a build or add (e.g. a dropped unfinished part) on stderr."""
+    err_console().print(line, soft_wrap=True, markup=False, emoji=False)
 
 
 def search_records(result: Any, queries: list, entries: list) -> list[dict[str, Any]]:
@@ -123,17 +136,24 @@ def search_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Print (and with --json write) the top gallery entries of every query image, with distances."""
+    check_output_file(json_out, "--json")
+    if visualize:
+        check_output_folder(vis_dir, "--visualize-dir")
     manifest = read_manifest(index)
     model = model or Path(manifest["model"]["path"])
     embedder = load_embedder(model, device=device, threads=threads)
-    check_model(manifest, model_identity(model, embedder), index)
+    identity = model_identity(model, embedder)
+    check_model(manifest, identity, index)
+    open_index(index)  # whole before the queries are embedded
     samples = find_images(queries, embedder.info.modalities, "query")
     with progress_bar("embedding queries") as (advance, total):
         total(len(samples))
         feats = embed_samples(embedder, samples, batch_size, advance)
+    view = open_index(index)  # the index as it is now (an add may have finished meanwhile)
+    check_model(view.manifest, identity, index)
     rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
-    result = search_index(index, manifest, feats, top, rerank_cfg, pool, nprobe)
-    entries = load_entries(index, manifest)
+    result = search_index(view, feats, top, rerank_cfg, pool, nprobe)
+    entries = view.entries()
     records = search_records(result, samples, entries)
     _print_results(records)
     if visualize:
