@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -438,6 +439,61 @@ def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_d
     torch.manual_seed(789)
     res = run_prune(tiny_checkpoint_4ids, c, req, resume=True)
     assert res.resumed_steps == 1 and _same_weights(a, c)
+
+
+@pytest.fixture(scope="module")
+def interrupted_prune(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, PruneRequest]:
+    """A prune run with finetuning killed after step 1 of 2: (its data, its OUT, its request)."""
+    base = tmp_path_factory.mktemp("interrupted-prune")
+    cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(base / "dense.pt", build_model(cfg.model), cfg)
+    data = base / "data"
+    shutil.copytree(tiny_data, data)
+    req = PruneRequest(target="70%", steps=2, data=data, finetune_epochs=1)
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(ckpt, base / "p.pt", req, progress=stop_after_first)
+    return ckpt, base, req
+
+
+def _copy_run(interrupted: tuple[Path, Path, PruneRequest], tmp_path: Path) -> tuple[Path, Path, PruneRequest]:
+    ckpt, base, req = interrupted
+    shutil.copytree(base, tmp_path / "run")
+    return ckpt, tmp_path / "run", replace(req, data=tmp_path / "run" / "data")  # the same data at another path
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("other data", "--data differs"),
+    ("regenerated data", "--data differs"),
+    ("finetune_epochs", "finetune_epochs differs: 1 then, 2 now"),
+    ("fraction", "fraction differs: 0.2 then, 0.3 now"),
+])
+def test_prune_resume_refuses_a_request_with_other_data_or_finetuning(interrupted_prune, tmp_path: Path,
+                                                                      change: str, needle: str) -> None:
+    ckpt, run, req = _copy_run(interrupted_prune, tmp_path)
+    if change == "other data":
+        write_synthetic(tmp_path / "other", ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=1)
+        req = replace(req, data=tmp_path / "other")
+    elif change == "regenerated data":  # the same folder, other images: caught by the fingerprint, not the path
+        shutil.rmtree(req.data)
+        write_synthetic(req.data, ids=8, cameras=3, images_per_camera=2, size=(16, 32), seed=0)
+    else:
+        req = replace(req, **{change: {"finetune_epochs": 2, "fraction": 0.3}[change]})
+    with pytest.raises(GraftError, match=needle):
+        run_prune(ckpt, run / "p.pt", req, resume=True)
+    assert read_checkpoint(partial_path(run / "p.pt")).extra["prune_run"]["done"] == 1  # kept for the same run
+
+
+def test_prune_resume_with_the_same_data_moved_elsewhere_continues(interrupted_prune, tmp_path: Path) -> None:
+    ckpt, run, req = _copy_run(interrupted_prune, tmp_path)
+    res = run_prune(ckpt, run / "p.pt", req, resume=True)
+    assert res.resumed_steps == 1 and [e["step"] for e in res.history] == [1, 2]
 
 
 @pytest.mark.parametrize("command", ["synth", "export", "prune"])
