@@ -230,8 +230,8 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_study_goes_on(data: Path,
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output and "internal error" not in res.output
     lines = [" ".join(x.split()) for x in res.output.splitlines()]
-    assert any("trial 0 fail: training diverged" in x for x in lines), res.output
-    assert any("trial 1 fail: model.enc_heads=3" in x for x in lines), res.output
+    assert any("trial 0 failed: training diverged" in x for x in lines), res.output
+    assert any("trial 1 failed: model.enc_heads=3" in x for x in lines), res.output
     assert [t.state.name for t in _study(out).get_trials()] == ["FAIL", "FAIL", "COMPLETE"]
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[1].startswith("0,FAIL") and "training diverged" in rows[1] and rows[3].startswith("2,COMPLETE")

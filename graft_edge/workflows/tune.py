@@ -313,7 +313,8 @@ def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings
         for t in mine:  # this worker's trial (others may have finished theirs meanwhile)
             failed_in_a_row = failed_in_a_row + 1 if t.state.name == "FAIL" else 0
             why = f": {t.user_attrs['error']}" if t.state.name == "FAIL" and t.user_attrs.get("error") else ""
-            log(f"study {settings.study}: trial {t.number} {t.state.name.lower()}{why}"
+            state = "failed" if t.state.name == "FAIL" else t.state.name.lower()
+            log(f"study {settings.study}: trial {t.number} {state}{why}"
                 + (f", val mAP {100 * t.value:.2f}" if t.value is not None else ""))
             if failed_in_a_row >= max(settings.trials, 3):
                 stopped = f"{failed_in_a_row} trials in a row failed (the last{why or ' without a reason'}); stopping"
