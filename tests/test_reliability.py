@@ -347,6 +347,11 @@ def test_eval_and_train_refuse_data_without_a_valid_query(tiny_data: Path, tmp_p
     ("model.img_size=[30,64]", "model.img_size"),
     ("model.data_token_index=999", "model.data_token_index"),
     ("model.pretrained_file=w.pth", "model.pretrained is false"),
+    ("data.eval_batch_size=100000000000000000000", "data.eval_batch_size=100000000000000000000: expected an integer of"),
+    ("train.stage1.epochs=true", "train.stage1.epochs: expected an integer, got True"),
+    ("train.stage1.lr=false", "train.stage1.lr: expected a number, got False"),
+    ("train.seed=4294967296", "train.seed=4294967296: expected a finite number >= 0 and <= 4294967295"),
+    ("data.val_seed=-1", "data.val_seed=-1"),
 ])
 def test_bad_config_value_names_its_key_and_creates_nothing(tiny_data: Path, tmp_path: Path, setting: str,
                                                            key: str) -> None:
