@@ -150,6 +150,37 @@ def test_failed_start_leaves_no_run_folder(tmp_path: Path) -> None:
     assert res.exit_code == 2 and not out.exists()
 
 
+@pytest.mark.parametrize("setting, needle", [
+    ("model.backbone=nope_vit_tiny", "unknown timm backbone 'nope_vit_tiny'"),
+    ("model.pretrained_file=missing.pth", "missing.pth"),
+])
+@pytest.mark.parametrize("folder", ["absent", "empty"])
+def test_train_failing_at_model_build_leaves_its_folder_as_it_was(tiny_data: Path, tmp_path: Path, setting: str,
+                                                                  needle: str, folder: str) -> None:
+    out = tmp_path / "run"
+    if folder == "empty":
+        out.mkdir()
+    args = ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data), "--out", str(out),
+            "--max-steps", "1"]
+    extra = ["--set", "model.pretrained=true"] if "pretrained_file" in setting else []
+    res = runner.invoke(app, [*args, "--set", setting, *extra])
+    assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output
+    assert (list(out.iterdir()) == []) if folder == "empty" else not out.exists()
+    res = runner.invoke(app, args)  # the next run starts (no "not empty", nothing to --resume)
+    assert res.exit_code == 0 and (out / "best.pt").is_file(), res.output
+
+
+def test_resume_of_a_run_that_stopped_before_its_first_checkpoint_says_overwrite(tiny_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data), "--out", str(out)]
+    res = runner.invoke(app, [*args, "--max-steps", "3", "--set", "train.stage1.lr=1e30"])
+    assert res.exit_code == 2 and "training diverged" in res.output and not (out / "last.pt").exists()
+    res = runner.invoke(app, [*args, "--resume"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "stopped before its first checkpoint: start it again with --overwrite" in line
+
+
 # ---------------------------------------------------------------- 4, 11. image decoding: bit depth, modes, size
 
 @pytest.mark.parametrize("mode,dtype", [("I;16", "uint16"), ("I", "int32"), ("F", "float32")])
