@@ -53,6 +53,7 @@ from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
+from graft_edge.runtime.presence import parse_subset
 from graft_edge.train.runner import score_line
 from graft_edge.units import format_count, parse_size
 from graft_edge.workflows.frontier_report import write_reports
@@ -217,6 +218,8 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
+    if settings.modalities is not None:  # checked before the first variant is pruned
+        parse_subset(settings.modalities, ckpt.config.model.modalities)
     dense_count = counted_size(model, settings.method)
     targets: list[tuple[str, int]] = []
     for t in settings.targets:
