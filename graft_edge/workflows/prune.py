@@ -178,6 +178,20 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
     return finetune_fn
 
 
+def _run_state(model_path: Path, req: PruneRequest, target: int | None, schedule: list[int],
+               start_size: int) -> dict[str, Any]:
+    """What OUT.partial records of its run: the identity (RUN_KEYS) and the progress."""
+    return {
+        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": req.method, "target": target,
+        "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
+        "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
+        "data": str(Path(req.data).resolve()) if req.data else None,
+        "data_fingerprint": dataset_fingerprint(req.data) if req.data else None,
+        "start_size": start_size, "done": 0, "distill": _distill_record(req),
+        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
+    }
+
+
 def _differing_key(saved: dict[str, Any], state: dict[str, Any]) -> str | None:
     """The first identity key a partial's run and this request disagree on, described; None when they match.
 
@@ -217,16 +231,7 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     target = resolve_target(req.target, net, req.method) if req.target is not None else None
     steps = 1 if req.steps is None and not req.finetune_epochs else req.steps  # no retraining: one cut is the same
     schedule = plan_prune(net, target, req.method, steps, req.round_to, req.attn_unit, req.fraction)
-    state: dict[str, Any] = {
-        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": req.method, "target": target,
-        "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
-        "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
-        "data": str(Path(req.data).resolve()) if req.data else None,
-        "data_fingerprint": dataset_fingerprint(req.data) if req.data else None,
-        "start_size": int(counted_size(net, req.method)), "done": 0,
-        "distill": _distill_record(req),
-        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
-    }
+    state = _run_state(model_path, req, target, schedule, int(counted_size(net, req.method)))
     source = net
     history, done, partial = list(ckpt.history), 0, partial_path(out)
     if resume and partial.is_file():
