@@ -57,7 +57,8 @@ def build_cmd(
     images: Path = typer.Argument(..., help=IMAGES_HELP),
     out: Path = typer.Option(..., "--out", help="Index folder to create (or to finish, after an interrupted build)."),
     faiss_spec: str = typer.Option("Flat", "--faiss", help="FAISS factory string: Flat (exact inner product) or e.g. "
-                                   "IVF1024,PQ32 for millions of images (trained on the built images)."),
+                                   "IVF1024,PQ32 for millions of images (trained on the built images; checked before any image is "
+                                   "embedded; an unfinished build takes the rerun's value)."),
     split: str = typer.Option("gallery", "--split", help="Split of a dataset root to index: gallery, query or train."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -80,7 +81,8 @@ def build_cmd(
 @guarded
 def add_cmd(
     index: Path = typer.Argument(..., help="Index folder made by `index build`."),
-    images: Path = typer.Argument(..., help=IMAGES_HELP + " Images already in the index are skipped."),
+    images: Path = typer.Argument(..., help=IMAGES_HELP + " Images already in the index are skipped; an unfinished "
+                                  "add of this folder is re-planned, one of another folder dropped."),
     model: Optional[Path] = typer.Option(None, "--model", help="The index's model (default: the path it recorded)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
