@@ -271,7 +271,9 @@ def _serve_process(ckpt: Path | list[Path], ports: list[int], *extra: str) -> su
     models = [str(c) for c in (ckpt if isinstance(ckpt, list) else [ckpt])]
     cmd = [sys.executable, "-m", "graft_edge", "serve", *models, "--http-port", str(ports[0]), "--grpc-port",
            str(ports[1]), "--metrics-port", str(ports[2]), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # run from elsewhere: Triton's stub must import this tree's graft_edge without the working folder's help
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=ckpt[0].parent if isinstance(ckpt, list) else ckpt.parent)
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 90) -> None:

@@ -3,7 +3,7 @@
   DIR/<name>/config.pbtxt   backend "python"; every input optional (a request uses one input form);
                             Triton's dynamic batcher; N instances; the artefact, device and threads as
                             parameters; one warm-up request
-  DIR/<name>/1/model.py     the stub's entry point: graft-edge's serve.backend model
+  DIR/<name>/1/model.py     the stub's entry point: this graft-edge's serve.backend model
 The warm-up request (batch 1, one random normalised image per modality, DIR/<name>/warmup/<modality>) runs through the model's own
 `execute` while Triton loads the model, before the model is marked ready; a model whose warm-up fails
 does not load and the server does not start. With strict readiness the server is ready only once every
@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import graft_edge
 from graft_edge.artefact import OUTPUT_NAME, EmbedderInfo
 from graft_edge.fileio import atomic_write, write_text
 from graft_edge.serve.backend import PARAM_ARTEFACT, PARAM_DEVICE, PARAM_THREADS
@@ -24,7 +25,13 @@ from graft_edge.serve.batching import input_specs
 from graft_edge.serve.options import ServeOptions
 from graft_edge.serve.triton_config import config_text, model_config_pb2
 
-MODEL_PY = "from graft_edge.serve.backend import TritonPythonModel  # noqa: F401  (Triton's Python backend loads this)\n"
+# The stub's Python ignores PYTHONPATH: model.py puts the folder this graft_edge was imported from first on its path,
+# so Triton runs the same graft-edge as the `serve` that wrote the repository.
+MODEL_PY = """import sys
+
+sys.path.insert(0, {root!r})
+from graft_edge.serve.backend import TritonPythonModel  # noqa: E402,F401  (Triton's Python backend loads this)
+"""
 WARMUP_NAME = "graft-edge warm-up"
 
 
@@ -71,7 +78,7 @@ def write_serve_repository(models: Mapping[str, ServedModel], out_dir: str | Pat
     out = Path(out_dir)
     for name, model in models.items():
         text = config_text(build_serve_config(name, model, opt), f"config.pbtxt of {name}")
-        write_text(out / name / "1" / "model.py", MODEL_PY)
+        write_text(out / name / "1" / "model.py", MODEL_PY.format(root=str(Path(graft_edge.__file__).resolve().parents[1])))
         for modality, data in warmup_images(model.info).items():  # Triton reads them from <model>/warmup/
             atomic_write(out / name / "warmup" / modality, lambda tmp, data=data: tmp.write_bytes(data))
         write_text(out / name / "config.pbtxt", text)

@@ -5,9 +5,9 @@ Python backend and the wheel's stub for this interpreter's Python version. Model
 (model-control mode none) and the HTTP/gRPC endpoints open only once every model has loaded and
 answered its warm-up request; with strict readiness `/v2/health/ready` is 200 only while every model is
 ready. The Python-backend stub embeds this interpreter: `PATH` starts with its environment's `bin` (so
-the stub finds this environment's packages), `LD_LIBRARY_PATH` with its own libpython (a pyenv/conda
-Python would otherwise pick the system's library of another patch release), and `PYTHONPATH` with the
-folder graft_edge is imported from.
+the stub finds this environment's packages) and `LD_LIBRARY_PATH` with its own libpython (a pyenv/conda
+Python would otherwise pick the system's library of another patch release); the stub ignores
+PYTHONPATH, so each model.py names the folder graft_edge is imported from (serve.repository).
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import graft_edge
 from graft_edge.errors import GraftError
 from graft_edge.serve.options import ServeOptions
 from graft_edge.signals import die_with_parent
@@ -91,7 +90,7 @@ def prepare_backends(dist: TritonDist, workspace: Path) -> Path:
 
 
 def server_env(dist: TritonDist) -> dict[str, str]:
-    """tritonserver's environment: this Python first on PATH / LD_LIBRARY_PATH, graft_edge's folder on PYTHONPATH."""
+    """tritonserver's environment: this Python's environment first on PATH, its libpython first on LD_LIBRARY_PATH."""
     env = dict(os.environ)
 
     def prepend(key: str, *first: str | None) -> None:
@@ -100,7 +99,6 @@ def server_env(dist: TritonDist) -> dict[str, str]:
 
     prepend("LD_LIBRARY_PATH", python_libdir(), str(dist.libs))
     prepend("PATH", str(Path(sys.exec_prefix) / "bin"))
-    prepend("PYTHONPATH", str(Path(graft_edge.__file__).resolve().parent.parent))
     return env
 
 
