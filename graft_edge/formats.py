@@ -132,9 +132,14 @@ def runtime_of(path: str | Path) -> str:
     raise GraftError(f"cannot tell the format of {path}: expected a file ending in one of {accepted}")
 
 
-def batch_independent_formats(independent: bool = True) -> tuple[str, ...]:
-    """Formats whose embedding of a sample does not depend on its batch-mates (with False: those whose does)."""
-    return tuple(n for n, f in FORMATS.items() if f.batch_independent == independent)
+def batch_independent_formats() -> tuple[str, ...]:
+    """Formats whose embedding of a sample does not depend on its batch-mates."""
+    return tuple(n for n, f in FORMATS.items() if f.batch_independent)
+
+
+def batch_dependent_formats() -> tuple[str, ...]:
+    """Formats whose embedding of a sample depends on its batch-mates."""
+    return tuple(n for n, f in FORMATS.items() if not f.batch_independent)
 
 
 def batch_dependent_format(runtime: str, precision: str | None) -> Format | None:

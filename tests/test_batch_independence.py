@@ -9,7 +9,13 @@ from typer.testing import CliRunner
 from graft_edge.cli.main import app
 from graft_edge.errors import GraftError
 from graft_edge.export.pipeline import ExportOptions, export_model
-from graft_edge.formats import FORMATS, batch_dependence_note, batch_dependent_format, batch_independent_formats
+from graft_edge.formats import (
+    FORMATS,
+    batch_dependence_note,
+    batch_dependent_format,
+    batch_dependent_formats,
+    batch_independent_formats,
+)
 from graft_edge.runtime import load_embedder
 from graft_edge.serve.server import ServeOptions, check_models
 
@@ -17,7 +23,7 @@ MODS = ("rgb", "nir", "tir")
 
 
 def test_only_dynamic_int8_depends_on_its_batch_mates():
-    assert set(batch_independent_formats(False)) == {"int8", "int8-fused"}
+    assert set(batch_dependent_formats()) == {"int8", "int8-fused"}
     assert set(batch_independent_formats()) == set(FORMATS) - {"int8", "int8-fused"}
     assert batch_dependent_format("onnx", "int8-dynamic") is FORMATS["int8"]
     for runtime, precision in (("onnx", "fp32"), ("onnx", "int8-static"), ("torch", "fp32"), ("torch", "bf16"),

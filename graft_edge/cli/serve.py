@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from graft_edge.cli.common import console, err_console, guarded, write_json_output
-from graft_edge.formats import batch_independent_formats
+from graft_edge.formats import batch_dependent_formats
 from graft_edge.serve.loadtest import LoadSettings, parse_concurrency, run_loadtest, write_plot
 from graft_edge.serve.server import ServeOptions, serve_forever
 
@@ -29,7 +29,7 @@ def serve_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="Runtime CPU threads per instance (default: the runtime's choice).", min=1),
     drain_seconds: int = typer.Option(D.drain_seconds, "--drain-seconds", help="On SIGTERM / Ctrl-C: seconds in-flight requests may take to finish.", min=0),
     start_timeout: float = typer.Option(D.start_timeout, "--start-timeout", help="Seconds every model may take to load and answer its warm-up request before serve gives up."),
-    allow_batch_dependent: bool = typer.Option(False, "--allow-batch-dependent", help=f"Also serve formats whose embedding of a sample depends on its batch-mates ({', '.join(batch_independent_formats(False))}), with a warning; refused otherwise."),
+    allow_batch_dependent: bool = typer.Option(False, "--allow-batch-dependent", help=f"Also serve formats whose embedding of a sample depends on its batch-mates ({', '.join(batch_dependent_formats())}), with a warning; refused otherwise."),
     verbose: int = typer.Option(0, "--verbose", help="Triton's log verbosity (0: its start-up log only when start-up fails, everything after start-up; 1 or more: all of it, at that verbosity).", min=0),
 ) -> None:
     """Serve artefacts on a Triton Inference Server (Triton's Python backend) with dynamic batching, until SIGTERM / Ctrl-C.
