@@ -97,8 +97,9 @@ def sweep(path: Path, src: Path, args: argparse.Namespace, *extra: str) -> dict:
     proc, (http_port, grpc_port, _) = start_server(path, src, args, *extra)
     try:
         wait_ready(http_port, name, proc)
-        return run_loadtest(LoadSettings(target=f"127.0.0.1:{grpc_port}", model=name, concurrency=(1, 4, 16),
-                                         seconds=args.seconds, timeout=30), progress=print)
+        report = run_loadtest(LoadSettings(target=f"127.0.0.1:{grpc_port}", model=name, concurrency=(1, 4, 16),
+                                           seconds=args.seconds, timeout=30), progress=print)
+        return {**report, "load_average_1min_after": os.getloadavg()[0]}
     finally:
         stop_server(proc)
 
