@@ -3,12 +3,12 @@
 For each model: start `graft-edge serve MODEL` in its own process (dynamic batching), run the closed-loop
 sweep (1, 4, 16 clients, --seconds each), then send the query/gallery split through the server (gRPC,
 float tensors) and compare the embeddings and mAP with `graft-edge eval` of the same file in this process.
-With --baseline-src DIR (another graft-edge source tree, e.g. an earlier release) the sweep also runs on
-DIR's `graft-edge serve`, alternating baseline and this tree --repeats times, so the two are measured back
-to back on the same CPU.
+With --baseline-src DIR (another graft-edge source tree, e.g. an earlier release) DIR's `graft-edge serve`
+and this tree's run side by side instead, and every concurrency level runs on one then the other (the
+order alternating), --repeats times, so the two are measured back to back on the same CPU.
 
     python benchmarks/serve_loadtest.py RUN/best.pt EXP/model.int8-static.onnx --data SYN --out serve-bench
-    python benchmarks/serve_loadtest.py EXP/model.int8-static.onnx --data SYN --out cmp --baseline-src OLD --repeats 2
+    python benchmarks/serve_loadtest.py EXP/model.int8-static.onnx --data SYN --out cmp --baseline-src OLD --repeats 6
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from graft_edge.serve.loadtest import LoadSettings, free_ports, run_loadtest
 from graft_edge.serve.server import model_name
 
 ROOT = Path(__file__).resolve().parents[1]  # this source tree
+LEVELS = (1, 4, 16)  # concurrent closed-loop clients
 
 
 def wait_ready(port: int, name: str, proc: subprocess.Popen, limit: float = 180) -> None:
@@ -91,19 +92,6 @@ def stop_server(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def sweep(path: Path, src: Path, args: argparse.Namespace, *extra: str) -> dict:
-    """The closed-loop sweep against `src`'s server of PATH."""
-    name = model_name(path)
-    proc, (http_port, grpc_port, _) = start_server(path, src, args, *extra)
-    try:
-        wait_ready(http_port, name, proc)
-        report = run_loadtest(LoadSettings(target=f"127.0.0.1:{grpc_port}", model=name, concurrency=(1, 4, 16),
-                                           seconds=args.seconds, timeout=30), progress=print)
-        return {**report, "load_average_1min_after": os.getloadavg()[0]}
-    finally:
-        stop_server(proc)
-
-
 def one_model(path: Path, data: Path, seconds: float, args: argparse.Namespace) -> dict:
     name = model_name(path)
     proc, (http_port, grpc_port, _) = start_server(path, ROOT, args, *args.serve_arg)
@@ -125,17 +113,38 @@ def one_model(path: Path, data: Path, seconds: float, args: argparse.Namespace) 
 
 
 def compare(path: Path, args: argparse.Namespace) -> dict:
-    """Baseline and this tree alternately, --repeats times each: {'baseline': [sweeps], 'current': [sweeps]}."""
-    runs: dict[str, list] = {"baseline": [], "current": []}
-    for _ in range(args.repeats):
-        runs["baseline"].append(sweep(path, args.baseline_src, args))
-        runs["current"].append(sweep(path, ROOT, args, *args.serve_arg))
-    for c in (1, 4, 16):
-        rps = {k: [next(lv for lv in r["levels"] if lv["concurrency"] == c)["throughput_rps"] for r in v]
-               for k, v in runs.items()}
-        print(f"{path.name} {c} clients: current/baseline throughput {np.mean(rps['current']) / np.mean(rps['baseline']):.3f}"
-              f" (baseline {rps['baseline']}, current {rps['current']})")
-    return {"model": str(path), "name": model_name(path), **runs}
+    """Both servers up at once; each concurrency level runs on baseline and this tree in turn (the order alternating),
+    --repeats times, so every pair of measurements is back to back on the same CPU."""
+    name = model_name(path)
+    servers = {"baseline": start_server(path, args.baseline_src, args),
+               "current": start_server(path, ROOT, args, *args.serve_arg)}
+    runs: dict[str, dict[int, list]] = {k: {c: [] for c in LEVELS} for k in servers}
+    try:
+        for proc, ports in servers.values():
+            wait_ready(ports[0], name, proc)
+        for r in range(args.repeats):
+            for c in LEVELS:
+                for key in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+                    settings = LoadSettings(target=f"127.0.0.1:{servers[key][1][1]}", model=name, concurrency=(c,),
+                                            seconds=args.seconds, timeout=30)
+                    level = run_loadtest(settings)["levels"][0]
+                    runs[key][c].append({**level, "load_average_1min": os.getloadavg()[0]})
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+    summary = {}
+    for c in LEVELS:
+        row = {k: {"rps": float(np.mean([lv["throughput_rps"] for lv in runs[k][c]])),
+                   "p50_ms": float(np.median([lv["p50_ms"] for lv in runs[k][c]])),
+                   "p99_ms": float(np.median([lv["p99_ms"] for lv in runs[k][c]])),
+                   "errors": int(sum(lv["errors"] for lv in runs[k][c]))} for k in runs}
+        ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(runs["current"][c], runs["baseline"][c])]
+        row["ratio_of_means"] = row["current"]["rps"] / row["baseline"]["rps"]
+        row["pair_ratios"] = ratios
+        summary[c] = row
+        print(f"{path.name} {c} clients: baseline {row['baseline']}, current {row['current']}; current/baseline "
+              f"{row['ratio_of_means']:.3f} (pairs: {', '.join(f'{x:.2f}' for x in ratios)})")
+    return {"model": str(path), "name": name, "runs": runs, "summary": summary}
 
 
 def main() -> None:
@@ -149,7 +158,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--serve-arg", action="append", default=[], help="extra option for this tree's `serve` (repeat)")
     ap.add_argument("--baseline-src", type=Path, help="another graft-edge source tree to compare with, back to back")
-    ap.add_argument("--repeats", type=int, default=2, help="alternations of baseline and this tree (with --baseline-src)")
+    ap.add_argument("--repeats", type=int, default=6, help="rounds of baseline and this tree (with --baseline-src)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.baseline_src is not None:
