@@ -14,6 +14,7 @@ from graft_edge.cli.common import (
     console,
     err_console,
     guarded,
+    warn_if_batch_dependent,
     write_json_output,
 )
 from graft_edge.errors import GraftError
@@ -69,6 +70,8 @@ def build_cmd(
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {out} is a file: expected a folder for the index")
     embedder = load_embedder(model, device=device, threads=threads)
+    warn_if_batch_dependent(model, embedder, "queries embedded online (serve, index search) will not match this "
+                            "gallery's embeddings exactly")
     with progress_bar("embedding gallery") as (advance, total):
         manifest = build_index(model, embedder, images, out, options, advance, total, log=_note)
     resumed = manifest["parts"][-1].get("resumed", 0)
