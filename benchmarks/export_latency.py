@@ -76,7 +76,7 @@ def export_variants(ckpt: Path, out: Path, calib: Path, samples: int) -> dict[st
              "onnx-int8-static": out / "model.int8-static.onnx"}
     if not all(p.exists() for p in names.values()):
         t = time.perf_counter()
-        result = export_model(ckpt, out, ExportOptions(int8=("dynamic", "static"), calib_data=calib, calib_samples=samples),
+        result = export_model(ckpt, out, ExportOptions(formats=("onnx", "int8", "int8-static"), calib_data=calib, calib_samples=samples),
                               log=_log)
         _log(f"export of {ckpt.name}: {time.perf_counter() - t:.0f} s")
         for art in result.artefacts:

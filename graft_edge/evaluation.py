@@ -14,12 +14,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from graft_edge.artefact import Embedder, EmbedderInfo
+from graft_edge.artefact.embedder import Embedder, EmbedderInfo
 from graft_edge.config import GraftConfig, ModelConfig
 from graft_edge.data import build_eval_loaders, build_val_loaders
 from graft_edge.finite import check_features
-from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 from graft_edge.model.embedder import ModelEmbedder
+from graft_edge.retrieval.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 
 
 class SplitFeatures(NamedTuple):

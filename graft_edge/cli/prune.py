@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 
 from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
-from graft_edge.distill import DistillConfig
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import arch_summary
+from graft_edge.train.distill import DistillConfig
 from graft_edge.train.runner import score_line
 from graft_edge.units import format_count
 from graft_edge.workflows.prune import PruneRequest, run_prune

@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graft_edge.artefact import OUTPUT_NAME, PRESENCE_INPUT, Embedder
+from graft_edge.artefact.embedder import Embedder
+from graft_edge.artefact.record import OUTPUT_NAME, PRESENCE_INPUT
 from graft_edge.errors import GraftError, one_line
 from graft_edge.runtime import load_embedder
 from graft_edge.runtime.presence import embed_rows

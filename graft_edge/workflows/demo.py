@@ -8,7 +8,6 @@ every finished frontier piece.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -20,12 +19,13 @@ import torch
 
 from graft_edge.checkpoint import save_checkpoint
 from graft_edge.config import get_preset
-from graft_edge.cpu import has_bf16
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_json
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS as DEFAULT_FORMATS
+from graft_edge.formats import FORMATS, Format, parse_formats
 from graft_edge.model import build_model
+from graft_edge.runtime import unavailable
 from graft_edge.train import run_training
 from graft_edge.workflows.frontier import FrontierResult, FrontierSettings, run_frontier
 from graft_edge.workflows.noise import WORSE, judge_row
@@ -37,12 +37,13 @@ SCALE_PRESET = "rgbnt100"
 SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
 
 
-def demo_formats() -> tuple[str, ...]:
-    """The demo's formats: torch, ONNX FP32 and INT8, plus OpenVINO INT8 where OpenVINO and NNCF are installed and
-    OpenVINO bf16 where the CPU also multiplies bf16 natively (AVX512-BF16 / AMX)."""
-    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf")):
-        return DEFAULT_FORMATS
-    return (*DEFAULT_FORMATS, "openvino-int8", *(("openvino-bf16",) if has_bf16() else ()))
+DEMO_EXTRA_FORMATS = ("openvino-int8", "openvino-bf16")  # added where this machine can build and run them
+
+
+def demo_formats() -> tuple[Format, ...]:
+    """The demo's formats: torch, ONNX FP32 and INT8, plus OpenVINO INT8 and bf16 where the format table says this
+    machine can build and run them (OpenVINO + NNCF installed; native bf16 for bf16)."""
+    return parse_formats([*DEFAULT_FORMATS, *(n for n in DEMO_EXTRA_FORMATS if unavailable(FORMATS[n]) is None)])
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,14 @@ class DemoSettings:
         warmup=3, seeds=DEMO_SEEDS))  # 2 finetuning epochs per step, best on validation; seeds give error bars
     # the same pruning + INT8 on the paper-size architecture (random weights: latency only, batch 1); None: skip
     scale: FrontierSettings | None = field(default_factory=lambda: FrontierSettings(
-        targets=SCALE_TARGETS, formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
+        targets=SCALE_TARGETS, formats=parse_formats("torch,int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
     scale_preset: str = SCALE_PRESET
 
     @staticmethod
     def fast() -> DemoSettings:
         """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
         return DemoSettings(ids=20, cameras=4, images_per_camera=2, difficulty="easy", max_steps=4, frontier=FrontierSettings(
-            targets=("45%",), formats=DEFAULT_FORMATS, finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
+            targets=("45%",), formats=parse_formats(DEFAULT_FORMATS), finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
             calib_samples=16), scale=None)
 
 
@@ -172,7 +173,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
 
     t0 = time.perf_counter()
     f = settings.frontier
-    log(f"[3/{phases}] frontier at {','.join(f.targets)} in {','.join(f.formats)} (latency at batch {f.batch}) into {fdir}")
+    log(f"[3/{phases}] frontier at {','.join(f.targets)} in {','.join(x.name for x in f.formats)} (latency at batch {f.batch}) into {fdir}")
     hook = progress or (lambda d, t: (lambda n: None))
     frontier = run_frontier(best, data, fdir, f, progress=hook, log=log)
     seconds["frontier"] = time.perf_counter() - t0

@@ -35,15 +35,7 @@ from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_embedder, evaluate_val
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
-from graft_edge.formats import (
-    DEFAULT_FRONTIER_FORMATS,
-    RUNTIME_SUFFIXES,
-    get_format,
-    names,
-    needing_calibration,
-    parse_formats,
-)
-from graft_edge.metrics import RerankConfig
+from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
 from graft_edge.model import embedding_params
 from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
@@ -52,7 +44,8 @@ from graft_edge.profile.latency import interleaved_latency, synthetic_batch
 from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
-from graft_edge.runtime import load_embedder
+from graft_edge.retrieval.metrics import RerankConfig
+from graft_edge.runtime import RUNTIMES, load_embedder
 from graft_edge.train.runner import score_line
 from graft_edge.units import format_count, parse_size
 from graft_edge.workflows.frontier_report import write_reports
@@ -94,7 +87,7 @@ class FrontierSettings:
     """Everything that decides the frontier (the CLI's options, as data)."""
 
     targets: tuple[str, ...]
-    formats: tuple[str, ...] = DEFAULT_FRONTIER_FORMATS
+    formats: tuple[Format | str, ...] = DEFAULT_FRONTIER_FORMATS  # rows (names are parsed by validated())
     method: str = "structured"
     finetune_epochs: int = 1
     steps: int | None = None  # prune(+finetune) steps per target; None: ~20% of the remaining size per step
@@ -193,10 +186,9 @@ def _check_latency_only(settings: FrontierSettings) -> None:
     if settings.finetune_epochs > 0:
         raise GraftError(f"--finetune-epochs {settings.finetune_epochs} needs --data ROOT (the dataset to finetune "
                          "on); without --data the frontier measures latency only: pass --finetune-epochs 0")
-    calibrated = needing_calibration()
-    static = [f for f in settings.formats if get_format(f).name in calibrated]
+    static = [f.name for f in settings.formats if f.needs_calibration]
     if static:
-        usable = ", ".join(n for n in names() if get_format(n).name not in calibrated)
+        usable = ", ".join(n for n, f in FORMATS.items() if not f.needs_calibration)
         raise GraftError(f"--formats {static[0]} needs --data ROOT (its calibration images); without --data use "
                          f"any of {usable}")
 
@@ -207,7 +199,7 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     checkpoint's config."""
     if not model_path.is_file():
         raise GraftError(f"model {model_path} does not exist")
-    if model_path.suffix.lower() not in RUNTIME_SUFFIXES["torch"]:
+    if model_path.suffix.lower() not in RUNTIMES["torch"].suffixes:
         raise GraftError(f"model {model_path}: the frontier starts from a PyTorch checkpoint (.pt), not an exported "
                          "file")
     model, ckpt = load_model(model_path)
@@ -302,16 +294,17 @@ def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, tar
     return v
 
 
-def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[str, FormatRecord]:
-    """Export `ckpt` to the (non-torch) `formats`; one record per format."""
-    kinds = {f: get_format(f).kind for f in formats if get_format(f).kind}
+def _export(job: _Job, ckpt: Path, formats: Sequence[Format], label: str) -> dict[str, FormatRecord]:
+    """Export `ckpt` to the (non-torch) `formats`; one record per format name."""
+    kinds = {f.name: f.kind for f in formats if f.kind}
     if not kinds:
         return {}
     s = job.settings
-    opts = ExportOptions.for_formats(list(kinds), batch=f"1:{s.batch}:{max(s.batch, s.eval_batch_size)}",
-                                     calib_data=str(job.data_root) if job.data_root is not None else None,
-                                     calib_samples=s.calib_samples)
-    advance = job.progress(f"{label}: export {','.join(formats)}", None)
+    opts = ExportOptions(formats=tuple(f for f in formats if f.kind),
+                         batch=f"1:{s.batch}:{max(s.batch, s.eval_batch_size)}",
+                         calib_data=str(job.data_root) if job.data_root is not None else None,
+                         calib_samples=s.calib_samples)
+    advance = job.progress(f"{label}: export {','.join(kinds)}", None)
     started = time.perf_counter()
     out: dict[str, FormatRecord] = {}
     try:
@@ -373,18 +366,19 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
-            if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
-                           job.settings.dtype if f == "torch" else "", job.has_val)]
-    stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
+            if _needs_work(v.formats.get(f.name), out, job.data_root, job.settings.rerank, job.settings.modalities,
+                           job.settings.dtype if not f.kind else "", job.has_val)]
+    stale = [f for f in todo if f.kind and not (v.formats.get(f.name) and v.formats[f.name].verify(out))]
     if stale:
-        job.log(f"{label}: exporting {','.join(stale)}")
+        job.log(f"{label}: exporting {','.join(f.name for f in stale)}")
         v.formats.update(_export(job, ckpt_path, stale, label))
         save_state(out, state)
-    for fmt in job.settings.formats:
-        if fmt not in todo:
+    for row in job.settings.formats:
+        fmt = row.name
+        if row not in todo:
             job.result.skipped.append(f"{vname}/{fmt}")
             continue
-        if not get_format(fmt).kind:  # the checkpoint itself
+        if not row.kind:  # the checkpoint itself
             rec = FormatRecord(status="ok")
             rec.record(out, ckpt_path)
             v.formats[fmt] = rec
@@ -491,7 +485,7 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    rows, files, note = write_reports(state, out, job.settings.formats, seeds=job.settings.seeds)
+    rows, files, note = write_reports(state, out, [f.name for f in job.settings.formats], seeds=job.settings.seeds)
     job.result.rows, job.result.files, job.result.speedup_note = rows, files, note
     job.result.noise_note = noise_summary(rows)
     return job.result

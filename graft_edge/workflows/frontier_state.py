@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from graft_edge.artefact import artefact_files
 from graft_edge.errors import GraftError
 from graft_edge.fileio import sha256_file, write_json
+from graft_edge.runtime import artefact_files
 
 STATE_FILE = "frontier_state.json"
 STATE_SCHEMA = "graft-edge/frontier-state"

@@ -21,7 +21,6 @@ from torch import nn
 from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted_size, plan_prune, prune_to_target
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
-from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file
@@ -29,6 +28,7 @@ from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
+from graft_edge.train.distill import DistillConfig
 
 # identity of a run: a partial checkpoint is only resumed when these match
 RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill", "seed_offset")

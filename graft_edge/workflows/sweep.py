@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
 from graft_edge.compress.targets import resolve_target
-from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file, write_json
@@ -36,6 +35,7 @@ from graft_edge.model import embedding_params
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock
 from graft_edge.train import finetune
+from graft_edge.train.distill import DistillConfig
 from graft_edge.workflows.frontier import parse_targets
 from graft_edge.workflows.prune import PruneRequest, run_prune
 from graft_edge.workflows.sweep_report import METRICS, sweep_rows, write_sweep_reports
