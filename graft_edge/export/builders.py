@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from graft_edge.artefact.record import PRESENCE_INPUT
-from graft_edge.compress.targets import previous_methods
+from graft_edge.compress import previous_methods
 from graft_edge.cpu import require_bf16
 from graft_edge.errors import GraftError
 from graft_edge.export.fp16 import FP32_OPS, convert_fp16

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from graft_edge.checkpoint import save_checkpoint
+from graft_edge.compress import parse_targets
 from graft_edge.config import get_preset
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
@@ -59,18 +60,18 @@ class DemoSettings:
     stage1_epochs: int | None = 32  # the from-scratch tiny ViT needs them on this set; None: the preset's epochs
     max_steps: int | None = None  # per training stage; None: the preset's epochs
     frontier: FrontierSettings = field(default_factory=lambda: FrontierSettings(
-        targets=DEFAULT_TARGETS, formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
+        targets=parse_targets(DEFAULT_TARGETS), formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
         warmup=3, seeds=DEMO_SEEDS))  # 2 finetuning epochs per step, best on validation; seeds give error bars
     # the same pruning + INT8 on the paper-size architecture (random weights: latency only, batch 1); None: skip
     scale: FrontierSettings | None = field(default_factory=lambda: FrontierSettings(
-        targets=SCALE_TARGETS, formats=parse_formats("torch,int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
+        targets=parse_targets(SCALE_TARGETS), formats=parse_formats("torch,int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
     scale_preset: str = SCALE_PRESET
 
     @staticmethod
     def fast() -> DemoSettings:
         """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
         return DemoSettings(ids=20, cameras=4, images_per_camera=2, difficulty="easy", max_steps=4, frontier=FrontierSettings(
-            targets=("45%",), formats=parse_formats(DEFAULT_FORMATS), finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
+            targets=parse_targets("45%"), formats=parse_formats(DEFAULT_FORMATS), finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
             calib_samples=16), scale=None)
 
 
@@ -173,7 +174,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
 
     t0 = time.perf_counter()
     f = settings.frontier
-    log(f"[3/{phases}] frontier at {','.join(f.targets)} in {','.join(x.name for x in f.formats)} (latency at batch {f.batch}) into {fdir}")
+    log(f"[3/{phases}] frontier at {','.join(map(str, f.targets))} in {','.join(x.name for x in f.formats)} (latency at batch {f.batch}) into {fdir}")
     hook = progress or (lambda d, t: (lambda n: None))
     frontier = run_frontier(best, data, fdir, f, progress=hook, log=log)
     seconds["frontier"] = time.perf_counter() - t0
@@ -202,7 +203,7 @@ def scale_check(out: Path, preset: str, settings: FrontierSettings, progress: An
     """
     ckpt = out / f"{preset}.pt"
     log(f"[4/4] the same pruning + INT8 on the {preset} architecture (random weights: latency only) at "
-        f"{','.join(settings.targets)}, batch {settings.batch}, into {out}")
+        f"{','.join(map(str, settings.targets))}, batch {settings.batch}, into {out}")
     if not ckpt.is_file():
         cfg = get_preset(preset)
         cfg = replace(cfg, model=replace(cfg.model, pretrained=False))

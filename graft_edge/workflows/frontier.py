@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
-from graft_edge.compress import counted_size, method_floor, normalize_method
+from graft_edge.compress import PruneMethod, PruneSpec, get_method, parse_targets
 from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.evaluation import evaluate_embedder, evaluate_val, score_line
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
@@ -46,8 +46,7 @@ from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import RUNTIMES, load_embedder
-from graft_edge.train.runner import score_line
-from graft_edge.units import format_count, parse_size
+from graft_edge.units import Size, format_count
 from graft_edge.workflows.frontier_report import write_reports
 from graft_edge.workflows.frontier_seeds import order_key as _order_key
 from graft_edge.workflows.frontier_seeds import seed_variant_name
@@ -69,26 +68,13 @@ Log = Callable[[str], None]
 LATENCY_ONLY = "no --data: latency only"
 
 
-def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'80%,70%,60%' or '76M,70M' -> the raw target strings (resolved against the model later)."""
-    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
-    if not items:
-        raise GraftError("--targets: expected a comma-separated list like 80%,70%,60% or 76M,70M,60M")
-    for item in items:  # syntax and range now, before any data, training or pruning
-        try:
-            parse_size(item, current=1_000_000)
-        except GraftError as exc:
-            raise GraftError(f"--targets {item!r}: {exc}") from None
-    return tuple(items)
-
-
 @dataclass(frozen=True)
 class FrontierSettings:
     """Everything that decides the frontier (the CLI's options, as data)."""
 
-    targets: tuple[str, ...]
+    targets: tuple[Size | str, ...]  # sizes (strings are parsed by validated())
     formats: tuple[Format | str, ...] = DEFAULT_FRONTIER_FORMATS  # rows (names are parsed by validated())
-    method: str = "structured"
+    method: PruneMethod | str = "structured"  # a name is parsed by validated()
     finetune_epochs: int = 1
     steps: int | None = None  # prune(+finetune) steps per target; None: ~20% of the remaining size per step
     round_to: int = 8
@@ -133,11 +119,11 @@ class FrontierSettings:
         dtype = self.dtype.strip().lower()
         if dtype not in DTYPES:
             raise GraftError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
-        return replace(self, formats=fmts, targets=targets, method=normalize_method(self.method), dtype=dtype)
+        return replace(self, formats=fmts, targets=targets, method=get_method(self.method), dtype=dtype)
 
     def identity(self) -> dict[str, Any]:
         """The settings a finished variant depends on (a rerun must match them)."""
-        return {"method": self.method, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
+        return {"method": get_method(self.method).name, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
                 "round_to": self.round_to, "distill": self.prune_request(None).distilling}
 
     def prune_request(self, data_root: Path | None, target: int | None = None, seed: int = 0) -> PruneRequest:
@@ -209,20 +195,21 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
-    dense_count = counted_size(model, settings.method)
+    method = settings.method
+    dense_count = method.counted_size(model)
     targets: list[tuple[str, int]] = []
     for t in settings.targets:
-        n = parse_size(t, dense_count)
+        n = t.of(dense_count)
         if n >= dense_count:
             raise GraftError(f"--targets {t}: {format_count(n)} is not below the model's {format_count(dense_count)}")
-        targets.append((t, n))
+        targets.append((str(t), n))
     targets.sort(key=lambda x: -x[1])
     if len({n for _, n in targets}) != len(targets):
-        raise GraftError(f"--targets {','.join(settings.targets)}: two targets give the same size")
-    floor = method_floor(model, settings.method, round_to=settings.round_to)
+        raise GraftError(f"--targets {','.join(map(str, settings.targets))}: two targets give the same size")
+    floor = method.floor(model, PruneSpec(method, round_to=settings.round_to))
     if targets and targets[-1][1] < floor:
         t, n = targets[-1]
-        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
+        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {method.name} pruning can "
                          f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
     return dense_count, targets, ckpt.config
 
@@ -280,7 +267,7 @@ def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, tar
     else:
         s = job.settings
         job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
-                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step"
+                f"{format_count(target_n)} ({s.method.name}, finetune {s.finetune_epochs} epoch(s) per step"
                 + (f", seed {seed}" if s.seeds > 1 else "") + ")")
         res = _prune(job, prev_ckpt, ckpt_path, target_n, label, seed)
         model, history = res.model, res.new_steps

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
-from graft_edge.compress.targets import resolve_target
+from graft_edge.compress import get_method, parse_targets
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file, write_json
@@ -36,7 +36,6 @@ from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock
 from graft_edge.train import finetune
 from graft_edge.train.distill import DistillConfig
-from graft_edge.workflows.frontier import parse_targets
 from graft_edge.workflows.prune import PruneRequest, run_prune
 from graft_edge.workflows.sweep_report import METRICS, sweep_rows, write_sweep_reports
 
@@ -86,7 +85,7 @@ class SweepSettings:
         if self.finetune_epochs < 1 and any(CONDITIONS[c].finetune for c in self.conditions):
             raise GraftError(f"--finetune-epochs {self.finetune_epochs}: the finetuned conditions need 1 or more")
         self.distill.validated()
-        return replace(self, levels=parse_targets(self.levels), conditions=tuple(dict.fromkeys(self.conditions)))
+        return replace(self, levels=tuple(map(str, parse_targets(self.levels))), conditions=tuple(dict.fromkeys(self.conditions)))
 
     def identity(self) -> dict[str, Any]:
         """What finished rows depend on (a rerun into the same OUT must match)."""
@@ -158,7 +157,7 @@ def _chain(job: _Job, cond: Condition, seed: int, dense: Any) -> None:
             job.result.skipped.append(key)
             prev = dest
             continue
-        target = resolve_target(level, dense, cond.method)  # a fraction of the DENSE size, not of the previous level
+        target = get_method(cond.method).resolve_target(level, dense)  # of the DENSE size, not the previous level's
         req = PruneRequest(target=target, method=cond.method, steps=1, data=job.data,
                            finetune_epochs=s.finetune_epochs if cond.finetune else 0, device=s.device,
                            evaluate=True, distill=cond.distill if cond.finetune else None, seed_offset=seed,
@@ -264,7 +263,7 @@ def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
         parts.append(run_sweep(model, data, out / f"m{i}", settings, log))
     seed_rows = [{**r, "seed": i * settings.seeds + int(r.get("seed") or 0), "model": str(models[i])}
                  for i, part in enumerate(parts) for r in part.seed_rows]
-    levels = parse_targets(settings.levels)
+    levels = tuple(map(str, parse_targets(settings.levels)))
     result = SweepResult(rows=sweep_rows(seed_rows, levels), seed_rows=seed_rows, files={},
                          done=[k for p in parts for k in p.done], skipped=[k for p in parts for k in p.skipped])
     result.files = write_sweep_reports(out, result.rows, seed_rows, {
