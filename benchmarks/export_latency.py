@@ -10,7 +10,7 @@ so that load from other processes hits all of them alike; the ratios are what to
 Models: `--model` (default: `graft-edge init rgbnt100 --no-pretrained`), and unless --no-pruned a
 structured prune of it to --pruned-target (`graft-edge prune`, when that command is available).
 Static INT8 calibrates on --calib-data (default: a small synthetic set written by graft_edge.data).
-Goals (issue #5): ORT FP32 >= 1.25x eager, INT8 >= 2.5x ORT FP32.
+What it answers: how much faster ONNX Runtime FP32 is than eager, and INT8 than ORT FP32.
 """
 from __future__ import annotations
 

@@ -182,6 +182,9 @@ def export_cmd(
     if not result.ok:
         from rich.markup import escape
 
-        for failure in result.failures:
-            log_console.print(f"[bold red]error:[/] {escape(failure)}", soft_wrap=True, emoji=False)
+        kept = [a.path.name for a in result.artefacts if a.status == "ok"]
+        written = f"; the other artefacts were still written to {out} ({', '.join(kept)})" if kept else ""
+        for i, failure in enumerate(result.failures):
+            tail = written if i == len(result.failures) - 1 else ""
+            log_console.print(f"[bold red]error:[/] {escape(failure + tail)}", soft_wrap=True, emoji=False)
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -309,10 +309,10 @@ def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
 
 # ------------------------------------------------------------------------------------------ the steps
 
-def _unavailable(job: ExportJob, fmt: Format, why: str) -> None:
+def _unavailable(job: ExportJob, why: str) -> None:
     """Record a format whose runtime, package or hardware is missing here (the others are still built)."""
-    job.result.failures.append(f"{fmt.name}: {why}")
-    job.log(f"FAILED {fmt.name}: {why}")
+    job.result.failures.append(why)
+    job.log(f"FAILED {why}")
 
 
 def _build(job: ExportJob, fmt: Format, stage: Path) -> Path | None:
@@ -327,7 +327,7 @@ def _build(job: ExportJob, fmt: Format, stage: Path) -> Path | None:
                              job.log)
         cand.meta = BUILDERS[fmt.name](inputs, job.built.get(fmt.source) if fmt.source else None, cand.staged)
     except Unavailable as exc:
-        _unavailable(job, fmt, str(exc))
+        _unavailable(job, str(exc))
         return None
     write_sidecar(cand.staged, job.write_record(cand, None), [])  # provisional: what the check opens it with
     cand.report, cand.failure = job.check(cand)

@@ -51,7 +51,7 @@ def demo_formats() -> tuple[Format, ...]:
 class DemoSettings:
     """Sizes of the demo (the default is the real thing; `fast()` is the smoke-test size)."""
 
-    # the capacity-bound synthetic set of issue 11 (graft_edge.data.difficulty; benchmarks/README.md): 80 ids x 16
+    # the capacity-bound synthetic set (graft_edge.data.difficulty; benchmarks/README.md): 80 ids x 16
     # cameras x 2 images give 320 queries and make the demo's tiny model lose mAP when pruned, as the paper's does
     ids: int = 80
     cameras: int = 16
@@ -173,7 +173,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    f = settings.frontier
+    f = settings.frontier.validated()  # names parsed once: rows and sizes from here on
     log(f"[3/{phases}] frontier at {','.join(map(str, f.targets))} in {','.join(x.name for x in f.formats)} (latency at batch {f.batch}) into {fdir}")
     hook = progress or (lambda d, t: (lambda n: None))
     frontier = run_frontier(best, data, fdir, f, progress=hook, log=log)

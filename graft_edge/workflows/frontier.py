@@ -36,7 +36,6 @@ from graft_edge.evaluation import evaluate_embedder, evaluate_val, score_line
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
-from graft_edge.model import embedding_params
 from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
@@ -47,6 +46,7 @@ from graft_edge.profile.stats import summarize
 from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import RUNTIMES, load_embedder
 from graft_edge.units import Size, format_count
+from graft_edge.workflows.chain import Chain, Level
 from graft_edge.workflows.frontier_report import write_reports
 from graft_edge.workflows.frontier_seeds import order_key as _order_key
 from graft_edge.workflows.frontier_seeds import seed_variant_name
@@ -57,12 +57,11 @@ from graft_edge.workflows.frontier_state import (
     LatencyRecord,
     VariantRecord,
     load_state,
-    now,
-    resolve,
     save_state,
 )
 from graft_edge.workflows.noise import summary as noise_summary
-from graft_edge.workflows.prune import PruneRequest, PruneResult, run_prune
+from graft_edge.workflows.prune import PruneRequest
+from graft_edge.workflows.records import now, resolve
 
 Log = Callable[[str], None]
 LATENCY_ONLY = "no --data: latency only"
@@ -240,45 +239,29 @@ def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_c
 
 # ------------------------------------------------------------------------------------------ pieces
 
-def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str, seed: int) -> PruneResult:
-    """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
-    req = job.settings.prune_request(job.data_root, int(target), seed)
-    advance = job.progress(f"{label}: prune + finetune", None)
-    return run_prune(prev_ckpt, dest, req, resume=True, progress=lambda done, total: advance(1), log=job.log)
-
-
 def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, target_text: str | None,
                     target_n: int | None, prev_ckpt: Path, seed: int = 0) -> VariantRecord:
-    """The variant's record, pruning `prev_ckpt` to `target_n` first unless its checkpoint is verified there."""
-    out, vdir = job.out, job.out / "variants" / vname
-    v = state.variants.get(vname)
-    if v is not None and v.verify(out):
-        job.result.skipped.append(f"{vname}: pruned")
-        return v
-    if v is not None:
-        job.log(f"{label}: {v.path or 'its checkpoint'} is missing or changed since it was made: redoing it")
-    ckpt_path = vdir / "model.pt"
-    started = time.perf_counter()
-    vdir.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, Any]] = []
-    if vname == "dense":  # the source itself, copied for a self-contained OUT
-        shutil.copyfile(job.model_path, ckpt_path)
-        model = load_model(ckpt_path)[0]
-    else:
+    """The variant's record: a link of the prune chain (`prev_ckpt` pruned to `target_n`; dense: the source copied),
+    reused while its checkpoint is verified."""
+    chain = Chain(job.out, state.variants, lambda: save_state(job.out, state), job.log, job.result.done,
+                  job.result.skipped)
+    level = Level(vname, label, job.out / "variants" / vname / "model.pt", target_text, target_n, seed)
+    request = None
+    if vname != "dense":
         s = job.settings
-        job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
-                f"{format_count(target_n)} ({s.method.name}, finetune {s.finetune_epochs} epoch(s) per step"
-                + (f", seed {seed}" if s.seeds > 1 else "") + ")")
-        res = _prune(job, prev_ckpt, ckpt_path, target_n, label, seed)
-        model, history = res.model, res.new_steps
-        job.result.done.append(f"{vname}: pruned")
-    v = VariantRecord(label=label, target=target_text, target_params=target_n, params=embedding_params(model),
-                      params_nonzero=embedding_params(model, nonzero=True), seconds=time.perf_counter() - started,
-                      steps=len(history), seed=seed, history=history)
-    v.record(out, ckpt_path)
-    state.variants[vname] = v
-    save_state(out, state)
-    return v
+        request = s.prune_request(job.data_root, int(target_n), seed)
+        if not (state.variants.get(vname) and state.variants[vname].verify(job.out)):
+            job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
+                    f"{format_count(target_n)} ({s.method.name}, finetune {s.finetune_epochs} epoch(s) per step"
+                    + (f", seed {seed}" if s.seeds > 1 else "") + ")")
+    bar: list[Callable[[int], None]] = []  # the progress bar, made when pruning starts
+
+    def advance(done: int, total: int) -> None:
+        if not bar:
+            bar.append(job.progress(f"{label}: prune + finetune", None))
+        bar[0](1)
+
+    return chain.ensure(level, prev_ckpt, request, make=VariantRecord, progress=advance)
 
 
 def _export(job: _Job, ckpt: Path, formats: Sequence[Format], label: str) -> dict[str, FormatRecord]:
