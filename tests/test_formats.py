@@ -53,17 +53,18 @@ def test_export_plan_builds_the_sources_and_keeps_what_was_asked(names, plan):
 def test_the_old_flags_are_aliases_of_format_names(flags, names):
     args = dict(onnx=None, int8=None, fused=None, fp16=False, trt=False, openvino=None) | flags
     aliases = alias_formats(**args)
-    rows = resolve_formats(None, args["onnx"], aliases)
+    rows = resolve_formats(None, aliases)
     assert [f.name for f in rows] == [n for n in FORMATS if n in names]
 
 
 def test_formats_option_keeps_exactly_what_it_lists():
-    assert [f.name for f in resolve_formats("int8,openvino", None, alias_formats(False, None, None, False, False,
-                                                                                  None))] == ["int8", "openvino"]
-    assert [f.name for f in resolve_formats("int8", True, alias_formats(True, None, None, False, False,
-                                                                         None))] == ["onnx", "int8"]
+    # the CLI passes onnx=not --formats when --onnx/--no-onnx is not given
+    assert [f.name for f in resolve_formats("int8,openvino", alias_formats(False, None, None, False, False,
+                                                                            None))] == ["int8", "openvino"]
+    assert [f.name for f in resolve_formats("int8", alias_formats(True, None, None, False, False,
+                                                                   None))] == ["onnx", "int8"]
     with pytest.raises(GraftError, match="nothing to export"):
-        resolve_formats(None, False, alias_formats(False, None, None, False, False, None))
+        resolve_formats(None, alias_formats(False, None, None, False, False, None))
 
 
 def test_parse_formats_returns_rows_once():

@@ -57,17 +57,13 @@ def alias_formats(onnx: bool | None, int8: list[str] | None, fused: list[str] | 
     return names, notes
 
 
-def resolve_formats(formats: str | None, onnx: bool | None, aliases: tuple[list[str], list[str]]) -> tuple[Format, ...]:
-    """--formats plus the alias flags -> the rows to keep. --formats alone keeps exactly what it lists (with --onnx
-    the FP32 ONNX too); the alias flags alone keep the FP32 ONNX unless --no-onnx."""
-    names, _ = aliases
-    if formats:
-        listed = [f.name for f in parse_formats(formats)]
-        names = listed + [n for n in names if n != "onnx" or onnx]
-    if not names:
+def resolve_formats(formats: str | None, aliases: tuple[list[str], list[str]]) -> tuple[Format, ...]:
+    """--formats (parsed here, once) plus the formats the alias flags named -> the rows to keep, in table order."""
+    rows = set(parse_formats(formats)) if formats else set()
+    rows |= {FORMATS[n] for n in aliases[0]}
+    if not rows:
         raise GraftError("nothing to export: --no-onnx without --formats, --int8, --fused, --fp16, --trt or --openvino")
-    rows = parse_formats(names)
-    return tuple(f for f in FORMATS.values() if f in rows)  # table order
+    return tuple(f for f in FORMATS.values() if f in rows)
 
 
 FUSED_HELP = "; ".join(f"'{mode}': NAME{FORMATS[name].suffix} ({FORMATS[name].help})" for mode, name in FUSED_MODES.items())
@@ -147,7 +143,7 @@ def export_cmd(
     """
     aliases = alias_formats(onnx if onnx is not None else not formats, int8, fused, fp16, trt, openvino)
     options = ExportOptions(
-        formats=resolve_formats(formats, onnx, aliases), attention_op=attention_op, batch=batch,
+        formats=resolve_formats(formats, aliases), attention_op=attention_op, batch=batch,
         min_cosine_bf16=min_cosine_bf16,
         calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,
         tolerance=tolerance, min_cosine_int8=min_cosine_int8, min_cosine_fp16=min_cosine_fp16,
