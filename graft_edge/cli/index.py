@@ -18,7 +18,6 @@ from graft_edge.cli.common import (
     write_json_output,
 )
 from graft_edge.errors import GraftError
-from graft_edge.metrics import RerankConfig
 from graft_edge.retrieval.images import find_images
 from graft_edge.retrieval.index import (
     IndexOptions,
@@ -29,6 +28,7 @@ from graft_edge.retrieval.index import (
     model_identity,
     search_index,
 )
+from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.retrieval.store import open_index, read_manifest
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
