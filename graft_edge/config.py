@@ -15,6 +15,8 @@ from graft_edge.errors import GraftError
 MODALITIES: tuple[str, ...] = ("rgb", "nir", "tir")
 FUSIONS: tuple[str, ...] = ("token", "cls", "avg", "multistream")
 TRIPLET_COMBOS: tuple[str, ...] = ("FFD", "DDD", "FFF", "FDD", "DFF", "DFD", "DDF", "FDF")
+INT_LIMIT = 2**63 - 1  # an integer key fits in 64 bits (sizes and counts reach C code as int64)
+SEED_LIMIT = 2**32 - 1  # seeds: NumPy's range (derived seeds, seed x 10007 + step, stay within 64 bits)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -230,7 +232,7 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("data.num_workers", 0, None, True, True), ("data.anchor_repeats", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
     ("data.hflip", 0, 1, True, True), ("data.vflip", 0, 1, True, True), ("data.erase", 0, 1, True, True),
     ("train.eval_every", 0, None, True, True), ("train.checkpoint_every", 0, None, True, True),
-    ("train.seed", 0, None, True, True),
+    ("train.seed", 0, SEED_LIMIT, True, True), ("data.val_seed", 0, SEED_LIMIT, True, True),
 )
 _STAGE_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("epochs", 0, None, True, True), ("lr", 0, None, True, True), ("weight_decay", 0, None, True, True),
@@ -254,8 +256,8 @@ def _check_range(key: str, value: Any, lo: float | None, hi: float | None, lo_ok
         bad = bad or (lo is not None and (v < lo or (v == lo and not lo_ok)))
         bad = bad or (hi is not None and (v > hi or (v == hi and not hi_ok)))
         if bad:
-            low = "" if lo is None else f"{'>=' if lo_ok else '>'} {lo:g}"
-            high = "" if hi is None else f"{'<=' if hi_ok else '<'} {hi:g}"
+            low = "" if lo is None else f"{'>=' if lo_ok else '>'} {lo if isinstance(lo, int) else f'{lo:g}'}"
+            high = "" if hi is None else f"{'<=' if hi_ok else '<'} {hi if isinstance(hi, int) else f'{hi:g}'}"
             raise GraftError(f"{key}={value!r}: expected a finite number {' and '.join(x for x in (low, high) if x)}")
 
 
@@ -335,15 +337,20 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
         raise GraftError(f"{where}: expected true/false, got {value!r}")
     if isinstance(target, int) and not isinstance(target, bool):
         try:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
             raise GraftError(f"{where}: expected an integer, got {value!r}") from None
+        if abs(number) > INT_LIMIT:
+            raise GraftError(f"{where}={number}: expected an integer of at most {INT_LIMIT} in size")
+        return number
     if isinstance(target, float):
         try:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise GraftError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(target, tuple):
         if isinstance(value, str):

@@ -37,6 +37,9 @@ def test_overrides_are_typed() -> None:
     (["model.modalities=[rgb, xray]"], "unknown modality 'xray'"),
     (["novalue"], "expected KEY=VALUE"),
     (["train.stage1.loss.combo=FXD"], "FXD"),
+    (["train.stage1.epochs=true"], "expected an integer, got True"),
+    (["data.eval_batch_size=9223372036854775808"], "of at most 9223372036854775807 in size"),
+    (["train.stage2.weight_decay=yes"], "expected a number, got True"),
 ])
 def test_bad_overrides(bad, match) -> None:
     with pytest.raises(GraftError, match=match):

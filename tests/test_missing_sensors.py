@@ -20,6 +20,7 @@ from graft_edge.profile.bench import BenchSettings, bench_models
 from graft_edge.runtime import load_embedder
 from graft_edge.runtime.presence import embed_rows, presence_feeds
 
+runner = CliRunner()
 MODS = ("rgb", "nir", "tir")
 ALL_SUBSETS = [c for k in range(1, 4) for c in combinations(MODS, k)]
 FILES = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx",
@@ -87,7 +88,6 @@ def test_per_sample_mask_equals_per_subset_embeddings(exported):
 @pytest.mark.slow
 def test_eval_with_modalities_on_onnx_equals_checkpoint(exported, tiny_dataset, tmp_path):  # noqa: F811
     ckpt, out, _, _, _ = exported
-    runner = CliRunner()
     got = {}
     for name, path in (("pt", ckpt), ("onnx", out / "model.onnx")):
         res = runner.invoke(app, ["eval", str(path), "--data", str(tiny_dataset), "--modalities", "nir,rgb",
@@ -180,3 +180,37 @@ def test_graph_inputs_must_be_the_metadata_modalities_or_the_mask(tmp_path) -> N
     assert check_graph_inputs(["rgb", "nir", "present"], info, tmp_path / "m.onnx") == "present"
     with pytest.raises(GraftError, match="graph input 'tir' is not one of its metadata's modalities rgb,nir"):
         check_graph_inputs(["rgb", "tir", "present"], info, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("modalities, needle", [
+    ("sonar", "--modalities 'sonar': unknown modality 'sonar'"),
+    ("", "--modalities '': unknown modality ''"),
+    ("tir", "'tir' is not one of this model's modalities rgb,nir"),
+])
+def test_frontier_checks_modalities_before_pruning(tiny_checkpoint_factory, tiny_dataset, tmp_path,  # noqa: F811
+                                                  monkeypatch, modalities, needle):
+    import graft_edge.workflows.chain as chain
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a variant was pruned before --modalities was checked")
+
+    monkeypatch.setattr(chain, "run_prune", no_work)
+    ckpt = tiny_checkpoint_factory(("rgb", "nir"))
+    res = runner.invoke(app, ["frontier", str(ckpt), "--targets", "80%", "--data", str(tiny_dataset), "--out",
+                              str(tmp_path / "f"), "--modalities", modalities, "--formats", "torch"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and needle in line and len(res.output.strip().splitlines()) == 1, res.output
+
+
+@pytest.mark.parametrize("modalities, needle", [("", "--modalities '': unknown modality ''"),
+                                                ("rgb,sonar", "--modalities 'rgb,sonar': unknown modality 'sonar'")])
+def test_bench_refuses_an_empty_or_unknown_modality_list(tiny_checkpoint_factory, monkeypatch, modalities,  # noqa: F811
+                                                         needle):
+    import graft_edge.cli.bench as cli_bench
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("models timed before --modalities was checked")
+
+    monkeypatch.setattr(cli_bench, "bench_models", no_work)
+    res = runner.invoke(app, ["bench", str(tiny_checkpoint_factory(MODS)), "--iters", "1", "--modalities", modalities])
+    assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,37 @@ def test_failed_start_leaves_no_run_folder(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(empty),
                               "--out", str(out)])
     assert res.exit_code == 2 and not out.exists()
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("model.backbone=nope_vit_tiny", "unknown timm backbone 'nope_vit_tiny'"),
+    ("model.pretrained_file=missing.pth", "missing.pth"),
+])
+@pytest.mark.parametrize("folder", ["absent", "empty"])
+def test_train_failing_at_model_build_leaves_its_folder_as_it_was(tiny_data: Path, tmp_path: Path, setting: str,
+                                                                  needle: str, folder: str) -> None:
+    out = tmp_path / "run"
+    if folder == "empty":
+        out.mkdir()
+    args = ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data), "--out", str(out),
+            "--max-steps", "1"]
+    extra = ["--set", "model.pretrained=true"] if "pretrained_file" in setting else []
+    res = runner.invoke(app, [*args, "--set", setting, *extra])
+    assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output
+    assert (list(out.iterdir()) == []) if folder == "empty" else not out.exists()
+    res = runner.invoke(app, args)  # the next run starts (no "not empty", nothing to --resume)
+    assert res.exit_code == 0 and (out / "best.pt").is_file(), res.output
+
+
+def test_resume_of_a_run_that_stopped_before_its_first_checkpoint_says_overwrite(tiny_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tiny_cfg_file(tmp_path)), "--data", str(tiny_data), "--out", str(out)]
+    res = runner.invoke(app, [*args, "--max-steps", "3", "--set", "train.stage1.lr=1e30"])
+    assert res.exit_code == 2 and "training diverged" in res.output and not (out / "last.pt").exists()
+    res = runner.invoke(app, [*args, "--resume"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "stopped before its first checkpoint: start it again with --overwrite" in line
 
 
 # ---------------------------------------------------------------- 4, 11. image decoding: bit depth, modes, size
@@ -346,6 +378,11 @@ def test_eval_and_train_refuse_data_without_a_valid_query(tiny_data: Path, tmp_p
     ("model.img_size=[30,64]", "model.img_size"),
     ("model.data_token_index=999", "model.data_token_index"),
     ("model.pretrained_file=w.pth", "model.pretrained is false"),
+    ("data.eval_batch_size=100000000000000000000", "data.eval_batch_size=100000000000000000000: expected an integer of"),
+    ("train.stage1.epochs=true", "train.stage1.epochs: expected an integer, got True"),
+    ("train.stage1.lr=false", "train.stage1.lr: expected a number, got False"),
+    ("train.seed=4294967296", "train.seed=4294967296: expected a finite number >= 0 and <= 4294967295"),
+    ("data.val_seed=-1", "data.val_seed=-1"),
 ])
 def test_bad_config_value_names_its_key_and_creates_nothing(tiny_data: Path, tmp_path: Path, setting: str,
                                                            key: str) -> None:
@@ -438,6 +475,61 @@ def test_prune_with_finetuning_is_seeded_and_resumes_to_identical_weights(tiny_d
     torch.manual_seed(789)
     res = run_prune(tiny_checkpoint_4ids, c, req, resume=True)
     assert res.resumed_steps == 1 and _same_weights(a, c)
+
+
+@pytest.fixture(scope="module")
+def interrupted_prune(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, PruneRequest]:
+    """A prune run with finetuning killed after step 1 of 2: (its data, its OUT, its request)."""
+    base = tmp_path_factory.mktemp("interrupted-prune")
+    cfg = tiny_train_config()
+    cfg = replace(cfg, model=replace(cfg.model, num_ids=4))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(base / "dense.pt", build_model(cfg.model), cfg)
+    data = base / "data"
+    shutil.copytree(tiny_data, data)
+    req = PruneRequest(target="70%", steps=2, data=data, finetune_epochs=1)
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(ckpt, base / "p.pt", req, progress=stop_after_first)
+    return ckpt, base, req
+
+
+def _copy_run(interrupted: tuple[Path, Path, PruneRequest], tmp_path: Path) -> tuple[Path, Path, PruneRequest]:
+    ckpt, base, req = interrupted
+    shutil.copytree(base, tmp_path / "run")
+    return ckpt, tmp_path / "run", replace(req, data=tmp_path / "run" / "data")  # the same data at another path
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("other data", "--data differs"),
+    ("regenerated data", "--data differs"),
+    ("finetune_epochs", "finetune_epochs differs: 1 then, 2 now"),
+    ("fraction", "fraction differs: 0.2 then, 0.3 now"),
+])
+def test_prune_resume_refuses_a_request_with_other_data_or_finetuning(interrupted_prune, tmp_path: Path,
+                                                                      change: str, needle: str) -> None:
+    ckpt, run, req = _copy_run(interrupted_prune, tmp_path)
+    if change == "other data":
+        write_synthetic(tmp_path / "other", ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=1)
+        req = replace(req, data=tmp_path / "other")
+    elif change == "regenerated data":  # the same folder, other images: caught by the fingerprint, not the path
+        shutil.rmtree(req.data)
+        write_synthetic(req.data, ids=8, cameras=3, images_per_camera=2, size=(16, 32), seed=0)
+    else:
+        req = replace(req, **{change: {"finetune_epochs": 2, "fraction": 0.3}[change]})
+    with pytest.raises(GraftError, match=needle):
+        run_prune(ckpt, run / "p.pt", req, resume=True)
+    assert read_checkpoint(partial_path(run / "p.pt")).extra["prune_run"]["done"] == 1  # kept for the same run
+
+
+def test_prune_resume_with_the_same_data_moved_elsewhere_continues(interrupted_prune, tmp_path: Path) -> None:
+    ckpt, run, req = _copy_run(interrupted_prune, tmp_path)
+    res = run_prune(ckpt, run / "p.pt", req, resume=True)
+    assert res.resumed_steps == 1 and [e["step"] for e in res.history] == [1, 2]
 
 
 @pytest.mark.parametrize("command", ["synth", "export", "prune"])

@@ -25,6 +25,7 @@ from graft_edge.retrieval.index import (
     search_index,
 )
 from graft_edge.retrieval.metrics import pairwise_distance
+from graft_edge.retrieval.store import open_index
 from graft_edge.retrieval.visualize import StripLayout
 from graft_edge.runtime import load_embedder
 
@@ -66,7 +67,7 @@ def test_round_trip_same_top10_as_eval(setup, tmp_path: Path) -> None:
     query, gallery = embed_splits(emb, data, batch_size=4)
     dist = pairwise_distance(query.feats, gallery.feats)
     q_feats = embed_samples(emb, find_images(data, MODS, "query"), batch_size=3)
-    result = search_index(tmp_path / "idx", manifest, q_feats, top=10)
+    result = search_index(open_index(tmp_path / "idx"), q_feats, top=10)
     assert result.indices.tolist() == np.argsort(dist, axis=1, kind="stable")[:, :10].tolist()
     np.testing.assert_allclose(result.distances, np.sort(dist, axis=1)[:, :10], atol=1e-4)
     entries = load_entries(tmp_path / "idx", manifest)
@@ -76,7 +77,7 @@ def test_round_trip_same_top10_as_eval(setup, tmp_path: Path) -> None:
     from graft_edge.retrieval.metrics import RerankConfig
 
     cfg = RerankConfig(k1=4, k2=2, lambda_value=0.3)
-    rr = search_index(tmp_path / "idx", manifest, q_feats, top=10, rerank_cfg=cfg)
+    rr = search_index(open_index(tmp_path / "idx"), q_feats, top=10, rerank_cfg=cfg)
     ref = query_gallery_distances(query, gallery, cfg)
     assert rr.indices.tolist() == np.argsort(ref, axis=1, kind="stable")[:, :10].tolist()
 
@@ -100,7 +101,7 @@ def test_incremental_add_skips_known_images(setup, tmp_path: Path) -> None:
     manifest, added = add_to_index(ckpt, counter, half, tmp_path / "idx", batch_size=1)
     assert added == 2 and counter.images == 14 and manifest["count"] == 21 and manifest["faiss_count"] == 21
     q = embed_samples(emb, find_images(half, MODS, "gallery"))
-    res = search_index(tmp_path / "idx", manifest, q[-2:], top=2)
+    res = search_index(open_index(tmp_path / "idx"), q[-2:], top=2)
     # each added image finds itself and its copy from the full folder (entries 7+7, 7+8), both at distance ~0
     assert [sorted(r) for r in res.indices.tolist()] == [[14, 19], [15, 20]] and np.all(res.distances < 1e-3)
     names = [e.sources[0].path for e in load_entries(tmp_path / "idx", manifest)]
@@ -119,9 +120,9 @@ def test_resume_after_interrupted_build(setup, tmp_path: Path) -> None:
     manifest = build_index(ckpt, counter, data, tmp_path / "idx", IndexOptions(batch_size=3), progress=seen.append)
     assert counter.images == 12 - 6 and counter.calls == 2 and seen[0] == 6 and sum(seen) == 12
     assert manifest["count"] == 12 and manifest["faiss_count"] == 12 and manifest["parts"][0]["resumed"] == 6
-    fresh = build_index(ckpt, emb, data, tmp_path / "fresh", IndexOptions(batch_size=12))
+    build_index(ckpt, emb, data, tmp_path / "fresh", IndexOptions(batch_size=12))
     q = embed_samples(emb, find_images(data, MODS, "query"))
-    a, b = search_index(tmp_path / "idx", manifest, q, 5), search_index(tmp_path / "fresh", fresh, q, 5)
+    a, b = search_index(open_index(tmp_path / "idx"), q, 5), search_index(open_index(tmp_path / "fresh"), q, 5)
     assert a.indices.tolist() == b.indices.tolist()
 
 
@@ -138,9 +139,9 @@ def test_other_model_is_refused(setup, tmp_path: Path) -> None:
 def test_ivfpq_option(setup, tmp_path: Path) -> None:
     ckpt, _, data = setup
     emb = load_embedder(ckpt)
-    manifest = build_index(ckpt, emb, data, tmp_path / "idx", IndexOptions(faiss="IVF2,Flat"))
+    build_index(ckpt, emb, data, tmp_path / "idx", IndexOptions(faiss="IVF2,Flat"))
     q = embed_samples(emb, find_images(data, MODS, "query"))
-    exact = search_index(tmp_path / "idx", manifest, q, 5, nprobe=2)  # all lists visited: exact
+    exact = search_index(open_index(tmp_path / "idx"), q, 5, nprobe=2)  # all lists visited: exact
     query, gallery = embed_splits(emb, data, batch_size=4)
     assert exact.indices.tolist() == np.argsort(pairwise_distance(query.feats, gallery.feats), axis=1,
                                                 kind="stable")[:, :5].tolist()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,13 +99,19 @@ def test_bad_space_is_one_clear_error(space: tuple, needle: str) -> None:
     (["--storage", "nosuchdb://host/db"], 1, "cannot open the study database"),
     (["--pruner", "magic"], 1, "pruner 'magic'"),
     (["--set", "data.val_fraction=0"], 1, "needs a validation split"),
+    (["--param", "train.stage1.warmup_steps=0.5:3:log"], 1, "must be whole numbers, got 0.5:3"),
+    (["--param", "train.stage1.warmup_steps=1.2:1.8"], 1, "must be whole numbers, got 1.2:1.8"),
+    (["--param", "train.stage1.lr=1e-5:inf:log"], 1, "must be finite"),
+    (["--param", "train.stage1.betas.0=1.5:2.5"], 1, "LOW 1.5 gives an invalid config (train.stage1.betas="),
+    (["--param", "data.val_fraction=0.1:1.5"], 1, "HIGH 1.5 gives an invalid config (data.val_fraction="),
 ])
 def test_cli_bad_input_is_one_line(data: Path, cfg_file: Path, tmp_path: Path, extra: list[str], trials: int,
                                    needle: str) -> None:
     res = runner.invoke(app, _tune_argv(data, cfg_file, tmp_path / "t", trials, *extra))
     assert res.exit_code == 2, res.output
-    assert needle in res.output and "Traceback" not in res.output
+    assert needle in " ".join(res.output.split()) and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "t" / "trials").exists()  # refused before any trial
 
 
 # ------------------------------------------------------------------ whole studies
@@ -198,3 +205,88 @@ def test_nproc_trials_run_under_torchrun_and_report_validation(data: Path, cfg_f
     trial = _study(out).get_trials()[0]
     assert trial.state.name == "COMPLETE" and len(trial.intermediate_values) == len(rows) == 3
     assert list(trial.intermediate_values.values()) == [r["val_mAP"] for r in rows]
+
+
+# ------------------------------------------------------------------ failed trials, and a study's identity
+
+def _enqueue(out: Path, *params: dict) -> None:
+    """A study in OUT/study.db whose first trials draw `params` (Optuna's enqueue_trial)."""
+    import optuna
+
+    out.mkdir(parents=True)
+    study = optuna.create_study(study_name="graft-edge", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    for p in params:
+        study.enqueue_trial(p)
+
+
+def test_a_failing_trial_is_recorded_as_failed_and_the_study_goes_on(data: Path, cfg_file: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    # a diverging lr; then 3 heads of a 32-wide encoder (every key in range, the config invalid); then a good draw
+    _enqueue(out, {"train.stage1.lr": 1e30, "model.enc_heads": 2}, {"train.stage1.lr": 1e-2, "model.enc_heads": 3},
+             {"train.stage1.lr": 1e-2, "model.enc_heads": 2})
+    res = runner.invoke(app, _tune_argv(data, cfg_file, out, 1, "--param", "train.stage1.lr=1e-3:1e30:log",
+                                        "--param", "model.enc_heads=1:4", "--pruner", "none", "--max-steps", "3"))
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output
+    lines = [" ".join(x.split()) for x in res.output.splitlines()]
+    assert any("trial 0 failed: training diverged" in x for x in lines), res.output
+    assert any("trial 1 failed: model.enc_heads=3" in x for x in lines), res.output
+    assert [t.state.name for t in _study(out).get_trials()] == ["FAIL", "FAIL", "COMPLETE"]
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[1].startswith("0,FAIL") and "training diverged" in rows[1] and rows[3].startswith("2,COMPLETE")
+    assert read_yaml(out / "best_config.yaml")["model"]["enc_heads"] == 2
+
+
+def test_a_study_whose_trials_all_fail_stops_in_one_line(data: Path, cfg_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    res = runner.invoke(app, _tune_argv(data, cfg_file, out, 1, "--param", "train.stage1.lr=1e20:1e30:log",
+                                        "--max-steps", "3", "--seed", "0"))
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output
+    last = " ".join(res.output.strip().splitlines()[-1].split())
+    assert "3 trials in a row failed (the last: training diverged" in last and last.startswith("error:"), res.output
+    assert [t.state.name for t in _study(out).get_trials()] == ["FAIL"] * 3
+
+
+@pytest.fixture(scope="module")
+def started_study(data: Path, cfg_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study folder with one finished trial of the tiny config (--max-steps 2)."""
+    out = tmp_path_factory.mktemp("started") / "study"
+    res = runner.invoke(app, _tune_argv(data, cfg_file, out, 1, "--pruner", "none", "--max-steps", "2"))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "data.val_fraction=0.5"], "data.val_fraction: 0.25 then, 0.5 now"),
+    (["--set", "model.enc_ff=16"], "config.model.enc_ff: 32 then, 16 now"),
+    (["--max-steps", "3"], "max_steps: 2 then, 3 now"),
+    (["--data", "OTHER"], "--data holds other image files"),
+])
+def test_a_study_refuses_to_continue_with_another_base(started_study: Path, data: Path, cfg_file: Path,
+                                                       tmp_path: Path, extra: list[str], needle: str) -> None:
+    from graft_edge.data.synthetic import write_synthetic
+
+    if extra[0] == "--data":
+        write_synthetic(tmp_path / "other", ids=16, cameras=2, images_per_camera=2, size=(16, 32), seed=1)
+        data = tmp_path / "other"
+        extra = []
+    argv = _tune_argv(data, cfg_file, started_study, 2, "--pruner", "none", *extra)
+    if "--max-steps" not in extra:
+        argv += ["--max-steps", "2"]
+    res = runner.invoke(app, argv)
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "was started with another setup" in line and needle in line, res.output
+    assert len(_study(started_study).get_trials()) == 1  # nothing ran
+
+
+def test_a_study_continues_with_the_same_base_and_a_searched_key_set_otherwise(started_study: Path, data: Path,
+                                                                                cfg_file: Path,
+                                                                                tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    shutil.copytree(started_study, out)
+    res = runner.invoke(app, _tune_argv(data, cfg_file, out, 2, "--pruner", "none", "--max-steps", "2",
+                                        "--set", "train.stage1.lr=0.5"))  # the searched key: its base value is unused
+    assert res.exit_code == 0, res.output
+    assert [t.state.name for t in _study(out).get_trials()] == ["COMPLETE", "COMPLETE"]

@@ -8,7 +8,15 @@ import torch
 import typer
 from rich.markup import escape
 
-from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
+from graft_edge.cli.common import (
+    DTYPE_HELP,
+    check_output_file,
+    console,
+    err_console,
+    guarded,
+    modalities_option,
+    write_json_output,
+)
 from graft_edge.errors import GraftError
 from graft_edge.model.embedder import check_dtype
 from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
@@ -139,7 +147,7 @@ def bench_cmd(
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
                              eval_batch_size=eval_batch_size, rerank=rerank, dtype=dtype.strip().lower(), peaks=peaks,
-                             modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
+                             modalities=modalities_option(modalities))
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
     out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from graft_edge.config import parse_modalities
 from graft_edge.errors import GraftError, one_line
 from graft_edge.fileio import write_json
 from graft_edge.formats import batch_dependence_note
@@ -84,6 +85,26 @@ def check_output_file(path: Path | None, option: str) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise GraftError(f"{option} {path}: {parent} is a file, not a folder")
+
+
+def check_output_folder(path: Path | None, option: str) -> None:
+    """Before any work: an output FOLDER option must not name a file (or sit under one)."""
+    if path is None:
+        return
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise GraftError(f"{option} {path}: {blocker} is a file, not a folder")
+
+
+def modalities_option(text: str | None) -> tuple[str, ...] | None:
+    """--modalities as given (None: every modality of each model); GraftError naming the option for an empty list, a
+    repeated name or one outside rgb,nir,tir. Whether a model has them is checked against the model."""
+    if text is None:
+        return None
+    try:
+        return parse_modalities(text)
+    except GraftError as exc:
+        raise GraftError(f"--modalities {text!r}: {exc}") from None
 
 
 def write_json_output(path: Path | None, data: Any) -> None:

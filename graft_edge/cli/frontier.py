@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from graft_edge.cli.common import DTYPE_HELP, console, err_console, guarded
+from graft_edge.cli.common import DTYPE_HELP, console, err_console, guarded, modalities_option
 from graft_edge.compress import get_method, parse_targets
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, help_text, parse_formats
 from graft_edge.profile.progress import rich_progress
@@ -91,7 +91,7 @@ def frontier_cmd(
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
                                eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds,
-                               modalities=tuple(m.strip() for m in modalities.split(",")) if modalities else None)
+                               modalities=modalities_option(modalities))
     err = err_console()
     with rich_progress(err) as hook:
         result = run_frontier(model, data, out, settings, overwrite=overwrite, progress=hook,

@@ -8,7 +8,15 @@ from typing import Any, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, warn_if_batch_dependent, write_json_output
+from graft_edge.cli.common import (
+    check_output_file,
+    check_output_folder,
+    console,
+    err_console,
+    guarded,
+    warn_if_batch_dependent,
+    write_json_output,
+)
 from graft_edge.errors import GraftError
 from graft_edge.retrieval.images import find_images
 from graft_edge.retrieval.index import (
@@ -17,12 +25,11 @@ from graft_edge.retrieval.index import (
     build_index,
     check_model,
     embed_samples,
-    load_entries,
     model_identity,
-    read_manifest,
     search_index,
 )
 from graft_edge.retrieval.metrics import RerankConfig
+from graft_edge.retrieval.store import open_index, read_manifest
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 
@@ -51,19 +58,22 @@ def build_cmd(
     images: Path = typer.Argument(..., help=IMAGES_HELP),
     out: Path = typer.Option(..., "--out", help="Index folder to create (or to finish, after an interrupted build)."),
     faiss_spec: str = typer.Option("Flat", "--faiss", help="FAISS factory string: Flat (exact inner product) or e.g. "
-                                   "IVF1024,PQ32 for millions of images (trained on the built images)."),
+                                   "IVF1024,PQ32 for millions of images (trained on the built images; checked before any image is "
+                                   "embedded; an unfinished build takes the rerun's value)."),
     split: str = typer.Option("gallery", "--split", help="Split of a dataset root to index: gallery, query or train."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Embed IMAGES with MODEL into a new index; rerun the same command to finish an interrupted build."""
+    options = IndexOptions(faiss_spec, batch_size, split).validated()
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} is a file: expected a folder for the index")
     embedder = load_embedder(model, device=device, threads=threads)
     warn_if_batch_dependent(model, embedder, "queries embedded online (serve, index search) will not match this "
                             "gallery's embeddings exactly")
     with progress_bar("embedding gallery") as (advance, total):
-        options = IndexOptions(faiss_spec, batch_size, split)
-        manifest = build_index(model, embedder, images, out, options, advance, total)
+        manifest = build_index(model, embedder, images, out, options, advance, total, log=_note)
     resumed = manifest["parts"][-1].get("resumed", 0)
     kept = f" ({resumed} embedded by the interrupted run, kept)" if resumed else ""
     console().print(f"index {out}: {manifest['count']} images, {manifest['model']['embed_dim']}-d, "
@@ -74,7 +84,8 @@ def build_cmd(
 @guarded
 def add_cmd(
     index: Path = typer.Argument(..., help="Index folder made by `index build`."),
-    images: Path = typer.Argument(..., help=IMAGES_HELP + " Images already in the index are skipped."),
+    images: Path = typer.Argument(..., help=IMAGES_HELP + " Images already in the index are skipped; an unfinished "
+                                  "add of this folder is re-planned, one of another folder dropped."),
     model: Optional[Path] = typer.Option(None, "--model", help="The index's model (default: the path it recorded)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass and per resumable batch.", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -84,8 +95,13 @@ def add_cmd(
     model = model or Path(read_manifest(index)["model"]["path"])
     embedder = load_embedder(model, device=device, threads=threads)
     with progress_bar("embedding new images") as (advance, total):
-        manifest, added = add_to_index(model, embedder, images, index, batch_size, advance, total)
+        manifest, added = add_to_index(model, embedder, images, index, batch_size, advance, total, log=_note)
     console().print(f"index {index}: added {added} images, {manifest['count']} in all", soft_wrap=True)
+
+
+def _note(line: str) -> None:
+    """A side note of a build or add (e.g. a dropped unfinished part) on stderr."""
+    err_console().print(line, soft_wrap=True, markup=False, emoji=False)
 
 
 def search_records(result: Any, queries: list, entries: list) -> list[dict[str, Any]]:
@@ -125,17 +141,24 @@ def search_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Print (and with --json write) the top gallery entries of every query image, with distances."""
+    check_output_file(json_out, "--json")
+    if visualize:
+        check_output_folder(vis_dir, "--visualize-dir")
     manifest = read_manifest(index)
     model = model or Path(manifest["model"]["path"])
     embedder = load_embedder(model, device=device, threads=threads)
-    check_model(manifest, model_identity(model, embedder), index)
+    identity = model_identity(model, embedder)
+    check_model(manifest, identity, index)
+    open_index(index)  # whole before the queries are embedded
     samples = find_images(queries, embedder.info.modalities, "query")
     with progress_bar("embedding queries") as (advance, total):
         total(len(samples))
         feats = embed_samples(embedder, samples, batch_size, advance)
+    view = open_index(index)  # the index as it is now (an add may have finished meanwhile)
+    check_model(view.manifest, identity, index)
     rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
-    result = search_index(index, manifest, feats, top, rerank_cfg, pool, nprobe)
-    entries = load_entries(index, manifest)
+    result = search_index(view, feats, top, rerank_cfg, pool, nprobe)
+    entries = view.entries()
     records = search_records(result, samples, entries)
     _print_results(records)
     if visualize:

@@ -65,6 +65,8 @@ def tune_cmd(
     err = err_console()
     result = run_tune(cfg, tune, data, settings, log=lambda line: err.print(line, soft_wrap=True, markup=False))
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
+    if result.stopped:
+        raise GraftError(f"study {study}: {counts}; {result.stopped}: check the base config and the search space")
     if result.best_number is None:
         console().print(f"study {study}: {counts}; no trial completed", soft_wrap=True)
         return

@@ -9,7 +9,9 @@ generator) names the slots; without it the slot count comes from the image aspec
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -246,6 +248,22 @@ def read_split(root: str | Path, split: str, modalities: Sequence[str] | None = 
     if split == "train":
         return relabel(samples)
     return [replace(s, label=s.pid) for s in samples]
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """SHA-256 of a dataset's image files (paths relative to `root`, and sizes) and its description file: what a
+    resumed run compares to tell the same data (copied or moved, too) from another or a regenerated set."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+            elif name == META_FILE and path.parent == root:
+                h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def num_ids(samples: Iterable[Sample]) -> int:

@@ -62,6 +62,9 @@ def check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise GraftError(f"run directory {root} is a file, not a folder")
     if resume:
+        if not paths.last.is_file() and not is_empty(root):
+            raise GraftError(f"--resume: {paths.last} does not exist (the run in {root} stopped before its first "
+                             "checkpoint: start it again with --overwrite)")
         if not paths.last.is_file():
             raise GraftError(f"--resume: {paths.last} does not exist (nothing to resume; start without --resume)")
         if not paths.config.is_file():

@@ -342,13 +342,13 @@ def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | 
     if env.is_main:
         evals = build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, cfg.data.num_workers)
         vals = build_val_loaders(data_root, cfg)
-    _prepare_dir(paths, cfg, env, ck, overwrite)
+    model = build_model(cfg.model).to(env.device)  # the last check of the config (backbone, weights file): before
+    _prepare_dir(paths, cfg, env, ck, overwrite)  # anything is written, so a failed start leaves the folder as it was
     pos = Position()
     if ck is not None:
         x = ck.extra
         pos = Position(int(x["stage"]), int(x["epoch"]), int(x["batch"]), int(x["step"]))
     logger = RunLogger(paths, env.is_main, progress, purge_step=pos.step if ck is not None else None)
-    model = build_model(cfg.model).to(env.device)
     tr = Trainer(cfg, env, paths, loader, sampler, evals, vals, logger, model, max_steps, checkpoint_steps, pos,
                  resume=ck)
     if ck is not None:

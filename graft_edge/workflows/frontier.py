@@ -45,6 +45,7 @@ from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import RUNTIMES, load_embedder
+from graft_edge.runtime.presence import parse_subset
 from graft_edge.units import Size, format_count
 from graft_edge.workflows.chain import Chain, Level
 from graft_edge.workflows.frontier_report import write_reports
@@ -194,6 +195,8 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
+    if settings.modalities is not None:  # checked before the first variant is pruned
+        parse_subset(settings.modalities, ckpt.config.model.modalities)
     method = settings.method
     dense_count = method.counted_size(model)
     targets: list[tuple[str, int]] = []

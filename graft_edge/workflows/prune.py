@@ -21,6 +21,7 @@ from torch import nn
 from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.compress import ATTN_UNITS, PruneMethod, PruneSpec, check_compatible, get_method, prune_to_target
 from graft_edge.compress.targets import DEFAULT_FRACTION
+from graft_edge.data.layouts import dataset_fingerprint
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file
@@ -30,8 +31,9 @@ from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
 from graft_edge.train.distill import DistillConfig
 
-# identity of a run: a partial checkpoint is only resumed when these match
-RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill", "seed_offset")
+# identity of a run: a partial checkpoint is only resumed when these match (every option that changes the result)
+RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "fraction", "finetune_epochs",
+            "data_fingerprint", "distill", "seed_offset")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -176,6 +178,36 @@ def _finetune_fn(cfg: Any, req: PruneRequest, first_step: int = 0,
     return finetune_fn
 
 
+def _run_state(model_path: Path, req: PruneRequest, target: int | None, schedule: list[int],
+               start_size: int) -> dict[str, Any]:
+    """What OUT.partial records of its run: the identity (RUN_KEYS) and the progress."""
+    return {
+        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": req.method.name,
+        "target": target, "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
+        "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
+        "data": str(Path(req.data).resolve()) if req.data else None,
+        "data_fingerprint": dataset_fingerprint(req.data) if req.data else None,
+        "start_size": start_size, "done": 0, "distill": _distill_record(req),
+        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
+    }
+
+
+def _differing_key(saved: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """The first identity key a partial's run and this request disagree on, described; None when they match.
+
+    A partial written before the data fingerprint was recorded is compared by its data folder instead."""
+    for key in RUN_KEYS:
+        old, new = saved.get(key), state[key]
+        if key == "data_fingerprint" and "data_fingerprint" not in saved:
+            key, old, new = "data", saved.get("data"), state["data"]
+            old = str(Path(old).resolve()) if old else None
+        if old != new:
+            if key == "data_fingerprint":
+                return f"--data differs: {saved.get('data')} then, {state['data']} now (or its images changed)"
+            return f"{key} differs: {str(old)[:80]} then, {str(new)[:80]} now"
+    return None
+
+
 def run_prune(model_path: str | Path, out: str | Path, request: PruneRequest, resume: bool = False,
               progress: Callable[[int, int], None] | None = None,
               log: Callable[[str], None] | None = None) -> PruneResult:
@@ -200,22 +232,15 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     target = method.resolve_target(req.target, net) if req.target is not None else None
     spec = PruneSpec(method, req.steps, req.round_to, req.attn_unit, req.fraction)
     schedule = method.plan(net, target, spec, finetuned=req.finetune_epochs > 0)
-    state: dict[str, Any] = {
-        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": method.name, "target": target,
-        "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
-        "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
-        "data": str(req.data) if req.data else None, "start_size": int(method.counted_size(net)), "done": 0,
-        "distill": _distill_record(req),
-        "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
-    }
+    state = _run_state(model_path, req, target, schedule, int(method.counted_size(net)))
     source = net
     history, done, partial = list(ckpt.history), 0, partial_path(out)
     if resume and partial.is_file():
         pckpt = read_checkpoint(partial)
         saved = dict(pckpt.extra.get("prune_run") or {})
-        differ = next((k for k in RUN_KEYS if saved.get(k) != state[k]), None)
+        differ = _differing_key(saved, state)
         if differ:
-            raise GraftError(f"{partial} belongs to a different prune run ({differ} differs); delete it or drop --resume")
+            raise GraftError(f"{partial} belongs to a different prune run ({differ}); delete it or drop --resume")
         net, history, done, state = model_from_checkpoint(pckpt, partial), list(pckpt.history), int(saved["done"]), saved
         log(f"resuming from {partial}: {done}/{len(schedule)} steps done")
     elif resume:

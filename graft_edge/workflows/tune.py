@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from graft_edge.config import GraftConfig, config_to_dict
-from graft_edge.errors import GraftError
+from graft_edge.data.layouts import dataset_fingerprint
+from graft_edge.errors import GraftError, one_line
 from graft_edge.fileio import write_yaml
 from graft_edge.train.rundir import RunPaths
-from graft_edge.train.runner import run_training
+from graft_edge.train.runner import preflight, run_training
 from graft_edge.workflows.tune_report import TuneResult, states, write_results
-from graft_edge.workflows.tune_space import TuneConfig, apply_params, check_space, suggest
+from graft_edge.workflows.tune_space import TuneConfig, apply_params, check_space, lookup, suggest
 
 STUDY_FILE = "study.db"
 LOCK_FILE = ".tune.lock"
@@ -57,7 +58,7 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise GraftError("tune needs optuna: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported by run_tune in one line
     return optuna
 
 
@@ -100,20 +101,53 @@ def _pruner(optuna: Any, tune: TuneConfig) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(settings: TuneSettings, tune: TuneConfig) -> Any:
-    """Create or join the named study (maximise validation mAP); the space must match the one it was made with."""
+def study_base(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings: TuneSettings) -> dict[str, Any]:
+    """What every trial of a study shares besides its draw: the base config (searched keys left out), the data (a
+    fingerprint of its files, so machines may mount it at other paths), the step cap and the processes per trial."""
+    config = config_to_dict(cfg)
+    for p in tune.space:
+        parts = p.name.split(".")
+        parent = lookup(config, parts[:-1])
+        parent[int(parts[-1]) if isinstance(parent, list) else parts[-1]] = "searched"
+    return {"config": config, "data": dataset_fingerprint(data_root), "max_steps": settings.max_steps,
+            "nproc": settings.nproc}
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """'key: old then, new now' for the first dotted key where two nested records differ; None when equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(dict.fromkeys([*old, *new])):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else f"{path}: {str(old)[:60]} then, {str(new)[:60]} now"
+
+
+def open_study(settings: TuneSettings, tune: TuneConfig, base: dict[str, Any] | None = None) -> Any:
+    """Create or join the named study (maximise validation mAP); the search space and the base (`study_base`) must
+    match the ones it was made with, so no trial is judged against trials of another setup."""
     optuna = _optuna()
     storage = open_storage(settings)
     study = optuna.create_study(storage=storage, study_name=settings.study, direction="maximize",
                                 load_if_exists=True, pruner=_pruner(optuna, tune),
                                 sampler=optuna.samplers.TPESampler(seed=settings.sampler_seed))
+    where = f"study {settings.study!r} in {settings.storage_url()}"
     space = [config_to_dict(p) for p in tune.space]
     known = study.user_attrs.get("space")
     if known is None:
         study.set_user_attr("space", space)
     elif known != space:
-        raise GraftError(f"study {settings.study!r} in {settings.storage_url()} was created with another search space; "
-                         "use the same --param/--space or a new --study NAME")
+        raise GraftError(f"{where} was created with another search space; use the same --param/--space or a new "
+                         "--study NAME")
+    known = study.user_attrs.get("base")
+    if known is None and base is not None:
+        study.set_user_attr("base", base)
+    elif base is not None and known != base:
+        diff = _first_difference(known, base) or "base"
+        diff = "--data holds other image files" if diff.startswith("data:") else diff
+        raise GraftError(f"{where} was started with another setup ({diff}); use the same --config/--set/--data/"
+                         "--max-steps/--nproc, or a new --study NAME or --out")
     return study
 
 
@@ -146,11 +180,20 @@ def _objective(cfg: GraftConfig, tune: TuneConfig, data_root: Path, settings: Tu
 
     def objective(trial: Any) -> float:
         release()  # this worker's trial exists now: others may start theirs
+        try:
+            return run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # a failed trial (diverged, an invalid draw, ...): recorded, the study goes on
+            trial.set_user_attr("error", one_line(exc, 300))
+            raise
+
+    def run(trial: Any) -> float:
         values = suggest(trial, tune.space)
+        log(f"trial {trial.number}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
         trial_cfg = apply_params(cfg, values)
         run_dir = settings.out / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        log(f"trial {trial.number}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
         evals = iter(range(1, 1_000_000))
 
         def on_eval(row: Mapping[str, Any]) -> None:
@@ -230,28 +273,51 @@ def _wait_or_start(study: Any, settings: TuneSettings) -> bool:
         time.sleep(min(5.0, float(settings.heartbeat_s)))  # a running trial may yet fail: then we run one more
 
 
-def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings: TuneSettings,
-             log: Log = lambda _: None) -> TuneResult:
-    """Run trials in this worker until the study holds `settings.trials` finished trials; write the results."""
+def _check_inputs(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings: TuneSettings) -> TuneConfig:
+    """Everything checked before the study is opened: budget, validation split, search space, data."""
     if settings.trials < 1:
         raise GraftError(f"--trials {settings.trials}: expected at least 1 trial")
+    if settings.max_steps is not None and settings.max_steps < 1:
+        raise GraftError(f"--max-steps {settings.max_steps}: expected a positive integer")
     if cfg.data.val_fraction <= 0:
         raise GraftError("tune needs a validation split (its objective is validation mAP, never the test split): "
                          "data.val_fraction is 0; set it to e.g. 0.2")
     tune = TuneConfig(check_space(cfg, tune), tune.pruner, tune.startup_trials, tune.warmup_evals)
+    preflight(cfg, data_root, settings.nproc)  # the data suits the base config (ids, validation split, query)
+    return tune
+
+
+def run_tune(cfg: GraftConfig, tune: TuneConfig, data_root: str | Path, settings: TuneSettings,
+             log: Log = lambda _: None) -> TuneResult:
+    """Run trials in this worker until the study holds `settings.trials` finished trials; write the results.
+
+    A trial that fails is recorded as failed with its reason and the study goes on; a worker whose last
+    max(--trials, 3) trials all failed stops (result.stopped says why): its draws cannot succeed.
+    """
+    tune = _check_inputs(cfg, tune, data_root, settings)
+    base = study_base(cfg, tune, data_root, settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     lock_path = out / LOCK_FILE
     with _file_lock(lock_path):  # workers on this machine create the database one at a time
-        study = open_study(settings, tune)
-    while True:
+        study = open_study(settings, tune, base)
+    failed_in_a_row, stopped = 0, None
+    while stopped is None:
         with _file_lock(lock_path) as lock:
             if not _wait_or_start(study, settings):
                 break
             objective = _objective(cfg, tune, Path(data_root), settings, log, lock.release)
             mine: list[Any] = []
-            study.optimize(objective, n_trials=1, catch=(), callbacks=[lambda _, trial, mine=mine: mine.append(trial)])
+            study.optimize(objective, n_trials=1, catch=(Exception,),
+                           callbacks=[lambda _, trial, mine=mine: mine.append(trial)])
         for t in mine:  # this worker's trial (others may have finished theirs meanwhile)
-            log(f"study {settings.study}: trial {t.number} {t.state.name.lower()}"
+            failed_in_a_row = failed_in_a_row + 1 if t.state.name == "FAIL" else 0
+            why = f": {t.user_attrs['error']}" if t.state.name == "FAIL" and t.user_attrs.get("error") else ""
+            state = "failed" if t.state.name == "FAIL" else t.state.name.lower()
+            log(f"study {settings.study}: trial {t.number} {state}{why}"
                 + (f", val mAP {100 * t.value:.2f}" if t.value is not None else ""))
-    return write_results(study, cfg, out, log)
+            if failed_in_a_row >= max(settings.trials, 3):
+                stopped = f"{failed_in_a_row} trials in a row failed (the last{why or ' without a reason'}); stopping"
+    result = write_results(study, cfg, out, log)
+    result.stopped = stopped
+    return result

@@ -26,6 +26,7 @@ class TuneResult:
     best_config: Path | None  # OUT/best_config.yaml, ready for `graft-edge train --config`
     counts: dict[str, int]  # trials per state (COMPLETE, PRUNED, FAIL, RUNNING)
     files: list[Path]
+    stopped: str | None = None  # why this worker stopped before the study had its trials (all its trials failed)
 
 
 def states(study: Any) -> dict[str, int]:
@@ -66,7 +67,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "state": t.state.name, "val_mAP": t.value,
                      "test_mAP": t.user_attrs.get("test_mAP"), "test_R1": t.user_attrs.get("test_R1"),
                      "evals": len(t.intermediate_values), "seconds": seconds, **t.params,
-                     "run_dir": t.user_attrs.get("run_dir", "")})
+                     "run_dir": t.user_attrs.get("run_dir", ""), "error": t.user_attrs.get("error", "")})
     return rows
 
 
@@ -78,7 +79,7 @@ def _tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     writer.writeheader()
     writer.writerows(rows)
     params = [k for k in keys if k not in ("number", "state", "val_mAP", "test_mAP", "test_R1", "evals", "seconds",
-                                           "run_dir")]
+                                           "run_dir", "error")]
     head = ["trial", "state", "val mAP", "test mAP", "test R1", "evals", "s", *params]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ranked = sorted(rows, key=lambda r: -(r["val_mAP"] if r["val_mAP"] is not None else -1.0))

@@ -7,6 +7,7 @@ weights, ...) can be searched by naming its dotted path; tuple entries by index 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,7 +50,7 @@ class TuneConfig:
     warmup_evals: int = 1  # median pruner: evaluations of a trial before it may be stopped
 
 
-def _lookup(data: Any, parts: list[str]) -> Any:
+def lookup(data: Any, parts: list[str]) -> Any:
     """The value at a dotted path in a config dict (list entries by index), or KeyError."""
     node = data
     for part in parts:
@@ -73,7 +74,7 @@ def check_space(cfg: GraftConfig, tune: TuneConfig) -> tuple[ParamRange, ...]:
     out = []
     for p in tune.space:
         try:
-            value = _lookup(data, p.name.split("."))
+            value = lookup(data, p.name.split("."))
         except KeyError:
             raise GraftError(f"unknown hyperparameter {p.name!r}: expected a numeric config key such as "
                              "train.stage1.lr, train.stage2.weight_decay or train.stage1.betas.0") from None
@@ -82,12 +83,29 @@ def check_space(cfg: GraftConfig, tune: TuneConfig) -> tuple[ParamRange, ...]:
         if p.name in seen:
             raise GraftError(f"hyperparameter {p.name!r} is listed twice in the search space")
         seen.add(p.name)
-        if not p.low < p.high:
-            raise GraftError(f"hyperparameter {p.name!r}: empty range [{p.low:g}, {p.high:g}]; expected LOW < HIGH")
-        if p.log and p.low <= 0:
-            raise GraftError(f"hyperparameter {p.name!r}: a log range needs LOW > 0, got {p.low:g}")
-        out.append(replace(p, integer=p.integer or isinstance(value, int)))
+        out.append(_checked_range(cfg, replace(p, integer=p.integer or isinstance(value, int))))
     return tuple(out)
+
+
+def _checked_range(cfg: GraftConfig, p: ParamRange) -> ParamRange:
+    """One range: finite, non-empty, whole numbers for an integer key, LOW > 0 on a log scale, and both ends
+    valid configs (a key's valid values form an interval, so a draw between them is valid unless it breaks a
+    constraint across keys: such a trial fails and the study goes on)."""
+    if not (math.isfinite(p.low) and math.isfinite(p.high)):
+        raise GraftError(f"hyperparameter {p.name!r}: range [{p.low:g}, {p.high:g}] must be finite")
+    if p.integer and not (float(p.low).is_integer() and float(p.high).is_integer()):
+        raise GraftError(f"hyperparameter {p.name!r} takes integers: LOW and HIGH must be whole numbers, got "
+                         f"{p.low:g}:{p.high:g}")
+    if not p.low < p.high:
+        raise GraftError(f"hyperparameter {p.name!r}: empty range [{p.low:g}, {p.high:g}]; expected LOW < HIGH")
+    if p.log and p.low <= 0:
+        raise GraftError(f"hyperparameter {p.name!r}: a log range needs LOW > 0, got {p.low:g}")
+    for end, value in (("LOW", p.low), ("HIGH", p.high)):
+        try:
+            apply_params(cfg, {p.name: int(value) if p.integer else value})
+        except GraftError as exc:
+            raise GraftError(f"hyperparameter {p.name!r}: {end} {value:g} gives an invalid config ({exc})") from None
+    return p
 
 
 def parse_param(text: str) -> ParamRange:
@@ -138,7 +156,7 @@ def apply_params(cfg: GraftConfig, values: Mapping[str, float]) -> GraftConfig:
     for name, value in values.items():
         parts = name.split(".")
         try:
-            parent = _lookup(data, parts[:-1])
+            parent = lookup(data, parts[:-1])
         except KeyError:
             raise GraftError(f"unknown hyperparameter {name!r}") from None
         key: Any = int(parts[-1]) if isinstance(parent, list) else parts[-1]
