@@ -249,3 +249,21 @@ def test_bench_profile_prints_and_records_the_breakdown(tiny_exports, tmp_path):
     doc["results"][0]["runs"][0]["profile"]["groups"].pop("gemm")
     with pytest.raises(GraftError, match="groups must hold"):
         validate_bench_result(doc)
+
+
+def test_frontier_rows_carry_their_shape_true_share(tiny_checkpoint, tmp_path, monkeypatch):
+    from graft_edge.workflows.frontier import FrontierSettings, run_frontier
+
+    monkeypatch.setenv("GRAFT_EDGE_CACHE", str(tmp_path / "cache"))
+    settings = FrontierSettings(targets=("50%",), formats=("torch",), finetune_epochs=0, batch=2, iters=2, rounds=1,
+                                warmup=0, threads=1)
+    res = run_frontier(tiny_checkpoint, None, tmp_path / "f", settings)
+    state = json.loads((tmp_path / "f" / "frontier_state.json").read_text())["latency"]
+    (dense,) = [r for r in res.rows if r["variant"] == "dense"]
+    (pruned,) = [r for r in res.rows if r["variant"] != "dense"]
+    for r in (dense, pruned):
+        peak = state["shape_peaks"][r["key"]]["fp32"]["gflops"]
+        assert r["peak_gflops"] == peak and r["share_of_peak"] == pytest.approx(r["achieved_gflops"] / peak)
+    # the pruned model multiplies narrower matrices: its peak is timed at its own shapes
+    assert state["shape_peaks"][pruned["key"]]["gflop"] < state["shape_peaks"][dense["key"]]["gflop"]
+    assert "% of peak" in (tmp_path / "f" / "frontier.md").read_text()
