@@ -74,18 +74,6 @@ def artefacts(work: Path, calib: str | None, preset: str, sizes: list[str]) -> d
     return out
 
 
-def peaks_of(embedders: dict[str, Any], threads: int, batch: int, args) -> dict[str, Any]:
-    """{label: shape-true peaks of its GEMMs at `batch` for its precision}."""
-    from graft_edge.profile.peaks import embedder_gemm_shapes, shape_peaks
-
-    out = {}
-    for label, emb in embedders.items():
-        shapes = embedder_gemm_shapes(emb, batch)
-        out[label] = shape_peaks(shapes, [str(emb.info.extra.get("precision") or "fp32")], threads,
-                                 seconds=args.shape_seconds) if shapes else None
-    return out
-
-
 def _row(label: str, emb: Any, stats: Any, eager_ms: float, true_peaks: Any, square: dict, batch: int) -> dict:
     from graft_edge.profile.peaks import embedder_flops, roofline
 
@@ -102,15 +90,16 @@ def time_pass(paths: dict[str, Path], threads: int, batch: int, args) -> dict[st
     import torch
 
     from graft_edge.profile.latency import interleaved_latency, synthetic_batch
-    from graft_edge.profile.peaks import machine_peaks, measure_peaks
+    from graft_edge.profile.peaks import embedders_peaks, machine_peaks
     from graft_edge.profile.stats import summarize
     from graft_edge.runtime import load_embedder
 
     torch.set_num_threads(threads)
-    square = machine_peaks(threads) or measure_peaks(threads, seconds=args.gemm_seconds)
     embedders = {k: load_embedder(p, threads=threads) for k, p in paths.items()}
+    precision = {k: str(e.info.extra.get("precision") or "fp32") for k, e in embedders.items()}
     t0 = time.perf_counter()
-    true_peaks = peaks_of(embedders, threads, batch, args)
+    machine_peaks(threads, measure=True)  # the square 2048^3 peaks: measured once, cached
+    square, true_peaks = embedders_peaks(embedders, precision, batch, threads)
     peak_s = time.perf_counter() - t0
     inputs = {k: synthetic_batch(e.info, batch) for k, e in embedders.items()}
     load0 = _load()
@@ -186,8 +175,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per pass")
     ap.add_argument("--iters", type=int, default=2, help="timed calls per artefact per round")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--gemm-seconds", type=float, default=1.0, help="seconds per square GEMM peak (when not cached)")
-    ap.add_argument("--shape-seconds", type=float, default=0.05, help="seconds per GEMM shape of the shape-true peaks")
     ap.add_argument("--profile-calls", type=int, default=3, help="profiled calls per artefact (0: no breakdown)")
     ap.add_argument("--sweep", default="1,2,4,8,16", help="batch sizes of the sweep at the first thread count ('': none)")
     ap.add_argument("--sweep-rounds", type=int, default=2)

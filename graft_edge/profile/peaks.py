@@ -197,3 +197,17 @@ def embedder_gemm_shapes(embedder: Any, batch: int = 1) -> tuple[GemmShape, ...]
     if model is not None:
         return model_gemm_shapes(model, batch)
     return shapes_from_meta(embedder.info.extra.get("gemm_shapes"), batch)
+
+
+def embedders_peaks(embedders: dict[str, Any], precision: dict[str, str], batch: int, threads: int | None,
+                    device: str = "cpu", measure: bool = True,
+                    progress: ProgressHook = no_progress) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the cached square peaks, {key: shape-true peaks of that embedder's GEMMs at `batch` for its precision});
+    nothing on a GPU."""
+    if device.startswith("cuda"):
+        return None, {k: None for k in embedders}
+    true = {}
+    for key, emb in embedders.items():
+        shapes = embedder_gemm_shapes(emb, batch)
+        true[key] = shape_peaks(shapes, [precision[key]], threads, measure=measure, progress=progress) if shapes else None
+    return machine_peaks(threads), true

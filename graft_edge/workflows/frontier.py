@@ -49,7 +49,7 @@ from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch
-from graft_edge.profile.peaks import embedder_flops, embedder_gemm_shapes, machine_peaks, shape_peaks
+from graft_edge.profile.peaks import embedder_flops, embedders_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
@@ -443,11 +443,7 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
                                 on_iter=advance)
     flops = {k: embedder_flops(e) for k, e in embedders.items()}
     precision = {k: str(e.info.extra.get("precision") or "fp32") for k, e in embedders.items()}
-    on_cpu = not s.device.startswith("cuda")
-    peaks = machine_peaks(s.threads) if on_cpu else None  # the square peaks when cached, reported beside
-    shapes = {k: embedder_gemm_shapes(e, s.batch) if on_cpu else None for k, e in embedders.items()}
-    true_peaks = {k: shape_peaks(shapes[k], [precision[k]], s.threads, measure=s.peaks, progress=job.progress)
-                  if shapes[k] else None for k in keys}
+    peaks, true_peaks = embedders_peaks(embedders, precision, s.batch, s.threads, s.device, s.peaks, job.progress)
     state.latency = LatencyRecord(keys=keys, hashes=hashes, batch=s.batch, device=s.device, threads=s.threads,
                                   dtype=s.dtype, modalities=list(s.modalities) if s.modalities else None,
                                   measured=now(), machine=machine_info(), loadavg=[load_before, _loadavg()],
