@@ -132,7 +132,8 @@ def breakdowns(embedders: dict[str, Any], paths: dict[str, Path], threads: int, 
 
 def sweep(paths: dict[str, Path], threads: int, batches: list[int], args) -> list[dict[str, Any]]:
     """Per-sample ms and shape-true share per batch for the sweep's artefacts (one interleaved pass per batch)."""
-    chosen = {k: p for k, p in paths.items() if k in SWEEP or k == f"{args.sizes[-1]} openvino-int8"}
+    smallest = f"{args.sizes[-1]} openvino-int8" if args.sizes else None
+    chosen = {k: p for k, p in paths.items() if k in SWEEP or k == smallest}
     rows = []
     for b in batches:
         res = time_pass(chosen, threads, b, argparse.Namespace(**{**vars(args), "rounds": args.sweep_rounds}))
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="cpu-limit", help="where the checkpoints and exports are (reused) or go")
     ap.add_argument("--preset", default="rgbnt100", help="architecture preset (random weights: speed only)")
-    ap.add_argument("--sizes", default="60M,46M", help="structured-pruning targets, each pruned from the previous")
+    ap.add_argument("--sizes", default="60M,46M", help="structured-pruning targets, each pruned from the previous "
+                    "('': the dense model only)")
     ap.add_argument("--calib-data", default=None, help="dataset root calibrating NNCF INT8 (none: no OpenVINO INT8)")
     ap.add_argument("--threads", default="1,2", help="thread counts, one interleaved pass each")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per pass")
