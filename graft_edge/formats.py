@@ -2,9 +2,10 @@
 
 A row names a format as users type it (`--formats int8`), the artefact file it is (suffix after the
 stem), its precision, the runtime that runs it, what it needs (calibration images, a GPU), what it is
-built from, and its plot marker. The exporter's option validation and build loop, the runtime's
-dispatch by file suffix, the frontier's format list and data requirements, report markers and CLI
-help all read this table. Adding a format is adding a row here, its builder (graft_edge.export) and,
+built from, whether its embeddings are independent of their batch-mates, and its plot marker. The
+exporter's option validation and build loop, the runtime's dispatch by file suffix, the frontier's
+format list and data requirements, `serve` and `index build` (batch independence), report markers and
+CLI help all read this table. Adding a format is adding a row here, its builder (graft_edge.export) and,
 for a new runtime, its Embedder (graft_edge.runtime).
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Format:
     needs_calibration: bool = False  # built from real images (--calib-data / --data)
     needs_gpu: bool = False  # built and run only on an NVIDIA GPU
     needs_bf16: bool = False  # built and run only on a CPU with native bf16 (AVX512-BF16 / AMX)
+    # a sample's embedding is the same whatever else is in its batch (up to float rounding); False where the
+    # graph computes something over the whole batch (dynamic INT8's activation scales)
+    batch_independent: bool = True
     marker: str = "o"  # matplotlib marker in the frontier plot
     help: str = ""
 
@@ -37,6 +41,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("torch", "", ".pt", "fp32", "torch", None, marker="o", help="the PyTorch checkpoint itself"),
     Format("onnx", "onnx-fp32", ".onnx", "fp32", "onnx", None, marker="s", help="FP32 ONNX, checked against PyTorch"),
     Format("int8", "onnx-int8-dynamic", ".int8-dynamic.onnx", "int8-dynamic", "onnx", "onnx", marker="^",
+           batch_independent=False,
            help="ONNX Runtime INT8, dynamic quantisation (weights INT8, activations at run time)"),
     Format("int8-static", "onnx-int8-static", ".int8-static.onnx", "int8-static", "onnx", "onnx",
            needs_calibration=True, marker="v", help="INT8 static Q/DQ, calibrated on real images"),
@@ -49,7 +54,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx-fused", "onnx-fp32-fused", ".fused.onnx", "fp32", "onnx", None, marker="H",
            help="FP32 ONNX with every attention one ONNX Runtime contrib node (MultiHeadAttention by default)"),
     Format("int8-fused", "onnx-int8-dynamic-fused", ".int8-dynamic-fused.onnx", "int8-dynamic", "onnx", "onnx-fused",
-           marker="8", help="ONNX Runtime INT8 dynamic of the fused-attention graph"),
+           marker="8", batch_independent=False, help="ONNX Runtime INT8 dynamic of the fused-attention graph"),
     Format("fp16", "onnx-fp16", ".fp16.onnx", "fp16", "onnx", "onnx", marker="D",
            help="FP16 ONNX with LayerNorm/Softmax kept FP32"),
     Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, marker="P",
@@ -125,6 +130,36 @@ def runtime_of(path: str | Path) -> str:
             return runtime
     accepted = ", ".join(s for suffixes in RUNTIME_SUFFIXES.values() for s in suffixes)
     raise GraftError(f"cannot tell the format of {path}: expected a file ending in one of {accepted}")
+
+
+def batch_independent_formats() -> tuple[str, ...]:
+    """Formats whose embedding of a sample does not depend on its batch-mates."""
+    return tuple(n for n, f in FORMATS.items() if f.batch_independent)
+
+
+def batch_dependent_formats() -> tuple[str, ...]:
+    """Formats whose embedding of a sample depends on its batch-mates."""
+    return tuple(n for n, f in FORMATS.items() if not f.batch_independent)
+
+
+def batch_dependent_format(runtime: str, precision: str | None) -> Format | None:
+    """The batch-dependent row an artefact of this runtime and metadata precision is, or None (batch-independent)."""
+    return next((f for f in FORMATS.values() if not f.batch_independent and f.runtime == runtime
+                 and f.precision == precision), None)
+
+
+def batch_dependence_note(what: str | Path, runtime: str, precision: str | None) -> str | None:
+    """One line saying why `what` gives embeddings that depend on their batch-mates, or None when it does not.
+
+    Read wherever embeddings made in different batches are compared: `serve` (the dynamic batcher picks the
+    batch-mates) and `index build` (a gallery embedded offline, queries embedded online).
+    """
+    fmt = batch_dependent_format(runtime, precision)
+    if fmt is None:
+        return None
+    return (f"{what} is {fmt.name} ({precision}): its embedding of a sample depends on the other samples in the same "
+            f"batch, so embeddings made in different batches differ slightly; batch-independent formats: "
+            f"{', '.join(batch_independent_formats())}")
 
 
 def markers() -> dict[str, str]:
