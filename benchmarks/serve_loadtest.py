@@ -25,7 +25,7 @@ import numpy as np
 
 from graft_edge.data import build_eval_loaders
 from graft_edge.evaluation import evaluate_embedder, model_config_of
-from graft_edge.metrics import evaluate_rank, pairwise_distance
+from graft_edge.retrieval.metrics import evaluate_rank, pairwise_distance
 from graft_edge.runtime import load_embedder
 from graft_edge.serve.loadtest import LoadSettings, free_ports, run_loadtest
 from graft_edge.serve.server import model_name

@@ -30,6 +30,7 @@ class Format:
     needs_calibration: bool = False  # built from real images (--calib-data / --data)
     needs_gpu: bool = False  # built and run only on an NVIDIA GPU
     needs_bf16: bool = False  # built and run only on a CPU with native bf16 (AVX512-BF16 / AMX)
+    needs_packages: tuple[str, ...] = ()  # optional packages it is built and run with (importable names)
     # a sample's embedding is the same whatever else is in its batch (up to float rounding); False where the
     # graph computes something over the whole batch (dynamic INT8's activation scales)
     batch_independent: bool = True
@@ -37,6 +38,7 @@ class Format:
     help: str = ""
 
 
+TRT, OV = ("tensorrt",), ("openvino",)  # the optional packages of the TensorRT and OpenVINO rows
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("torch", "", ".pt", "fp32", "torch", None, marker="o", help="the PyTorch checkpoint itself"),
     Format("onnx", "onnx-fp32", ".onnx", "fp32", "onnx", None, marker="s", help="FP32 ONNX, checked against PyTorch"),
@@ -57,33 +59,26 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            marker="8", batch_independent=False, help="ONNX Runtime INT8 dynamic of the fused-attention graph"),
     Format("fp16", "onnx-fp16", ".fp16.onnx", "fp16", "onnx", "onnx", marker="D",
            help="FP16 ONNX with LayerNorm/Softmax kept FP32"),
-    Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, marker="P",
+    Format("trt-fp32", "trt-fp32", ".trt-fp32.engine", "fp32", "tensorrt", "onnx", needs_gpu=True, needs_packages=TRT, marker="P",
            help="TensorRT FP32 engine"),
-    Format("trt-fp16", "trt-fp16", ".trt-fp16.engine", "fp16", "tensorrt", "fp16", needs_gpu=True, marker="X",
+    Format("trt-fp16", "trt-fp16", ".trt-fp16.engine", "fp16", "tensorrt", "fp16", needs_gpu=True, needs_packages=TRT, marker="X",
            help="TensorRT FP16 engine"),
     Format("trt-int8", "trt-int8", ".trt-int8.engine", "int8", "tensorrt", "int8-static", needs_calibration=True,
-           needs_gpu=True, marker="*", help="TensorRT INT8 engine from the Q/DQ ONNX"),
+           needs_gpu=True, needs_packages=TRT, marker="*", help="TensorRT INT8 engine from the Q/DQ ONNX"),
     # OpenVINO IR (.xml graph + .bin weights). bf16 is its own artefact, not a run-time switch: its IR stores
     # the weights in FP16 (half the FP32 file; bf16 compute rounds them further anyway) and its metadata tells
     # the runtime to compile it with INFERENCE_PRECISION_HINT bf16, so the file alone says how it runs and the
     # frontier, bench and eval treat it as one more format.
-    Format("openvino", "openvino-fp32", ".openvino.xml", "fp32", "openvino", "onnx", marker="h",
+    Format("openvino", "openvino-fp32", ".openvino.xml", "fp32", "openvino", "onnx", needs_packages=OV, marker="h",
            help="OpenVINO IR, FP32 inference"),
     Format("openvino-bf16", "openvino-bf16", ".openvino-bf16.xml", "bf16", "openvino", "onnx", needs_bf16=True,
-           marker="p", help="OpenVINO IR run in bf16 (CPUs with AVX512-BF16 or AMX)"),
+           needs_packages=OV, marker="p", help="OpenVINO IR run in bf16 (CPUs with AVX512-BF16 or AMX)"),
     Format("openvino-int8", "openvino-int8", ".openvino-int8.xml", "int8-static", "openvino", "onnx",
-           needs_calibration=True, marker="d",
+           needs_calibration=True, needs_packages=(*OV, "nncf"), marker="d",
            help="OpenVINO IR quantised to INT8 by NNCF (transformer settings, symmetric), calibrated on real images"),
 )}
 ALIASES = {"trt": "trt-fp16"}  # shorthand accepted wherever format names are
 DEFAULT_FRONTIER_FORMATS = ("torch", "onnx", "int8")
-# file suffixes each runtime opens (the checkpoint loader also takes .pth / .ckpt; engines also .plan / .trt)
-RUNTIME_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "torch": (".pt", ".pth", ".ckpt"),
-    "onnx": (".onnx",),
-    "tensorrt": (".engine", ".plan", ".trt"),
-    "openvino": (".xml",),
-}
 
 
 def get_format(name: str) -> Format:
@@ -99,14 +94,16 @@ def names(include_aliases: bool = True) -> list[str]:
     return list(FORMATS) + (list(ALIASES) if include_aliases else [])
 
 
-def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'torch,onnx,int8' -> ('torch', 'onnx', 'int8') (aliases kept as typed); one line naming a bad name."""
-    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
-    bad = [n for n in items if n not in FORMATS and n not in ALIASES]
+def parse_formats(text: str | Sequence[str | Format]) -> tuple[Format, ...]:
+    """'torch,onnx,int8' (or names, or rows) -> their rows, aliases resolved, repeats dropped; one line naming a bad
+    name. The one parse of a format list: everything downstream holds rows."""
+    items = [t if isinstance(t, Format) else str(t).strip().lower()
+             for t in (text.split(",") if isinstance(text, str) else text) if isinstance(t, Format) or str(t).strip()]
+    bad = [n for n in items if isinstance(n, str) and n not in FORMATS and n not in ALIASES]
     if bad or not items:
         raise GraftError(f"unknown format {bad[0] if bad else text!r}: expected a comma-separated list of "
                          f"{', '.join(names())}")
-    return tuple(dict.fromkeys(items))
+    return tuple(dict.fromkeys(t if isinstance(t, Format) else FORMATS[ALIASES.get(t, t)] for t in items))
 
 
 def by_kind(kind: str) -> Format:
@@ -120,16 +117,6 @@ def by_kind(kind: str) -> Format:
 def needing_calibration() -> tuple[str, ...]:
     """Formats built from real images (they need a dataset)."""
     return tuple(n for n, f in FORMATS.items() if f.needs_calibration)
-
-
-def runtime_of(path: str | Path) -> str:
-    """'torch' | 'onnx' | 'tensorrt' | 'openvino' from the file suffix; GraftError listing the accepted suffixes."""
-    suffix = Path(path).suffix.lower()
-    for runtime, suffixes in RUNTIME_SUFFIXES.items():
-        if suffix in suffixes:
-            return runtime
-    accepted = ", ".join(s for suffixes in RUNTIME_SUFFIXES.values() for s in suffixes)
-    raise GraftError(f"cannot tell the format of {path}: expected a file ending in one of {accepted}")
 
 
 def batch_independent_formats() -> tuple[str, ...]:

@@ -39,7 +39,7 @@ def exported(tmp_path_factory):
     """A tiny checkpoint exported to FP32 ONNX and dynamic INT8."""
     out = tmp_path_factory.mktemp("bi")
     ckpt = make_checkpoint(out / "tiny.pt", MODS)
-    assert export_model(ckpt, out / "exp", ExportOptions(int8=("dynamic",))).ok
+    assert export_model(ckpt, out / "exp", ExportOptions(formats=("onnx", "int8"))).ok
     return out / "exp"
 
 

@@ -10,7 +10,6 @@ import typer
 
 from graft_edge.cli.common import console, err_console, guarded, warn_if_batch_dependent, write_json_output
 from graft_edge.errors import GraftError
-from graft_edge.metrics import RerankConfig
 from graft_edge.retrieval.images import find_images
 from graft_edge.retrieval.index import (
     IndexOptions,
@@ -23,6 +22,7 @@ from graft_edge.retrieval.index import (
     read_manifest,
     search_index,
 )
+from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from graft_edge.artefact import PRESENCE_INPUT, ArtefactMeta, software_versions
+from graft_edge.artefact.record import PRESENCE_INPUT, ArtefactMeta
+from graft_edge.artefact.versions import software_versions
 from graft_edge.model import count_params, embedding_params
 from graft_edge.model.gemm_shapes import model_gemm_shapes, shapes_to_meta, total_flops
 

@@ -14,7 +14,8 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from graft_edge.artefact import PRESENCE_INPUT, Embedder, EmbedderInfo
+from graft_edge.artefact.embedder import Embedder, EmbedderInfo
+from graft_edge.artefact.record import PRESENCE_INPUT
 from graft_edge.errors import GraftError
 from graft_edge.runtime.presence import check_images, check_mask, embed_rows, supports_subsets
 from graft_edge.serve.images import ImagePreprocessor

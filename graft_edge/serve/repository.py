@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 import graft_edge
-from graft_edge.artefact import OUTPUT_NAME, EmbedderInfo
+from graft_edge.artefact.embedder import EmbedderInfo
+from graft_edge.artefact.record import OUTPUT_NAME
 from graft_edge.fileio import atomic_write, write_text
 from graft_edge.serve.backend import PARAM_ARTEFACT, PARAM_DEVICE, PARAM_THREADS
 from graft_edge.serve.batching import input_specs

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from graft_edge.artefact import ArtefactMeta, artefact_files, read_metadata
+from graft_edge.artefact.record import ArtefactMeta
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_text
+from graft_edge.runtime import artefact_files, read_metadata
 from graft_edge.serve.triton_config import model_config_pb2, model_name, parse_config
 
 
