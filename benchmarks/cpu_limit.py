@@ -53,12 +53,12 @@ def artefacts(work: Path, calib: str | None, preset: str, sizes: list[str]) -> d
     dense = work / "dense.pt"
     if not dense.is_file():
         _cli("init", preset, "--no-pretrained", "--out", str(dense))
-    ov = ["fp32"] + (["bf16"] if has_bf16() else []) + (["int8"] if calib else [])
+    ov = ["openvino"] + (["openvino-bf16"] if has_bf16() else []) + (["openvino-int8"] if calib else [])
     cal = ["--calib-data", calib, "--calib-samples", "32"] if calib else []
     out = {"dense torch": dense}
     exp = work / "exp"
     if not all((exp / DENSE[k]).is_file() for k in ("onnx", "int8")):
-        _cli("export", str(dense), "--out", str(exp), "--int8", "dynamic", "--openvino", ",".join(ov), *cal)
+        _cli("export", str(dense), "--out", str(exp), "--formats", ",".join(["onnx", "int8", *ov]), *cal)
     out.update({f"dense {k}": exp / f for k, f in DENSE.items() if (exp / f).is_file()})
     source = dense
     for size in sizes:
@@ -67,8 +67,7 @@ def artefacts(work: Path, calib: str | None, preset: str, sizes: list[str]) -> d
             _cli("prune", str(source), "--target", size, "--out", str(ckpt))
         pexp = work / f"p{size}-exp"
         if not (pexp / PRUNED["int8"]).is_file():
-            _cli("export", str(ckpt), "--out", str(pexp), "--no-onnx", "--int8", "dynamic",
-                 *(["--openvino", "int8", *cal] if calib else []))
+            _cli("export", str(ckpt), "--out", str(pexp), "--formats", "int8,openvino-int8" if calib else "int8", *cal)
         out.update({f"{size} {k}": pexp / f for k, f in PRUNED.items() if (pexp / f).is_file()})
         source = ckpt
     return out

@@ -210,7 +210,7 @@ def tiny_exports(tmp_path_factory):
     model, cfg = _tiny_model()
     ckpt = root / "tiny.pt"
     save_checkpoint(ckpt, model, replace(get_preset("synthetic"), model=cfg))
-    export_model(ckpt, root / "exp", ExportOptions(int8=("dynamic",), openvino=("fp32",)))
+    export_model(ckpt, root / "exp", ExportOptions(formats=("onnx", "int8", "openvino")))
     return {"torch": ckpt, "onnx": root / "exp" / "model.onnx", "int8": root / "exp" / "model.int8-dynamic.onnx",
             "openvino": root / "exp" / "model.openvino.xml"}
 
