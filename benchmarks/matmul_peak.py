@@ -1,9 +1,9 @@
 """Latency against this CPU's GEMM peaks, per precision: the roofline of every runtime graft-edge ships.
 
 Measures square-GEMM peaks for fp32 (torch, OpenVINO), bf16 (torch, OpenVINO) and INT8 (ONNX Runtime
-MatMulInteger u8 x s8, OpenVINO as NNCF quantises a MatMul) with `graft_edge.profile.peaks`; counts each
-model's FLOPs once (torch FlopCounterMode: matmuls, attention; element-wise work not counted, so shares are
-lower bounds); exports the model (ONNX FP32 + INT8 dynamic, OpenVINO FP32 / bf16 / NNCF INT8); then, for
+MatMulInteger u8 x s8, OpenVINO MatMul behind FakeQuantize as NNCF writes it) with `graft_edge.profile.peaks`; counts
+each model's FLOPs once (its GEMMs: Linear layers, convolutions, attention; element-wise work not counted, so shares
+are lower bounds; benchmarks/cpu_limit.py judges them against the shape-true peaks instead); exports the model (ONNX FP32 + INT8 dynamic, OpenVINO FP32 / bf16 / NNCF INT8); then, for
 each thread count, times every variant side by side (interleaved rounds) and reports per-sample ms,
 speed-up vs eager FP32, cosine vs eager FP32, achieved GFLOP/s and the share of the peak of its own
 precision. The load average before and after each pass is recorded (the numbers mean little on a busy box;

@@ -41,6 +41,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_trt)
 
 
+@pytest.fixture(autouse=True)
+def no_peak_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench and frontier measure GEMM peaks on first use, with OpenVINO among their runtimes: off in tests (it would
+    load OpenVINO before the training tests; see RUN_LAST), except where a test turns it on (test_roofline.py)."""
+    monkeypatch.setenv("GRAFT_EDGE_PEAKS", "off")
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test: on a shared 2-core box two spinning threads are several times slower."""

@@ -26,6 +26,23 @@ def test_headline_picks_fastest_within_noise_and_is_conservative():
     assert D.headline(rows[:1]) is None
 
 
+@pytest.mark.parametrize("share, words", [(0.2, "overhead-bound"), (0.6, "compute-bound"), (None, None)])
+def test_headline_says_which_regime_it_measures(share, words):
+    from graft_edge.cli.demo import headline_line
+
+    rows = [{"variant": "dense", "format": "torch", "status": "ok", "params": 100, "latency_ms": 8.0, "batch": 64,
+             "share_of_peak": 0.1, "peak_precision": "fp32"},
+            {"variant": "45%", "format": "int8", "status": "ok", "params": 45, "latency_ms": 2.0, "batch": 64,
+             "share_of_peak": share, "peak_precision": "int8" if share else None}]
+    h = D.headline(rows)
+    assert h["regime"] == words and h["share_of_peak"] == share and h["dense_share_of_peak"] == 0.1
+    line = headline_line("synthetic model", h, "at this width")
+    if share is None:
+        assert "shape-true" not in line  # no peak known: no regime claimed
+    else:
+        assert f"at {100 * share:.0f}% of its int8 shape-true GEMM peak ({words}), dense at 10% of fp32" in line
+
+
 @pytest.mark.slow
 def test_demo_fast_end_to_end(tmp_path, monkeypatch):
     from typer.testing import CliRunner

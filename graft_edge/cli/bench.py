@@ -52,7 +52,8 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     """Ultralytics-style table: one row per model and batch size (one row for a model that failed to load).
 
     "GFLOP/s" is the model's FLOPs per sample over its p50 per-sample latency; "%peak" its share of this CPU's
-    GEMM peak of the same precision (fp32 / bf16 / int8; shown once peaks are cached, see `--peaks`).
+    shape-true GEMM peak of the same precision (fp32 / bf16 / int8: the model's own GEMM shapes at that batch on the
+    fastest runtime; graft_edge.profile.peaks), left out where unknown.
 
     "+RSS MB" is the peak resident memory during the run minus the process's before the model was loaded
     (model + runtime + activations). Below 100 columns of `width` the per-batch ms and RSS columns are
@@ -63,6 +64,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     with_map = report["settings"].get("data") is not None
     power = any(run.get("power", {}).get("available") for r in report["results"] for run in r["runs"])
     roof = any((run.get("roofline") or {}).get("achieved_gflops") for r in report["results"] for run in r["runs"])
+    share = any((run.get("roofline") or {}).get("share_of_peak") for r in report["results"] for run in r["runs"])
     from rich import box
 
     t = Table(title="graft-edge bench", caption=machine_line(report["machine"]), box=box.SIMPLE_HEAD, pad_edge=False)
@@ -71,7 +73,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     t.add_column("Format", overflow="fold", min_width=5)
     t.add_column("Status", overflow="fold", min_width=10)
     for col in ("MB", "Params") + (("mAP",) if with_map else ()) + ("Batch",) + (("ms",) if wide else ()) + (
-            "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("GFLOP/s", "%peak") if roof else ()) + (
+            "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("GFLOP/s",) if roof else ()) + (("%peak",) if share else ()) + (
             ("W", "J/img") if power else ()):
         t.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
@@ -85,7 +87,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
         if r["format"] is None or r["load_s"] is None or (with_map and acc is None):  # failed before timing
             t.add_row(*head, short_status(r["status"]), size, params, *(["-"] if with_map else []),
                       ",".join(str(run["batch"]) for run in r["runs"]), *["-"] * (4 if wide else 2),
-                      *(["-", "-"] if roof else []), *(["-", "-"] if power else []))
+                      *(["-"] if roof else []), *(["-"] if share else []), *(["-", "-"] if power else []))
             continue
         for i, run in enumerate(r["runs"]):
             lat = run.get("latency") or {}
@@ -98,17 +100,44 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
             row += [str(run["batch"])] + ([_fmt(lat.get("p50_ms"))] if wide else []) + [
                 _fmt(lat.get("per_sample_ms"), ".3f"), _fmt(lat.get("throughput"), ".1f")] + (
                 [_fmt(cpu.get("rss_increase_mb") if cpu.get("available") else None, ".0f")] if wide else [])
+            rl = run.get("roofline") or {}
             if roof:
-                rl = run.get("roofline") or {}
-                share = rl.get("share_of_peak")
-                row += [_fmt(rl.get("achieved_gflops"), ".1f"),
-                        f"{100 * share:.0f} {rl['peak_precision']}" if share else "-"]
+                row.append(_fmt(rl.get("achieved_gflops"), ".1f"))
+            if share:
+                got = rl.get("share_of_peak")
+                row.append(f"{100 * got:.0f} {rl['peak_precision']}" if got else "")
             if power:
                 pw = run.get("power", {})
                 row += [_fmt(pw.get("mean_w") if pw.get("available") else None, ".1f"),
                         _fmt(pw.get("energy_per_sample_j") if pw.get("available") else None, ".4f")]
             t.add_row(*row)
     return t
+
+
+def breakdown_tables(report: dict[str, Any], top: int = 8) -> list[Any]:
+    """One table per profiled run: ms per call and share by group (GEMM, attention, other, framework) and top op types."""
+    from rich import box
+    from rich.table import Table
+
+    tables = []
+    for r in report["results"]:
+        for run in r["runs"]:
+            prof = run.get("profile")
+            if not prof:
+                continue
+            t = Table(title=f"{Path(r['model']).name} batch {run['batch']}: where the time goes ({prof['profiler']})",
+                      caption=f"profiled {prof['profiled_ms']:.2f} ms of {prof['profiled_wall_ms']:.2f} ms per profiled "
+                              f"call ({100 * (prof['coverage'] or 0):.0f}%); unprofiled {prof['measured_ms']:.2f} ms",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+            for col, justify in (("op type", "left"), ("group", "left"), ("ms/call", "right"), ("share", "right")):
+                t.add_column(col, justify=justify)
+            total = prof["profiled_ms"] or 1.0
+            for g, ms in prof["groups"].items():
+                t.add_row(f"[bold]{g}[/]", "", f"{ms:.3f}", f"{100 * ms / total:.1f}%")
+            for op in prof["ops"][:top]:
+                t.add_row(escape(op["op"]), op["group"], f"{op['ms']:.3f}", f"{100 * (op['share'] or 0):.1f}%")
+            tables.append(t)
+    return tables
 
 
 @guarded
@@ -121,7 +150,9 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: the runtime's own choice, usually all cores).", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (ONNX Runtime uses its CUDA provider on cuda)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root: also measure mAP/R1/R5/R10 of each model on its query/gallery splits."),
-    peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every run reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
+    peaks: bool = typer.Option(True, "--peaks/--no-peaks", help="Report each run's share of this CPU's shape-true GEMM peak of its precision (the model's own GEMM shapes at that batch, timed on torch, ONNX Runtime and OpenVINO): measured on first use (seconds; a progress line says so) and cached per CPU, --threads and runtime versions in ~/.cache/graft-edge/ ($GRAFT_EDGE_CACHE moves it). --no-peaks uses cached peaks only."),
+    square_peaks: bool = typer.Option(False, "--square-peaks", help="Also measure the square 2048^3 GEMM peaks (about 30 s, cached like the others) when none are cached; the JSON reports each run's share of both."),
+    profile: bool = typer.Option(False, "--profile", help="Break each run's time per call (ms) into op types and GEMM / attention / other / framework work with the runtime's own profiler (torch.profiler, ONNX Runtime profiling, OpenVINO performance counters), printed after the table and in the JSON."),
     dtype: str = typer.Option("fp32", "--dtype", help=f"Precision PyTorch checkpoints run at: {DTYPE_HELP}. Exported artefacts run at the precision they were exported in."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v2) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
@@ -147,11 +178,15 @@ def bench_cmd(
     settings = BenchSettings(batches=parse_int_list(batch, "--batch"), warmup=warmup, iters=iters, seconds=seconds,
                              threads=threads, device=dev, data=str(data) if data else None,
                              eval_batch_size=eval_batch_size, rerank=rerank, dtype=dtype.strip().lower(), peaks=peaks,
+                             square_peaks=square_peaks, profile=profile,
                              modalities=modalities_option(modalities))
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
     out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON
     out.print(bench_table(report, width=out.width))
+    if profile:
+        for table in breakdown_tables(report):
+            out.print(table)
     for r in report["results"]:
         if r["status"] != "ok":
             err_console().print(f"[bold red]error:[/] {escape(str(r['model']) + ': ' + str(r['error']))}", soft_wrap=True, emoji=False)

@@ -85,4 +85,13 @@ def headline_line(what: str, h: dict[str, Any], where: str) -> str:
                  else "no pruned artefact is within noise of dense; smallest ")
     return (f"{what}: {which}pruned {fmt} ({h['variant']}, {h['params']:,} params) runs {h['speedup']:.2f}x faster "
             f"than the dense PyTorch model ({h['variant_ms']:.3f} vs {h['dense_ms']:.3f} ms/sample p50 at batch "
-            f"{h['batch']}{best}): {verdict}{acc}")
+            f"{h['batch']}{best}): {verdict}{acc}{regime_text(h)}")
+
+
+def regime_text(h: dict[str, Any]) -> str:
+    """'; the pruned INT8 at 31% of its int8 shape-true GEMM peak (overhead-bound), dense at 12% of fp32' or ''."""
+    if h.get("share_of_peak") is None:
+        return ""
+    dense = f", dense at {100 * h['dense_share_of_peak']:.0f}% of fp32" if h.get("dense_share_of_peak") else ""
+    return (f"; at {100 * h['share_of_peak']:.0f}% of its {h['peak_precision']} shape-true GEMM peak "
+            f"({h['regime']}){dense}")

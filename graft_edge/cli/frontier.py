@@ -74,7 +74,7 @@ def frontier_cmd(
     rounds: int = typer.Option(D.rounds, "--rounds", help="Interleaved timing rounds (every artefact is timed in every round).", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch / ONNX Runtime (default: all cores).", min=1),
     device: str = typer.Option(D.device, "--device", help="cpu or cuda[:N] for evaluation and timing."),
-    peaks: bool = typer.Option(False, "--peaks", help="Measure this CPU's fp32/bf16/INT8 GEMM peaks (about 30 s) when none are cached for these --threads, so every row reports its share of its precision's peak (cached in ~/.cache/graft-edge/gemm_peaks.json; cached peaks are always used)."),
+    peaks: bool = typer.Option(True, "--peaks/--no-peaks", help="Report each row's share of this CPU's shape-true GEMM peak of its precision (the artefact's own GEMM shapes at --batch, timed on torch, ONNX Runtime and OpenVINO): measured on first use (seconds; a progress line says so) and cached per CPU, --threads and runtime versions in ~/.cache/graft-edge/ ($GRAFT_EDGE_CACHE moves it). --no-peaks uses cached peaks only."),
     dtype: str = typer.Option(D.dtype, "--dtype", help=f"Precision the PyTorch checkpoints (the torch format) are evaluated and timed at: {DTYPE_HELP}. Exported formats run at their own precision (openvino-bf16 for a bf16 artefact)."),
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),

@@ -7,13 +7,14 @@ from typing import Any
 from graft_edge.artefact.record import PRESENCE_INPUT, ArtefactMeta
 from graft_edge.artefact.versions import software_versions
 from graft_edge.model import count_params, embedding_params
-from graft_edge.model.flops import model_flops_per_sample
+from graft_edge.model.gemm_shapes import model_gemm_shapes, shapes_to_meta, total_flops
 
 
 def model_metadata(model: Any, checkpoint: Any, checkpoint_path: str | Path, source_sha256: str,
                    opset: int) -> ArtefactMeta:
     """The precision-independent facts of a GraFT model and its checkpoint, as an FP32 record."""
     cfg = model.cfg
+    gemms = model_gemm_shapes(model)  # at batch 1; bench and frontier derive any batch from them
     provenance = {
         "input_layout": "NCHW float32, RGB, resized to img_size, x = (pixel/255 - mean) / std",
         "output": "L2-normalised embedding (B, embed_dim); match by cosine / Euclidean distance",
@@ -24,7 +25,8 @@ def model_metadata(model: Any, checkpoint: Any, checkpoint_path: str | Path, sou
         "params_total": count_params(model),
         "params_embedding": embedding_params(model),
         "params_nonzero": embedding_params(model, nonzero=True),
-        "flops_per_sample": model_flops_per_sample(model),  # the roofline's numerator (bench, frontier)
+        "flops_per_sample": total_flops(gemms),  # the roofline's numerator (bench, frontier)
+        "gemm_shapes": shapes_to_meta(gemms),  # its shape-true peak (graft_edge.profile.peaks)
         "pruned": bool(checkpoint.arch),
         "history": list(checkpoint.history or []),
         "source_checkpoint": Path(checkpoint_path).name,

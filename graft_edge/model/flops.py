@@ -1,8 +1,9 @@
 """FLOPs of a GraFT model's inference pass, counted once per model (2 per multiply-add).
 
-torch.utils.flop_counter.FlopCounterMode counts matmuls, convolutions and attention; element-wise work is
-not counted, so the count is a lower bound on work. The exporter stores it in every artefact's metadata
-(`flops_per_sample`), so a runtime that cannot count (ONNX Runtime, OpenVINO) still knows it.
+The FLOPs of the GEMMs the model runs (`graft_edge.model.gemm_shapes`: Linear layers, the patch-embedding
+convolution and both products of every attention); element-wise work is not counted, so the count is a lower
+bound on work. The exporter stores it in every artefact's metadata (`flops_per_sample`), so a runtime that
+cannot count (ONNX Runtime, OpenVINO) still knows it.
 """
 from __future__ import annotations
 
@@ -11,21 +12,12 @@ from typing import Mapping
 import torch
 
 from graft_edge.inputs import random_images
+from graft_edge.model.gemm_shapes import record_gemms, total_flops
 
 
 def count_flops(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> int:
-    """FLOPs (2 per multiply-add) of `model.embed(inputs)` (or `model(inputs)`) in inference mode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    fn = getattr(model, "embed", model)
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel is invisible to the counter
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            fn(dict(inputs))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return int(counter.get_total_flops())
+    """FLOPs (2 per multiply-add) of the GEMMs of `model.embed(inputs)` (or `model(inputs)`) in inference mode."""
+    return total_flops(record_gemms(model, inputs))
 
 
 def model_flops_per_sample(model: torch.nn.Module, batch: int = 1) -> int:

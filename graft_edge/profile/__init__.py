@@ -4,8 +4,9 @@
     report = bench_models(["best.pt", "model.onnx"], BenchSettings(batches=(1, 32), iters=50))
 
 Modules: stats (percentile, summarize), latency (time_embedder, interleaved_latency), telemetry
-(MemorySampler, GpuMonitor), hardware (machine_info), flops (count_flops, matmul_gflops), bench,
-report (csv/json/md/png, Pareto), progress (hooks). Multi-stage recipes that use these (frontier,
+(MemorySampler, GpuMonitor), hardware (machine_info), flops (count_flops, matmul_gflops), gemm_timers (one GEMM
+shape on one runtime), peaks (shape-true and square GEMM peaks, the roofline), breakdown (time per op type from
+each runtime's profiler), bench, report (csv/json/md/png, Pareto), progress (hooks). Multi-stage recipes that use these (frontier,
 demo, the prune run) live in graft_edge.workflows.
 """
 from graft_edge.profile.bench import BenchSettings, any_failed, bench_model, bench_models, validate_bench_result

@@ -3,16 +3,17 @@
 `bench_models` returns a plain JSON-able dict in the documented schema below (SCHEMA_VERSION);
 `validate_bench_result` checks a dict against it (used by the tests and by anyone reading files).
 
-Schema "graft-edge/bench" v2 (v1 + dtype, peaks, flops_per_sample, roofline, machine.gemm_peaks)::
+Schema "graft-edge/bench" v3 (v2 + shape-true peaks, square peaks beside them, the profile breakdown)::
 
     {
-      "schema": "graft-edge/bench", "schema_version": 2, "created": "<ISO-8601 UTC>",
+      "schema": "graft-edge/bench", "schema_version": 3, "created": "<ISO-8601 UTC>",
       "machine": {cpu, cpu_flags, cores, cores_usable, memory_gb, os, arch, gpus: [...], software: {...}, argv,
-                  gemm_peaks: null | {n, threads, measured, loadavg,
+                  gemm_peaks: null | {n, threads, measured, loadavg,          # square n^3 peaks (cached or --square-peaks)
                                       "fp32"|"bf16"|"int8": {gflops: float|null, by_runtime: {runtime: float|str}}}},
       "settings": {batches: [int], warmup: int, iters: int|null, seconds: float|null,
                    threads: int|null, device: str, data: str|null, rerank: bool,
-                   modalities: [str]|null, dtype: "fp32"|"bf16"|"fp16" (what PyTorch checkpoints ran at), peaks: bool},
+                   modalities: [str]|null, dtype: "fp32"|"bf16"|"fp16" (what PyTorch checkpoints ran at), peaks: bool,
+                   square_peaks: bool, profile: bool},
       "results": [                                   # one per MODEL, in the order given
         {"model": str, "status": "ok" | "error: <one line>", "error": str|null,
          "format": "torch"|"onnx"|"tensorrt"|"openvino"|null,
@@ -33,8 +34,12 @@ Schema "graft-edge/bench" v2 (v1 + dtype, peaks, flops_per_sample, roofline, mac
             "power": {available: true, method, energy_j, mean_w, energy_per_sample_j, duration_s, [max_w]}
                      | {available: false, reason},
             "utilization": {available: true, mean_pct, max_pct, samples} | {available: false, reason},
+            "shape_peaks": null | {kind: "shape-true", gflop, shapes,    # the model's GEMMs at this batch
+                                   <precision>: {gflops, by_runtime: {runtime: float|str}}},
             "roofline": null | {gflop_per_sample, achieved_gflops (= FLOPs / p50 per sample), peak_precision
-                                (fp32 | bf16 | int8 | fp16), peak_gflops, share_of_peak (achieved / peak)}}
+                                (fp32 | bf16 | int8 | fp16), peak_gflops (shape-true), share_of_peak (achieved / peak),
+                                square_peak_gflops, share_of_square_peak},
+            "profile": null | graft_edge.profile.breakdown record (--profile)}
          ]}
       ]
     }
@@ -57,9 +62,17 @@ import torch
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_embedder
+from graft_edge.profile.breakdown import check_breakdown, profile_run
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, bound_call, synthetic_batch, time_embedder, warm_up
-from graft_edge.profile.peaks import PEAK_PRECISIONS, embedder_flops, machine_peaks, roofline
+from graft_edge.profile.peaks import (
+    PEAK_PRECISIONS,
+    embedder_flops,
+    embedder_gemm_shapes,
+    machine_peaks,
+    roofline,
+    shape_peaks,
+)
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.profile.telemetry import GpuMonitor, MemorySampler, not_available, rss_mb
@@ -67,7 +80,7 @@ from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import artefact_files, artefact_size, load_embedder, runtime_of
 
 SCHEMA = "graft-edge/bench"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -85,14 +98,16 @@ class BenchSettings:
     rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
     modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all
     dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
-    peaks: bool = False  # measure this machine's GEMM peaks when none are cached (graft_edge.profile.peaks)
+    peaks: bool = True  # measure the shape-true GEMM peaks on first use (graft_edge.profile.peaks); False: cached only
+    square_peaks: bool = False  # also measure the square n^3 peaks when none are cached (about 30 s)
+    profile: bool = False  # break each run's time into op types with the runtime's own profiler
 
     def to_dict(self) -> dict[str, Any]:
         """The `settings` record."""
         return {"batches": list(self.batches), "warmup": self.warmup, "iters": self.iters,
                 "seconds": self.seconds, "threads": self.threads, "device": self.device, "data": self.data,
                 "rerank": self.rerank, "modalities": list(self.modalities) if self.modalities else None,
-                "dtype": self.dtype, "peaks": self.peaks}
+                "dtype": self.dtype, "peaks": self.peaks, "square_peaks": self.square_peaks, "profile": self.profile}
 
 
 def check_data_modalities(info_modalities: Sequence[str], data_root: str | Path) -> None:
@@ -159,7 +174,8 @@ def bench_run(embedder: Any, batch: int, settings: BenchSettings, rss_before_loa
 def _error_run(batch: int, message: str) -> dict[str, Any]:
     na = not_available("run failed")
     return {"batch": batch, "status": f"error: {message}", "error": message, "latency": None,
-            "memory": {"cpu": na, "gpu": na}, "power": na, "utilization": na, "roofline": None}
+            "memory": {"cpu": na, "gpu": na}, "power": na, "utilization": na, "shape_peaks": None, "roofline": None,
+            "profile": None}
 
 
 def _preimport_backend(path: Path) -> None:
@@ -168,6 +184,16 @@ def _preimport_backend(path: Path) -> None:
         importlib.import_module(f"graft_edge.runtime.{runtime_of(path)}_backend")
     except Exception:  # load_embedder reports the real problem with a proper message
         pass
+
+
+def _roofline_of(embedder: Any, res: dict[str, Any], run: dict[str, Any], settings: BenchSettings,
+                 square: dict[str, Any] | None, progress: ProgressHook) -> None:
+    """The run's shape-true peaks (the model's GEMMs at its batch) and its roofline against them and the square ones."""
+    shapes = embedder_gemm_shapes(embedder, run["batch"]) if settings.device == "cpu" else None
+    run["shape_peaks"] = shape_peaks(shapes, [res["precision"]], settings.threads, measure=settings.peaks,
+                                     progress=progress) if shapes and res["precision"] else None
+    run["roofline"] = roofline(res["flops_per_sample"], run["latency"]["per_sample_ms"], res["precision"],
+                               run["shape_peaks"], square)
 
 
 def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | None = None,
@@ -212,8 +238,9 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
     for batch in settings.batches:
         try:
             run = bench_run(embedder, batch, settings, rss0, gpu, gpu0, progress, path.name)
-            run["roofline"] = roofline(res["flops_per_sample"], run["latency"]["per_sample_ms"], res["precision"],
-                                       peaks)
+            _roofline_of(embedder, res, run, settings, peaks, progress)
+            run["profile"] = profile_run(embedder, path, batch, settings.threads, settings.dtype) \
+                if settings.profile else None
             res["runs"].append(run)
         except Exception as exc:
             msg = one_line(exc)
@@ -229,13 +256,14 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
 
 def bench_models(paths: Sequence[str | Path], settings: BenchSettings,
                  progress: ProgressHook = no_progress) -> dict[str, Any]:
-    """Benchmark every model in turn (same settings, same process) and return the schema-v1 dict."""
+    """Benchmark every model in turn (same settings, same process) and return the schema's dict (SCHEMA_VERSION)."""
     if not paths:
         raise GraftError("no MODEL given: pass one or more checkpoints, .onnx files or TensorRT engines")
     if settings.data and not Path(settings.data).is_dir():
         raise GraftError(f"--data {settings.data} does not exist or is not a folder")
     gpu = GpuMonitor(settings.device) if settings.device.startswith("cuda") else None
-    peaks = None if settings.device.startswith("cuda") else machine_peaks(settings.threads, measure=settings.peaks)
+    peaks = None if settings.device.startswith("cuda") else machine_peaks(settings.threads,
+                                                                           measure=settings.square_peaks)
     try:
         results = [bench_model(p, settings, gpu, progress, peaks) for p in paths]
     finally:
@@ -280,7 +308,8 @@ def _check_optional_record(rec: Any, where: str, fields: dict[str, Any]) -> None
 
 
 def _check_roofline(rec: dict[str, Any], where: str) -> None:
-    for key in ("gflop_per_sample", "achieved_gflops", "peak_gflops", "share_of_peak"):
+    for key in ("gflop_per_sample", "achieved_gflops", "peak_gflops", "share_of_peak", "square_peak_gflops",
+                "share_of_square_peak"):
         v = _check(rec, key, _OPT_NUM, where)
         if v is not None and not v > 0:
             raise GraftError(f"bench JSON: {where}.{key} must be positive")
@@ -288,7 +317,7 @@ def _check_roofline(rec: dict[str, Any], where: str) -> None:
 
 
 def validate_bench_result(doc: Any) -> None:
-    """Raise GraftError naming the first field that breaks schema graft-edge/bench v2."""
+    """Raise GraftError naming the first field that breaks schema graft-edge/bench v3."""
     if not isinstance(doc, dict):
         raise GraftError("bench JSON: the document must be an object")
     if doc.get("schema") != SCHEMA or doc.get("schema_version") != SCHEMA_VERSION:
@@ -307,7 +336,8 @@ def validate_bench_result(doc: Any) -> None:
     if not batches or not all(isinstance(b, int) and b > 0 for b in batches):
         raise GraftError("bench JSON: $.settings.batches must be positive integers")
     for key, types in (("warmup", int), ("iters", _OPT_INT), ("seconds", _OPT_NUM), ("threads", _OPT_INT),
-                       ("device", str), ("data", _OPT_STR), ("dtype", str), ("peaks", bool)):
+                       ("device", str), ("data", _OPT_STR), ("dtype", str), ("peaks", bool), ("square_peaks", bool),
+                       ("profile", bool)):
         _check(st, key, types, "$.settings")
     for i, r in enumerate(_check(doc, "results", list, "$")):
         w = f"$.results[{i}]"
@@ -344,6 +374,10 @@ def validate_bench_result(doc: Any) -> None:
                 if not lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]:
                     raise GraftError(f"bench JSON: {wr}.latency percentiles are not ordered")
                 _check_roofline(_check(run, "roofline", dict, wr), f"{wr}.roofline")
+                _check(run, "shape_peaks", (dict, type(None)), wr)
+                prof = _check(run, "profile", (dict, type(None)), wr)
+                if prof is not None:
+                    check_breakdown(prof, f"{wr}.profile")
             elif not rs.startswith("error: "):
                 raise GraftError(f"bench JSON: {wr}.status must be 'ok' or 'error: ...'")
             mem = _check(run, "memory", dict, wr)

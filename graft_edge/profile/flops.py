@@ -1,8 +1,8 @@
 """FLOPs of a model's inference pass and this machine's measured GEMM rate (a roofline-style yardstick).
 
 `latency as % of peak` = achieved FLOP/s (model FLOPs / latency) / measured matmul FLOP/s: how much of the
-CPU's dense-GEMM capability a runtime extracts.  Counting uses torch.utils.flop_counter.FlopCounterMode
-(matmuls, convolutions and SDPA; element-wise ops are not counted), so it is a lower bound on work.
+CPU's dense-GEMM capability a runtime extracts.  Counting sums the model's GEMMs (graft_edge.model.gemm_shapes:
+Linear layers, convolutions, both products of attention; element-wise ops are not counted), a lower bound on work.
 """
 from __future__ import annotations
 

@@ -26,8 +26,10 @@ def precision_hint(precision: str) -> str:
     return "bf16" if precision == "bf16" else "f32"
 
 
-def compile_ir(path: str | Path, precision: str, threads: int | None = None, device: str = "cpu") -> Any:
-    """An OpenVINO CompiledModel of the IR at `path` with the hint of `precision`; GraftError in one line."""
+def compile_ir(path: str | Path, precision: str, threads: int | None = None, device: str = "cpu",
+               profile: bool = False) -> Any:
+    """An OpenVINO CompiledModel of the IR at `path` with the hint of `precision` (and its performance counters on
+    with `profile`); GraftError in one line."""
     if not device.startswith("cpu"):
         raise GraftError(f"--device {device}: OpenVINO artefacts run on the CPU here (use --device cpu)")
     if threads is not None and threads < 1:
@@ -42,6 +44,8 @@ def compile_ir(path: str | Path, precision: str, threads: int | None = None, dev
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if profile:
+        config["PERF_COUNT"] = True
     try:
         core = ov.Core()
         return core.compile_model(core.read_model(str(path)), "CPU", config)

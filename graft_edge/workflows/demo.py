@@ -36,6 +36,15 @@ DEMO_SEEDS = 3  # finetuning seeds of the demo's frontier: mean ± std, error ba
 SPEEDUP_GOAL = 4.0  # pruned INT8 vs dense PyTorch eager (issue #6)
 SCALE_PRESET = "rgbnt100"
 SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
+COMPUTE_BOUND_SHARE = 0.5  # at or above this share of its shape-true GEMM peak a run is called compute-bound
+
+
+def regime(share: float | None) -> str | None:
+    """'compute-bound' when a run reaches COMPUTE_BOUND_SHARE of its shape-true GEMM peak, else 'overhead-bound'
+    (dispatch, element-wise work and data movement decide its time); None without a peak."""
+    if share is None:
+        return None
+    return "compute-bound" if share >= COMPUTE_BOUND_SHARE else "overhead-bound"
 
 
 DEMO_EXTRA_FORMATS = ("openvino-int8", "openvino-bf16")  # added where this machine can build and run them
@@ -97,7 +106,8 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     Without mAPs (latency only), or when every pruned artefact is below dense beyond the noise, it is the
     smallest pruned INT8 artefact instead (`within_noise` False says which). The speed-up goal counts as met
     only when both the p50 ratio and the best-of-N ratio reach it (a busy machine inflates eager PyTorch's p50
-    far more than ONNX Runtime's, which would flatter the p50 ratio).
+    far more than ONNX Runtime's, which would flatter the p50 ratio). The shares of their shape-true GEMM peaks
+    and the pick's regime say what the ratio measures: a small model at a small batch is overhead-bound.
     """
     dense = next((r for r in rows if r["variant"] == "dense" and r["format"] == "torch" and r["status"] == "ok"), None)
     pruned = [r for r in rows if r["variant"] != "dense" and r["status"] == "ok" and r.get("latency_ms")]
@@ -121,7 +131,9 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "goal_met": conservative >= SPEEDUP_GOAL, "batch": pick.get("batch"), "dense_ms": dense["latency_ms"],
             "variant_ms": pick["latency_ms"], "mAP": pick.get("mAP"), "mAP_std": pick.get("mAP_std"),
             "dense_mAP": dense.get("mAP"), "within_noise": bool(close), "vs_dense": j.words() if j else None,
-            "verdict": j.verdict if j else None, "noise": j.noise if j else None}
+            "verdict": j.verdict if j else None, "noise": j.noise if j else None,
+            "share_of_peak": pick.get("share_of_peak"), "peak_precision": pick.get("peak_precision"),
+            "dense_share_of_peak": dense.get("share_of_peak"), "regime": regime(pick.get("share_of_peak"))}
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: Any = None,

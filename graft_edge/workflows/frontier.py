@@ -40,7 +40,7 @@ from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch
-from graft_edge.profile.peaks import embedder_flops, machine_peaks
+from graft_edge.profile.peaks import embedder_flops, embedders_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.retrieval.metrics import RerankConfig
@@ -85,7 +85,7 @@ class FrontierSettings:
     threads: int | None = None
     device: str = "cpu"
     dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
-    peaks: bool = False  # measure the GEMM peaks when none are cached (graft_edge.profile.peaks)
+    peaks: bool = True  # measure the shape-true GEMM peaks on first use (graft_edge.profile.peaks); False: cached only
     eval_batch_size: int = 128
     calib_samples: int = 256
     rerank: bool = False  # also k-reciprocal re-ranked mAP/R1 of every artefact (accuracy columns *_rerank)
@@ -410,12 +410,12 @@ def _measure_latency(job: _Job, state: FrontierState) -> bool:
                                 on_iter=advance)
     flops = {k: embedder_flops(e) for k, e in embedders.items()}
     precision = {k: str(e.info.extra.get("precision") or "fp32") for k, e in embedders.items()}
-    peaks = None if s.device.startswith("cuda") else machine_peaks(s.threads, measure=s.peaks)
+    peaks, true_peaks = embedders_peaks(embedders, precision, s.batch, s.threads, s.device, s.peaks, job.progress)
     state.latency = LatencyRecord(keys=keys, hashes=hashes, batch=s.batch, device=s.device, threads=s.threads,
                                   dtype=s.dtype, modalities=list(s.modalities) if s.modalities else None,
                                   measured=now(), machine=machine_info(), loadavg=[load_before, _loadavg()],
                                   results={k: summarize(t, s.batch).to_dict() for k, t in times.items()},
-                                  flops=flops, precision=precision, peaks=peaks)
+                                  flops=flops, precision=precision, peaks=peaks, shape_peaks=true_peaks)
     return True
 
 

@@ -29,10 +29,11 @@ def _per_sample(stats: dict[str, Any] | None, key: str) -> float | None:
 
 def _roofline(lat: LatencyRecord, key: str, row: dict[str, Any]) -> dict[str, Any]:
     """achieved_gflops, peak_precision, peak_gflops, share_of_peak of one timed artefact (None where unknown)."""
-    rec = roofline(lat.flops.get(key), row["latency_ms"], lat.precision.get(key) or row.get("precision"), lat.peaks)
+    rec = roofline(lat.flops.get(key), row["latency_ms"], lat.precision.get(key) or row.get("precision"),
+                   (lat.shape_peaks or {}).get(key), lat.peaks)
     return {"precision": lat.precision.get(key) or row.get("precision"), "achieved_gflops": rec["achieved_gflops"],
             "peak_precision": rec["peak_precision"], "peak_gflops": rec["peak_gflops"],
-            "share_of_peak": rec["share_of_peak"]}
+            "share_of_peak": rec["share_of_peak"], "share_of_square_peak": rec["share_of_square_peak"]}
 
 
 def seed_rows(state: FrontierState, formats: Sequence[str] | None = None,

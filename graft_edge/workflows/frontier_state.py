@@ -74,7 +74,8 @@ class LatencyRecord:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     flops: dict[str, int | None] = field(default_factory=dict)  # key -> FLOPs per sample (the roofline)
     precision: dict[str, str] = field(default_factory=dict)  # key -> the precision it ran at
-    peaks: dict[str, Any] | None = None  # the machine's GEMM peaks (graft_edge.profile.peaks), None: not measured
+    peaks: dict[str, Any] | None = None  # the machine's square GEMM peaks (graft_edge.profile.peaks), None: not cached
+    shape_peaks: dict[str, Any] = field(default_factory=dict)  # key -> its shape-true peaks at `batch` (or None)
 
 
 @dataclass
