@@ -126,6 +126,10 @@ def test_cli_export_openvino(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint_factory(MODS)), "--out", str(tmp_path / "x"),
                                    "--openvino", "int8"])
     assert res.exit_code == 2 and "--openvino int8 needs --calib-data" in res.output
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint_factory(MODS)), "--out", str(tmp_path / "x"),
+                                   "--formats", "onnx,openvino-int8"])
+    assert res.exit_code == 2 and "--formats openvino-int8 needs --calib-data" in res.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_frontier_takes_the_ir_like_any_format(tiny_checkpoint, tmp_path):

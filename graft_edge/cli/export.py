@@ -26,38 +26,50 @@ FUSED_MODES = {"fp32": "onnx-fused", "dynamic": "int8-fused"}
 OPENVINO_MODES = {(n.split("-", 1)[1] if "-" in n else "fp32"): n for n, f in FORMATS.items() if f.runtime == "openvino"}
 
 
-def _modes(values: list[str] | None, table: dict[str, str], flag: str, every: str) -> list[str]:
-    """Repeated or comma-separated MODEs of one alias flag -> format names; `every` stands for all of them."""
-    names: list[str] = []
+def _modes(values: list[str] | None, table: dict[str, str], flag: str, every: str) -> dict[str, str]:
+    """Repeated or comma-separated MODEs of one alias flag -> {format name: the flag as typed}; `every` stands for
+    all of them."""
+    names: dict[str, str] = {}
     for value in values or []:
         for part in (p.strip().lower() for p in str(value).split(",")):
             if part == every:
-                names += [table[m] for m in table if not (flag == "--int8" and m == "u8s8")]
+                names.update({table[m]: f"{flag} {every}" for m in table if not (flag == "--int8" and m == "u8s8")})
             elif part in table:
-                names.append(table[part])
+                names[table[part]] = f"{flag} {part}"
             elif part:
                 raise GraftError(f"{flag} {part!r}: expected {', '.join(table)} (or use --formats)")
     return names
 
 
 def alias_formats(onnx: bool | None, int8: list[str] | None, fused: list[str] | None, fp16: bool, trt: bool,
-                  openvino: list[str] | None) -> tuple[list[str], list[str]]:
-    """The format names the alias flags (--onnx, --int8, --fused, --fp16, --trt, --openvino) ask for, and notes.
+                  openvino: list[str] | None) -> tuple[dict[str, str], list[str]]:
+    """The format names the alias flags (--onnx, --int8, --fused, --fp16, --trt, --openvino) ask for, each with the
+    flag that asked (for error lines), and notes.
 
     --trt adds the TensorRT engine of each asked precision: FP32 always, FP16 with --fp16, INT8 with --int8
     static (its Q/DQ source)."""
-    names = (["onnx"] if onnx is not False else []) + _modes(int8, INT8_MODES, "--int8", "both")
-    names += _modes(fused, FUSED_MODES, "--fused", "all") + (["fp16"] if fp16 else [])
-    names += _modes(openvino, OPENVINO_MODES, "--openvino", "all")
+    names = ({"onnx": "--onnx"} if onnx is not False else {}) | _modes(int8, INT8_MODES, "--int8", "both")
+    names |= _modes(fused, FUSED_MODES, "--fused", "all") | ({"fp16": "--fp16"} if fp16 else {})
+    names |= _modes(openvino, OPENVINO_MODES, "--openvino", "all")
     notes = []
     if trt:
-        names += ["trt-fp32"] + (["trt-fp16"] if fp16 else []) + (["trt-int8"] if "int8-static" in names else [])
+        names |= {"trt-fp32": "--trt"} | ({"trt-fp16": "--trt --fp16"} if fp16 else {})
+        names |= {"trt-int8": "--trt --int8 static"} if "int8-static" in names else {}
         if "int8" in names and "int8-static" not in names:
             notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
     return names, notes
 
 
-def resolve_formats(formats: str | None, aliases: tuple[list[str], list[str]]) -> tuple[Format, ...]:
+def check_calibration(aliases: dict[str, str], calib_data: Path | None) -> None:
+    """A format asked by an alias flag that calibrates on real images, without --calib-data: the error names the
+    flag as typed."""
+    needs = [flag for name, flag in aliases.items() if FORMATS[name].needs_calibration]
+    if needs and not calib_data:
+        raise GraftError(f"{needs[0]} needs --calib-data ROOT (a dataset whose train split calibrates the "
+                         "activation ranges)")
+
+
+def resolve_formats(formats: str | None, aliases: tuple[dict[str, str], list[str]]) -> tuple[Format, ...]:
     """--formats (parsed here, once) plus the formats the alias flags named -> the rows to keep, in table order."""
     rows = set(parse_formats(formats)) if formats else set()
     rows |= {FORMATS[n] for n in aliases[0]}
@@ -142,6 +154,7 @@ def export_cmd(
     2 on bad input (nothing written).
     """
     aliases = alias_formats(onnx if onnx is not None else not formats, int8, fused, fp16, trt, openvino)
+    check_calibration(aliases[0], calib_data)
     options = ExportOptions(
         formats=resolve_formats(formats, aliases), attention_op=attention_op, batch=batch,
         min_cosine_bf16=min_cosine_bf16,
