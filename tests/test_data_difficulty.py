@@ -21,9 +21,9 @@ TINY = dict(ids=8, cameras=4, images_per_camera=2, size=(32, 48), seed=3)
 # Mean grey level of every decoded .jpg of write_synthetic(**TINY), in sorted path order, from the images the generator
 # wrote before the difficulty knobs existed: a regression check that the default (easy) preset still draws the
 # original images. Compared within MEAN_TOLERANCE, not as bytes: NumPy's float32 math (exp, power) and the JPEG
-# encoder may differ in the last bit between CPUs and library versions (+-1 on a few pixels moves a mean by < 0.05),
-# while any change of what is drawn (another seed, a knob that moves the base renderer's draws) moves most images'
-# means by whole grey levels.
+# encoder may differ in the last bit between CPUs and library versions (a grey level more or less on some pixels
+# barely moves a mean), while any change of what is drawn (another seed, a knob that moves the base renderer's
+# draws) moves the means of most images by whole grey levels.
 EASY_TINY_MEANS = (
     65.25, 66.45, 85.82, 90.79, 100.81, 98.83, 63.95, 64.85, 91.62, 87.14, 86.22, 98.77, 61.35, 89.07, 85.67, 94.2,
     99.49, 106.62, 62.71, 62.07, 86.06, 87.47, 92.21, 94.25, 67.45, 58.7, 89.77, 89.61, 87.87, 95.74, 103.02, 104.37,
