@@ -6,7 +6,7 @@ number means the same thing wherever it is printed.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,12 +14,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from graft_edge.artefact import Embedder, EmbedderInfo
+from graft_edge.artefact.embedder import Embedder, EmbedderInfo
 from graft_edge.config import GraftConfig, ModelConfig
 from graft_edge.data import build_eval_loaders, build_val_loaders
 from graft_edge.finite import check_features
-from graft_edge.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
 from graft_edge.model.embedder import ModelEmbedder
+from graft_edge.retrieval.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
+
+METRIC_KEYS = ("mAP", "R1", "R5", "R10")  # what every evaluation reports (and prefixes val_ on validation)
 
 
 class SplitFeatures(NamedTuple):
@@ -143,3 +145,13 @@ def evaluate_test_and_val(embedder: Embedder, data_root: str | Path, cfg: GraftC
     """Test (query/gallery: mAP, R1, ...) and validation (val_mAP, ...) metrics side by side, at cfg's eval batch."""
     return {**evaluate_embedder(embedder, data_root, batch_size=cfg.data.eval_batch_size),
             **evaluate_val(embedder, data_root, cfg)}
+
+
+def score_line(metrics: Mapping[str, Any], keys: Sequence[str] = METRIC_KEYS) -> str:
+    """'val mAP .. R1 .. | test mAP .. R1 ..' (percent; each part only when its split was evaluated)."""
+    def fmt(prefix: str) -> str:
+        return "  ".join(f"{k} {100 * metrics[prefix + k]:.2f}" for k in keys if metrics.get(prefix + k) is not None)
+
+    parts = [f"{name} {fmt(prefix)}" for name, prefix in (("val", "val_"), ("test", ""))
+             if metrics.get(prefix + "mAP") is not None]
+    return " | ".join(parts)

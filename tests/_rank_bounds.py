@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from graft_edge.evaluation import SplitFeatures, embed_splits
-from graft_edge.metrics import evaluate_rank, pairwise_distance
+from graft_edge.retrieval.metrics import evaluate_rank, pairwise_distance
 
 KEYS = ("mAP", "R1", "R5", "R10")
 
