@@ -2,14 +2,33 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from graft_edge.errors import GraftError, one_line
+
+# Test hook of the fault-injection tests: "NAME:N" makes the process SIGKILL itself at its Nth atomic write of a file
+# whose name matches the glob NAME, after the temp file is complete and before it is renamed into place.
+KILL_AT_WRITE_ENV = "GRAFT_EDGE_TEST_KILL_AT_WRITE"
+_writes_seen: dict[str, int] = {}
+
+
+def _fault_point(path: Path) -> None:
+    """SIGKILL this process here when KILL_AT_WRITE_ENV names this write (a fixed, repeatable crash point)."""
+    spec = os.environ.get(KILL_AT_WRITE_ENV)
+    if not spec:
+        return
+    pattern, _, count = spec.rpartition(":")
+    if fnmatch.fnmatchcase(path.name, pattern or "*"):
+        _writes_seen[spec] = _writes_seen.get(spec, 0) + 1
+        if _writes_seen[spec] == int(count):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -50,6 +69,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fault_point(path)
         os.replace(tmp_path, path)
     except OSError as exc:  # a full disk, a quota, a vanished folder: one line naming the file
         other = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(tmp_path) else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,38 @@ def has_cuda() -> bool:
 def has_tensorrt() -> bool:
     """True when the tensorrt package imports and a GPU is present."""
     return has_cuda() and importlib.util.find_spec("tensorrt") is not None
+
+
+# 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX-INT8; Arm's dot product). Without one, ONNX Runtime's
+# x86 INT8 kernels add pairs of u8 x s8 products in saturating 16-bit lanes (vpmaddubsw): full-range activations
+# (reduce_range=False) can saturate there, so INT8 is less exact than on the machines the strict floors came from.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def has_int8_dot() -> bool:
+    """True when this CPU has an 8-bit dot-product instruction (graft_edge.cpu reads the flags)."""
+    from graft_edge.cpu import cpu_flags
+
+    return any(flag in cpu_flags() for flag in INT8_DOT_FLAGS)
+
+
+def int8_min_cosine(strict: float = 0.999) -> float:
+    """An INT8 cosine floor: `strict` on CPUs with an 8-bit dot product, else the export's own INT8 floor."""
+    from graft_edge.export.options import DEFAULT_MIN_COSINE_INT8
+
+    return strict if has_int8_dot() else DEFAULT_MIN_COSINE_INT8
+
+
+def int8_embedding_tolerance(strict: float) -> float:
+    """An INT8 budget on an embedding's change (L2, or any one element): `strict` with an 8-bit dot product, else what
+    the export's floor allows: unit vectors with cosine c are sqrt(2 - 2c) apart."""
+    return strict if has_int8_dot() else math.sqrt(2 - 2 * int8_min_cosine())
+
+
+def int8_distance_tolerance(strict: float) -> float:
+    """An INT8 budget per query-gallery distance: `strict` with an 8-bit dot product, else twice the embedding budget
+    (the query and the gallery embedding both move)."""
+    return strict if has_int8_dot() else 2 * int8_embedding_tolerance(strict)
 
 
 # Test modules that run OpenVINO / NNCF in the pytest process. In the full suite (about 500 earlier tests in the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,9 @@ def test_init_then_inspect(tmp_path: Path, preset: str, modalities: str) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GRAFT_EDGE_FULL_EXPORT"),
+                    reason="writes and reloads a full-size rgbnt100 checkpoint (~400 MB): set GRAFT_EDGE_FULL_EXPORT=1; "
+                           "test_model counts its parameters and checks its token shapes on the meta device")
 def test_init_rgbnt100_params(tmp_path: Path) -> None:
     out = tmp_path / "r100.pt"
     assert runner.invoke(app, ["init", "rgbnt100", "--no-pretrained", "--out", str(out)]).exit_code == 0

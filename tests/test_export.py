@@ -8,6 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from _export_fixtures import tiny_checkpoint_factory, tiny_dataset  # noqa: F401  (fixtures)
+from _rank_bounds import assert_within, distances, metric_bounds
+from conftest import int8_distance_tolerance
 
 from graft_edge.artefact.onnx_file import read_onnx_props
 from graft_edge.artefact.record import sidecar_path
@@ -234,20 +236,13 @@ def test_no_onnx_keeps_only_derived_artefacts(tmp_path, tiny_checkpoint_factory)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.int8-dynamic.json", "model.int8-dynamic.onnx"]
 
 
-# Reduced-precision accuracy budget on the tiny dataset (4 queries x 8 gallery): mAP within 2 points of the checkpoint
-# and at most one query's top match changed. Measured: identical mAP/R1 for every subset; the query-gallery distances
-# (spread 0.15-1.6) move by at most 0.014 under INT8 static, so no gallery image changes rank.
-MAP_TOLERANCE = 0.02
+# Reduced-precision accuracy budget on the tiny dataset (4 queries x 8 gallery), per query-gallery distance (spread
+# about 0.15-1.6): DISTANCE_TOLERANCE on a CPU with an 8-bit dot product; elsewhere what the export's own INT8 cosine
+# floor allows (conftest.int8_distance_tolerance). The metrics are then checked against what the measured shift can
+# do to the ranking (tests/_rank_bounds.py), not for equality: some FP32 match/non-match gaps of this fixture are
+# smaller than the INT8 shift, so whether they swap depends on the direction of the rounding, i.e. on the CPU.
 DISTANCE_TOLERANCE = 0.05
-
-
-def _distances(embedder, data_root):
-    from graft_edge.data import build_eval_loaders
-    from graft_edge.evaluation import extract_features, model_config_of
-    from graft_edge.retrieval.metrics import pairwise_distance
-
-    query, gallery = build_eval_loaders(data_root, model_config_of(embedder.info), batch_size=4, num_workers=0)
-    return pairwise_distance(extract_features(embedder, query)[0], extract_features(embedder, gallery)[0])
+FP32_SHIFT = 1e-4  # FP32 ONNX vs the checkpoint: the export's parity tolerance
 
 
 def test_eval_of_onnx_matches_checkpoint(exported, tiny_dataset):  # noqa: F811
@@ -255,19 +250,19 @@ def test_eval_of_onnx_matches_checkpoint(exported, tiny_dataset):  # noqa: F811
     from graft_edge.runtime import load_embedder
 
     modalities, ckpt, out, result, _ = exported
+    ref_dist, query, gallery = distances(load_embedder(ckpt), tiny_dataset)
     ref = evaluate_embedder(load_embedder(ckpt), tiny_dataset, batch_size=4)
     assert (ref["num_query"], ref["num_gallery"]) == (4, 8) and 0.0 < ref["mAP"] <= 1.0
-    got = evaluate_embedder(load_embedder(out / "model.onnx"), tiny_dataset, batch_size=4)
-    assert abs(ref["mAP"] - got["mAP"]) < 1e-3 and ref["R1"] == got["R1"] and ref["R5"] == got["R5"]
-    fp32_dist = _distances(load_embedder(out / "model.onnx"), tiny_dataset)
-    assert fp32_dist.std() > 0.1  # the gallery really is ranked: a tolerance on it means something
-    for name in ("model.int8-static.onnx", "model.int8-dynamic.onnx", "model.fp16.onnx"):
+    assert ref_dist.std() > 0.1  # the gallery really is ranked: a tolerance on it means something
+    for name in ("model.onnx", "model.int8-static.onnx", "model.int8-dynamic.onnx", "model.fp16.onnx"):
         embedder = load_embedder(out / name)
         low = evaluate_embedder(embedder, tiny_dataset, batch_size=4)
-        assert low["num_query"] == ref["num_query"] and low["num_gallery"] == ref["num_gallery"]
-        assert abs(low["mAP"] - ref["mAP"]) <= MAP_TOLERANCE, (name, low["mAP"], ref["mAP"])
-        assert abs(low["R1"] - ref["R1"]) <= 1 / ref["num_query"] + 1e-9, (name, low["R1"], ref["R1"])
-        assert np.abs(_distances(embedder, tiny_dataset) - fp32_dist).max() < DISTANCE_TOLERANCE, name
+        assert (low["num_query"], low["num_gallery"]) == (ref["num_query"], ref["num_gallery"])
+        shift = float(np.abs(distances(embedder, tiny_dataset)[0] - ref_dist).max())
+        budget = {"model.onnx": FP32_SHIFT, "model.fp16.onnx": DISTANCE_TOLERANCE}.get(
+            name, int8_distance_tolerance(DISTANCE_TOLERANCE))
+        assert shift < budget, (name, shift)
+        assert_within(low, metric_bounds(ref_dist, shift, query, gallery), name)
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("GRAFT_EDGE_FULL_EXPORT"),

@@ -1,18 +1,19 @@
-"""Fault injection: SIGKILL `train`, `prune`, `export`, `frontier` at random points, then resume/rerun.
+"""Fault injection: SIGKILL `train`, `prune`, `export`, `frontier` at a fixed point, then resume/rerun.
 
-Each test runs the command once uninterrupted (the reference, also timing it), then kills a second
-run a bounded number of times (KILLS) at points drawn from a seeded RNG over that time, checking
-after every kill that no file under a final name is partial, and finally lets it finish: its outputs
-must equal the reference's (weights, metrics, ONNX outputs, frontier rows).
+Each test runs the command once uninterrupted (the reference), then runs it again with the fault hook
+(graft_edge.fileio.KILL_AT_WRITE_ENV) set: that run SIGKILLs itself at a named atomic write, after the
+temp file is complete and before it is renamed into place. The point is a count of writes, not a time,
+so the kill lands at the same place of the run on any machine and under any load. After the kill no
+file under a final name may be partial; the resumed (or rerun) command must then end with the
+reference's outputs (weights, metrics, ONNX outputs, frontier rows).
 """
 from __future__ import annotations
 
 import json
 import os
-import random
+import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,42 +24,35 @@ from test_train import tiny_train_config
 
 from graft_edge.checkpoint import read_checkpoint
 from graft_edge.config import config_to_dict
-from graft_edge.fileio import write_yaml
+from graft_edge.fileio import KILL_AT_WRITE_ENV, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KILLS = 3  # kills per command (bounded: each costs a process start)
 pytestmark = pytest.mark.slow
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+def _env(kill_at: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop(KILL_AT_WRITE_ENV, None)
+    return {**env, KILL_AT_WRITE_ENV: kill_at} if kill_at else env
 
 
 def _argv(*args: object) -> list[str]:
     return [sys.executable, "-m", "graft_edge", *map(str, args)]
 
 
-def _run(argv: list[str], log: Path) -> float:
-    """Run to completion (rc 0 required); returns the wall time."""
-    start = time.perf_counter()
+def _run(argv: list[str], log: Path) -> None:
+    """Run to completion (rc 0 required)."""
     with open(log, "w") as f:
         rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, timeout=600).returncode
     assert rc == 0, log.read_text()[-3000:]
-    return time.perf_counter() - start
 
 
-def _run_and_kill(argv: list[str], delay: float, log: Path) -> bool:
-    """Start the command and SIGKILL it after `delay` s; False when it finished first (then rc must be 0)."""
+def _run_killed_at(argv: list[str], write: str, log: Path) -> None:
+    """Run the command with the fault hook: it must die by SIGKILL at `write` ("NAME:N", the Nth write of NAME)."""
     with open(log, "w") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
-        try:
-            rc = proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return True
-    assert rc == 0, log.read_text()[-3000:]
-    return False
+        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(write), cwd=REPO,
+                            timeout=600).returncode
+    assert rc == -signal.SIGKILL, f"expected a SIGKILL at write {write}, got rc {rc}: {log.read_text()[-3000:]}"
 
 
 def _final_names(root: Path, pattern: str) -> list[Path]:
@@ -81,11 +75,6 @@ def _assert_intact(root: Path) -> None:
         json.loads(p.read_text())
     for p in _final_names(root, "*.yaml"):
         yaml.safe_load(p.read_text())
-
-
-def _delays(rng: random.Random, total: float) -> list[float]:
-    """KILLS kill times spread over a run of `total` seconds (start-up included)."""
-    return [rng.uniform(0.15, 0.9) * total for _ in range(KILLS)]
 
 
 def _same_state(a: Path, b: Path, exact: bool = True) -> None:
@@ -124,19 +113,18 @@ def trained(data: Path, cfg_file: Path, tmp_path_factory: pytest.TempPathFactory
     return out / "best.pt"
 
 
-def test_train_killed_at_random_points_resumes_to_the_uninterrupted_result(data: Path, cfg_file: Path,
-                                                                           tmp_path: Path) -> None:
+def test_train_killed_mid_epoch_resumes_to_the_uninterrupted_result(data: Path, cfg_file: Path,
+                                                                     tmp_path: Path) -> None:
     base = ["train", "--config", cfg_file, "--data", data, "--checkpoint-steps", "1"]
     ref = tmp_path / "ref"
-    total = _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
-    out, rng, kills = tmp_path / "killed", random.Random(1501), 0
-    for i, delay in enumerate(_delays(rng, total)):
-        flag = ["--resume"] if (out / "last.pt").is_file() else (["--overwrite"] if out.exists() else [])
-        kills += _run_and_kill(_argv(*base, "--out", out, *flag), delay, tmp_path / f"kill{i}.log")
-        _assert_intact(out)
-    flag = ["--resume"] if (out / "last.pt").is_file() else (["--overwrite"] if out.exists() else [])
-    _run(_argv(*base, "--out", out, *flag), tmp_path / "final.log")
-    assert kills >= 1
+    _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
+    out = tmp_path / "killed"
+    _run_killed_at(_argv(*base, "--out", out), "last.pt:6", tmp_path / "kill.log")  # writing step 6 of 4 per epoch
+    _assert_intact(out)
+    at_kill = read_checkpoint(out / "last.pt").extra
+    assert (at_kill["stage"], at_kill["epoch"], at_kill["batch"], at_kill["step"]) == (1, 1, 1, 5)
+    assert list(out.glob(".last.pt.*.tmp"))  # the temp file of step 6, left by the kill
+    _run(_argv(*base, "--out", out, "--resume"), tmp_path / "final.log")
     _assert_intact(out)
     for name in ("best.pt", "last.pt", "stage1_best.pt", "stage2_best.pt"):
         _same_state(ref / name, out / name, exact=False)
@@ -148,17 +136,15 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_result(data:
     assert not list(out.glob(".*.tmp")) and not (out / ".graft-edge.lock").exists()
 
 
-def test_prune_killed_at_random_points_resumes_to_identical_weights(data: Path, trained: Path,
-                                                                    tmp_path: Path) -> None:
+def test_prune_killed_between_steps_resumes_to_identical_weights(data: Path, trained: Path, tmp_path: Path) -> None:
     base = ["prune", trained, "--target", "80%", "--steps", "3", "--data", data, "--finetune-epochs", "1"]
     ref = tmp_path / "ref.pt"
-    total = _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
-    out, rng, kills = tmp_path / "killed.pt", random.Random(1502), 0
-    for i, delay in enumerate(_delays(rng, total)):
-        kills += _run_and_kill(_argv(*base, "--out", out, "--resume"), delay, tmp_path / f"kill{i}.log")
-        _assert_intact(tmp_path)
+    _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
+    out = tmp_path / "killed.pt"
+    _run_killed_at(_argv(*base, "--out", out, "--resume"), "killed.pt.partial:2", tmp_path / "kill.log")
+    _assert_intact(tmp_path)
+    assert not out.exists() and len(read_checkpoint(Path(f"{out}.partial")).history) == 1  # step 1 of 3 kept
     _run(_argv(*base, "--out", out, "--resume"), tmp_path / "final.log")
-    assert kills >= 1
     _same_state(ref, out, exact=True)
     timeless = [[{k: v for k, v in h.items() if "second" not in k and "time" not in k}
                  for h in read_checkpoint(p).history] for p in (ref, out)]
@@ -175,15 +161,15 @@ def _onnx_embed(path: Path, modalities: list[str], shape: tuple[int, int]) -> np
     return load_embedder(path).embed(feeds)
 
 
-def test_export_killed_at_random_points_reruns_to_the_same_artefacts(trained: Path, tmp_path: Path) -> None:
+def test_export_killed_before_its_sidecar_reruns_to_the_same_artefacts(trained: Path, tmp_path: Path) -> None:
     ref = tmp_path / "ref"
-    total = _run(_argv("export", trained, "--out", ref), tmp_path / "ref.log")
-    out, rng, kills = tmp_path / "killed", random.Random(1503), 0
-    for i, delay in enumerate(_delays(rng, total)):
-        kills += _run_and_kill(_argv("export", trained, "--out", out), delay, tmp_path / f"kill{i}.log")
-        _assert_intact(out)
+    _run(_argv("export", trained, "--out", ref), tmp_path / "ref.log")
+    out = tmp_path / "killed"
+    # model.json's first write is the staged one; the second is beside the committed model.onnx
+    _run_killed_at(_argv("export", trained, "--out", out), "model.json:2", tmp_path / "kill.log")
+    _assert_intact(out)
+    assert (out / "model.onnx").is_file() and not (out / "model.json").exists() and not (out / "export.json").exists()
     _run(_argv("export", trained, "--out", out), tmp_path / "final.log")
-    assert kills >= 1
     _assert_intact(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())  # no staging leftovers
     cfg = read_checkpoint(trained).config.model
@@ -193,17 +179,18 @@ def test_export_killed_at_random_points_reruns_to_the_same_artefacts(trained: Pa
         assert np.allclose(a, b, atol=1e-6), name
 
 
-def test_frontier_killed_at_random_points_reruns_to_the_same_rows(data: Path, trained: Path, tmp_path: Path) -> None:
+def test_frontier_killed_while_saving_a_variant_reruns_to_the_same_rows(data: Path, trained: Path,
+                                                                        tmp_path: Path) -> None:
     base = ["frontier", trained, "--targets", "80%", "--data", data, "--formats", "torch,onnx", "--finetune-epochs",
             "1", "--iters", "2", "--rounds", "1", "--warmup", "0", "--batch", "2", "--threads", "1"]
     ref = tmp_path / "ref"
-    total = _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
-    out, rng, kills = tmp_path / "killed", random.Random(1504), 0
-    for i, delay in enumerate(_delays(rng, total)):
-        kills += _run_and_kill(_argv(*base, "--out", out), delay, tmp_path / f"kill{i}.log")
-        _assert_intact(out)
+    _run(_argv(*base, "--out", ref), tmp_path / "ref.log")
+    out = tmp_path / "killed"
+    _run_killed_at(_argv(*base, "--out", out), "model.pt:1", tmp_path / "kill.log")  # the pruned variant's checkpoint
+    _assert_intact(out)
+    (pruned,) = [d for d in (out / "variants").iterdir() if d.name != "dense"]
+    assert not (pruned / "model.pt").exists() and (pruned / "model.pt.partial").is_file()
     _run(_argv(*base, "--out", out), tmp_path / "final.log")
-    assert kills >= 1
     _assert_intact(out)
     keys = ("variant", "format", "params", "params_nonzero", "status")
     rows = [json.loads((d / "frontier.json").read_text())["rows"] for d in (ref, out)]

@@ -1,12 +1,17 @@
-"""Crash-safe writes keep the user's normal file mode (umask), not mkstemp's private 0600."""
+"""Crash-safe writes keep the user's normal file mode (umask), not mkstemp's private 0600; the fault-injection hook
+kills at exactly the write it names."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from graft_edge.fileio import temp_dir_beside, write_json, write_text
+from graft_edge.fileio import KILL_AT_WRITE_ENV, temp_dir_beside, write_json, write_text
 
 
 @pytest.fixture
@@ -35,3 +40,26 @@ def test_build_folders_get_the_directory_mode(tmp_path, umask):
     d = temp_dir_beside(tmp_path / "dataset")
     assert d.parent == tmp_path and d.name.startswith(".dataset.tmp-")
     assert stat.S_IMODE(d.stat().st_mode) == 0o755
+
+
+WRITER = """
+import sys
+from graft_edge.fileio import write_text
+for name in ("a.json", "b.pt", "c.json", "d.pt", "e.json"):
+    write_text(f"{sys.argv[1]}/{name}", name)
+"""
+
+
+@pytest.mark.parametrize("spec, written, killed", [("*.json:2", ["a.json", "b.pt"], "c.json"),
+                                                   ("d.pt:1", ["a.json", "b.pt", "c.json"], "d.pt"),
+                                                   ("*.json:4", ["a.json", "b.pt", "c.json", "d.pt", "e.json"], None)])
+def test_fault_hook_kills_at_the_named_write_before_its_rename(tmp_path, spec: str, written: list[str],
+                                                               killed: str | None) -> None:
+    env = {**os.environ, KILL_AT_WRITE_ENV: spec, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rc = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path)], env=env, timeout=120).returncode
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == written
+    temps = [p.read_text() for p in tmp_path.glob(".*.tmp")]
+    if killed:  # the named write's temp file is complete and left behind, not renamed into place
+        assert rc == -signal.SIGKILL and temps == [killed]
+    else:  # fewer matching writes than N: the run is not touched
+        assert rc == 0 and temps == []

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from _rank_bounds import assert_within, distances, metric_bounds
+from conftest import int8_distance_tolerance
 
 from graft_edge.checkpoint import load_model
 from graft_edge.compress import parse_targets
@@ -15,8 +19,10 @@ from graft_edge.errors import GraftError
 from graft_edge.formats import parse_formats
 from graft_edge.model import embedding_params
 from graft_edge.profile.report import markdown_table, pareto_front
+from graft_edge.runtime import load_embedder
 from graft_edge.workflows import frontier as F
 from graft_edge.workflows.frontier_state import STATE_FILE, STATE_VERSION, load_state
+from graft_edge.workflows.records import resolve
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +66,17 @@ def test_frontier_runs_resumes_and_verifies_what_it_reuses(tiny_checkpoint, data
     assert list(rows)[:4] == [("dense", "torch"), ("dense", "onnx"), ("dense", "int8"), ("70%", "torch")]
     assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
     assert rows[("70%", "torch")]["params"] <= round(0.70 * dense) and rows[("45%", "torch")]["params"] <= round(0.45 * dense)
-    for variant in ("dense", "70%", "45%"):  # the FP32 ONNX gives the checkpoint's ranking: the same mAP
-        assert rows[(variant, "onnx")]["mAP"] == pytest.approx(rows[(variant, "torch")]["mAP"], abs=1e-6)
-        assert abs(rows[(variant, "int8")]["mAP"] - rows[(variant, "torch")]["mAP"]) < 0.15
     assert rows[("dense", "torch")]["speedup"] == pytest.approx(1.0)
-
     state = load_state(out)
+    for variant in ("dense", "70%", "45%"):  # each artefact's metrics: what its distance shift can do to the ranking
+        rec = next(v for v in state.variants.values() if v.label == variant)
+        ref_dist, query, gallery = distances(load_embedder(resolve(out, rec.path)), data, batch_size=64)
+        for fmt, budget in (("torch", 0.0), ("onnx", 1e-4), ("int8", int8_distance_tolerance(0.1))):
+            emb = load_embedder(resolve(out, rec.formats[fmt].path)) if fmt != "torch" else None
+            shift = float(np.abs(distances(emb, data, batch_size=64)[0] - ref_dist).max()) if emb else 0.0
+            assert shift <= budget, (variant, fmt, shift)
+            assert_within(rows[(variant, fmt)], metric_bounds(ref_dist, shift, query, gallery), f"{variant}/{fmt}")
+
     doc = json.loads((out / "frontier.json").read_text())
     assert json.loads((out / STATE_FILE).read_text())["version"] == STATE_VERSION
     assert doc["schema_version"] == 2 and "per sample" in doc["units"]["p99_ms"]
@@ -104,8 +115,10 @@ def test_frontier_runs_resumes_and_verifies_what_it_reuses(tiny_checkpoint, data
     assert f"{vname}: pruned" in res4.done and {f"{vname}/{f}" for f in ("torch", "onnx", "int8")} <= set(res4.done)
 
 
-def test_frontier_reports_failed_formats_and_retries_them(tiny_checkpoint, data, tmp_path):
-    """TensorRT is absent here: its format fails with one line in the report and is attempted again on rerun."""
+def test_frontier_reports_failed_formats_and_retries_them(tiny_checkpoint, data, tmp_path, monkeypatch):
+    """TensorRT made absent (its import fails, on machines that have it too): its format fails with one line in the
+    report and is attempted again on rerun."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
     out = tmp_path / "fr"
     res = F.run_frontier(tiny_checkpoint, data, out, _settings(formats=("torch", "trt-fp32")))
     bad = [r for r in res.rows if r["status"] != "ok"]

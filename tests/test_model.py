@@ -20,7 +20,8 @@ def _inputs(modalities, batch=2, size=(32, 64), seed=0):
     [("rgbnt100", 102_342_912), ("rgbn300", 96_828_928)],
 )
 def test_full_size_embedding_params_match_paper(preset: str, expected: int) -> None:
-    model = build_model(get_preset(preset).model, pretrained=False)
+    with torch.device("meta"):  # shapes only: counting parameters needs no memory and no weight initialisation
+        model = build_model(get_preset(preset).model, pretrained=False)
     assert model.cfg.backbone == "deit_base_distilled_patch16_224"  # the authors' backbone (official pretrained_model)
     assert embedding_params(model) == expected  # measured; the paper's 102.34M / 96.83M (Tables 1-2) to 0.5%
     assert abs(embedding_params(model) - {"rgbnt100": 102.34e6, "rgbn300": 96.83e6}[preset]) / expected < 0.005
@@ -30,6 +31,11 @@ def test_full_size_embedding_params_match_paper(preset: str, expected: int) -> N
         assert count_params(enc) == 5_513_984
     num_ids = model.cfg.num_ids
     assert count_params(model) - embedding_params(model) == 768 * num_ids + 2 * 768  # classifier + BN
+    assert type(model.backbone).__name__ == "VisionTransformerDistilled"
+    with torch.device("meta"):  # shapes through the real forward: CLS + distillation token + 14 x 14 patches
+        tokens = model.backbone.forward_features(torch.zeros(1, 3, 224, 224))
+        emb = model.eval().embed({m: torch.zeros(2, 3, 224, 224) for m in model.modalities})
+    assert tuple(tokens.shape) == (1, 198, 768) and tuple(emb.shape) == (2, 768)
 
 
 @pytest.mark.parametrize("modalities", [("rgb",), ("rgb", "nir"), ("rgb", "nir", "tir"), ("nir", "tir")])

@@ -59,10 +59,20 @@ def test_summarize():
 
 # ------------------------------------------------------------------ timing loop
 
-class FakeEmbedder:
-    """Counts calls; sleeps `delay` seconds per call."""
+class FakeClock:
+    """Stands in for the `time` module of graft_edge.profile.latency: time moves only when a fake embedder works."""
 
-    def __init__(self, delay: float = 0.0, fail_batch: int | None = None):
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class FakeEmbedder:
+    """Counts calls; each call takes `delay` seconds of `clock` (a FakeClock: no real sleeping, no load dependence)."""
+
+    def __init__(self, delay: float = 0.0, fail_batch: int | None = None, clock: FakeClock | None = None):
         from graft_edge.artefact.embedder import EmbedderInfo
 
         self.info = EmbedderInfo(format="onnx", path="fake.onnx", modalities=("rgb", "nir"), img_size=(8, 4),
@@ -71,20 +81,29 @@ class FakeEmbedder:
         self.syncs = 0
         self.delay = delay
         self.fail_batch = fail_batch
+        self.clock = clock
 
     def embed(self, batch):
-        import time
-
         b = next(iter(batch.values())).shape[0]
         if b == self.fail_batch:
             raise GraftError(f"batch {b} is outside the engine's optimisation profile (1..4)")
         self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
+        if self.clock is not None:
+            self.clock.now += self.delay
         return np.zeros((b, 4), np.float32)
 
     def synchronize(self):
         self.syncs += 1
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The timing loop's clock replaced by a FakeClock."""
+    from graft_edge.profile import latency
+
+    fake = FakeClock()
+    monkeypatch.setattr(latency, "time", fake)
+    return fake
 
 
 def test_synthetic_batch_shape():
@@ -102,10 +121,15 @@ def test_time_embedder_iters_and_warmup():
     assert all(v >= 0 for v in t)
 
 
-def test_time_embedder_seconds_budget():
-    emb = FakeEmbedder(delay=0.002)
+def test_time_embedder_seconds_budget(clock):
+    from graft_edge.profile.latency import MIN_ITERS
+
+    emb = FakeEmbedder(delay=2 ** -8, clock=clock)  # 3.90625 ms a call (exact in binary: no rounding in the sums)
     t = time_embedder(emb, synthetic_batch(emb.info, 1), warmup=0, seconds=0.03)
-    assert len(t) >= 5 and sum(t) >= 30 * 0.9
+    assert t == [3.90625] * 8  # stops at the first call that brings the timed time to 30 ms or more
+    emb = FakeEmbedder(delay=0.05, clock=clock)
+    t = time_embedder(emb, synthetic_batch(emb.info, 1), warmup=0, seconds=0.03)
+    assert len(t) == MIN_ITERS and t == pytest.approx([50.0] * MIN_ITERS)  # the budget is spent: the floor of calls
 
 
 def test_time_embedder_bad_options():
@@ -129,8 +153,8 @@ def test_interleaved_latency_pools_rounds():
 class SwitchCostEmbedder(FakeEmbedder):
     """Slow on the first call after another embedder ran (a runtime taking over a busy CPU)."""
 
-    def __init__(self, last: list, name: str) -> None:
-        super().__init__()
+    def __init__(self, last: list, name: str, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
         self.last, self.name = last, name
 
     def embed(self, batch):
@@ -141,32 +165,58 @@ class SwitchCostEmbedder(FakeEmbedder):
 
 
 @pytest.mark.parametrize("switch_warmup,slow_samples", [(0, 3), (1, 0)])
-def test_interleaved_switch_in_call_keeps_takeover_cost_out(switch_warmup, slow_samples):
+def test_interleaved_switch_in_call_keeps_takeover_cost_out(switch_warmup, slow_samples, clock):
     last: list = []
-    a, b = SwitchCostEmbedder(last, "a"), SwitchCostEmbedder(last, "b")
+    a, b = SwitchCostEmbedder(last, "a", clock), SwitchCostEmbedder(last, "b", clock)
     x = synthetic_batch(a.info, 1)
     out = interleaved_latency({"a": a, "b": b}, {"a": x, "b": x}, rounds=3, iters_per_round=2, warmup=1,
                               switch_warmup=switch_warmup)
-    assert sum(t >= 15.0 for t in out["b"]) == slow_samples  # ms
+    assert sorted(out["b"]) == pytest.approx([0.0] * (6 - slow_samples) + [20.0] * slow_samples)  # ms
     with pytest.raises(GraftError):
         interleaved_latency({"a": a}, {"a": x}, switch_warmup=-1)
 
 
 # ------------------------------------------------------------------ telemetry / NVML fallbacks
 
-def test_memory_sampler_sees_allocation():
+def _touch_fresh_pages(size: int):
+    """An anonymous mapping of `size` bytes, every page written (fresh pages from the kernel: a numpy array could
+    reuse pages the allocator kept resident)."""
     import mmap
 
-    from graft_edge.profile.telemetry import MemorySampler
+    block = mmap.mmap(-1, size)
+    block.write(b"\x01" * size)
+    return block
 
+
+def test_memory_sampler_sees_allocation_through_the_peak_mark():
+    from graft_edge.profile.telemetry import MemorySampler, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here (the kernel's peak-RSS reset is not permitted)")
     size = 40 * 1024 * 1024
-    with MemorySampler(interval=0.001) as mem:
-        # fresh anonymous pages from the kernel (a numpy array could reuse pages the allocator kept resident)
-        block = mmap.mmap(-1, size)
-        block.write(b"\x01" * size)  # 40 MiB touched
+    with MemorySampler(interval=3600) as mem:  # the sampler thread reads once at its start: the peak mark must see it
+        _touch_fresh_pages(size).close()
+    r = mem.result()
+    assert r["available"] and r["method"].startswith("VmHWM") and r["rss_peak_mb"] >= r["rss_start_mb"] + 30
+
+
+def test_memory_sampler_sees_allocation_by_sampling(monkeypatch: pytest.MonkeyPatch):
+    """Where the peak mark cannot be reset: the sampling thread, observed while the pages are still mapped."""
+    import time
+
+    from graft_edge.profile import telemetry
+
+    monkeypatch.setattr(telemetry, "reset_peak_rss", lambda: False)
+    size = 40 * 1024 * 1024
+    with telemetry.MemorySampler(interval=0.001) as mem:
+        block = _touch_fresh_pages(size)
+        seen, deadline = mem.samples, time.monotonic() + 60
+        while mem.samples < seen + 2 and time.monotonic() < deadline:  # two samples taken after the pages were touched
+            time.sleep(0.001)
         block.close()
     r = mem.result()
-    assert r["available"] and r["rss_peak_mb"] >= r["rss_start_mb"] + 30
+    assert mem.samples >= seen + 2, "the sampling thread took no sample in 60 s"
+    assert r["available"] and r["method"].startswith("VmRSS sampled") and r["rss_peak_mb"] >= r["rss_start_mb"] + 30
 
 
 def _raiser(exc_cls):

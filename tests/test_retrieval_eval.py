@@ -72,7 +72,7 @@ def test_bench_data_rerank(setup, tmp_path: Path) -> None:
     ckpt, data = setup
     out = tmp_path / "bench.json"
     res = runner.invoke(app, ["bench", str(ckpt), "--iters", "2", "--warmup", "0", "--data", str(data), "--rerank",
-                              "--json", str(out)])
+                              "--eval-batch-size", "8", "--json", str(out)])  # the batches below: the same features
     assert res.exit_code == 0, res.output
     acc = json.loads(out.read_text())["results"][0]["accuracy"]
     query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=8)

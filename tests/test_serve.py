@@ -291,6 +291,25 @@ def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 90) -> None:
     raise AssertionError("server did not become ready")
 
 
+def _metric(port: int, name: str, model: str = "tiny") -> float:
+    """The value of one of Triton's per-model Prometheus metrics (0 when the server does not list it yet)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(rf'^{name}{{[^}}]*model="{re.escape(model)}"[^}}]*}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _wait_metric(port: int, name: str, at_least: float, proc: subprocess.Popen, limit: float = 60) -> None:
+    """Poll a Triton metric until it reaches `at_least` (the server's own view of what it is doing)."""
+    deadline = time.monotonic() + limit
+    while _metric(port, name) < at_least:
+        assert proc.poll() is None and time.monotonic() < deadline, f"{name} never reached {at_least}"
+        time.sleep(0.05)
+
+
 def _end(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -346,7 +365,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
 
         t = threading.Thread(target=request)
         t.start()
-        time.sleep(0.5)  # the request now waits in the dynamic batcher's queue (1.5 s delay)
+        _wait_metric(ports[2], "nv_inference_pending_request_count", 1, proc)  # waiting in the batcher's queue
         proc.send_signal(signal.SIGTERM)  # to the serve process, as docker stop / kubernetes do
         t.join(timeout=40)
         assert "emb" in got, got
@@ -363,7 +382,14 @@ def test_killing_the_server_mid_load_fails_the_loadtest_in_time(tmp_path):
     killer = None
     try:
         _wait_ready(ports[0], proc)
-        killer = threading.Timer(3.0, lambda: os.killpg(proc.pid, signal.SIGKILL))
+
+        def kill_once_serving() -> None:  # the server answered a request of the load test: kill it mid-load
+            try:
+                _wait_metric(ports[2], "nv_inference_request_success", 1, proc)
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_once_serving)
         killer.start()
         started = time.time()
         rep = run_loadtest(LoadSettings(target=f"127.0.0.1:{ports[1]}", model="tiny", concurrency=(2, 4),
@@ -374,7 +400,7 @@ def test_killing_the_server_mid_load_fails_the_loadtest_in_time(tmp_path):
         assert len(rep["levels"]) == 2 and rep["levels"][1]["requests"] == 0  # the sweep stops at the dead server
     finally:
         if killer is not None:
-            killer.cancel()
+            killer.join(timeout=90)
         _end(proc)
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 from graft_edge.checkpoint import load_model, read_checkpoint
 from graft_edge.cli.main import app
 from graft_edge.config import GraftConfig, LossConfig, config_to_dict
-from graft_edge.fileio import write_yaml
+from graft_edge.fileio import KILL_AT_WRITE_ENV, write_yaml
 from graft_edge.model import build_model
 from graft_edge.train import finetune, lr_factor, run_training
 from graft_edge.train.distributed import DistEnv
@@ -286,16 +285,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     full = run_training(cfg, tiny_data, tmp_path / "full", progress=False, checkpoint_steps=1)
     killed = tmp_path / "killed"
     argv = [sys.executable, "-m", "graft_edge", *_train_argv(tiny_data, killed, cfg_path, "--checkpoint-steps", "1")]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    deadline = time.time() + 120
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    # the fault hook SIGKILLs the run while it writes step 6's last.pt (4 steps per epoch): a fixed point, any load
+    env = {**os.environ, KILL_AT_WRITE_ENV: "last.pt:6"}
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     at_kill = read_checkpoint(killed / "last.pt").extra
-    assert not at_kill["finished"] and at_kill["step"] < full.steps
-    assert at_kill["batch"] > 0  # killed mid-epoch: the resumed loader's workers get other batches than before
+    assert not at_kill["finished"] and (at_kill["stage"], at_kill["step"]) == (1, 5)
+    assert at_kill["batch"] == 1  # killed mid-epoch: the resumed loader's workers get other batches than before
     res = runner.invoke(app, _train_argv(tiny_data, killed, cfg_path, "--resume", "--checkpoint-steps", "1"))
     assert res.exit_code == 0, res.output
     a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(killed / "last.pt")

@@ -74,10 +74,15 @@ def train_val_split(root: str | Path, cfg: GraftConfig) -> TrainValSplit:
 
 
 def _eval_loader(samples: list[Sample], model_cfg: ModelConfig, batch_size: int, num_workers: int) -> DataLoader:
-    """Resize + normalise only, fixed order."""
+    """Resize + normalise only, fixed order.
+
+    The loader has its own generator: starting an iteration (worker seeds) never draws from the process's RNG. With
+    persistent workers only a loader's first iteration draws, so a run resumed mid-training would otherwise shift
+    the training stream (dropout) by its evaluations' draws and end with other weights than an uninterrupted run."""
     transform = PairedTransform(model_cfg.img_size, model_cfg.mean, model_cfg.std, train=False)
     dataset = ReidDataset(samples, model_cfg.modalities, transform)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0),
+                      **_loader_kwargs(num_workers))
 
 
 def build_val_loaders(root: str | Path, cfg: GraftConfig, num_workers: int | None = None

@@ -36,6 +36,7 @@ from graft_edge.export.builders import BUILDERS, BuildInputs
 from graft_edge.export.calibration import PARITY_SAMPLES, check_calib_root, load_calibration, load_parity_images
 from graft_edge.export.metadata import model_metadata
 from graft_edge.export.options import ExportOptions
+from graft_edge.export.tensorrt import TIMING_CACHE
 from graft_edge.fileio import sha256_file, write_json
 from graft_edge.formats import Format
 from graft_edge.outdir import FolderBusy, OutputLock, clean_stale_temps
@@ -335,6 +336,13 @@ def _build(job: ExportJob, fmt: Format, stage: Path) -> Path | None:
     return {"ok": art.path, "staged": cand.staged}.get(art.status)
 
 
+def _stale_temps(options: ExportOptions) -> tuple[str, ...]:
+    """Leftovers of a killed export in OUT: staging folders, the write probe, and the temp files of atomic writes
+    (sidecars, export.json, the TensorRT timing cache) that the kill stopped before their rename."""
+    return (".graft-export-*", ".write-test-*", f".{options.name}.*.tmp", f".{SUMMARY_FILE}.*.tmp",
+            f".{TIMING_CACHE}.*.tmp")
+
+
 def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
                  log: Log | None = None, raise_on_failure: bool = True) -> ExportResult:
     """Export a checkpoint to OUT: the FP32 ONNX (always built and checked) and every format the options ask for.
@@ -342,7 +350,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
     Bad input raises GraftError before anything is written. A failed check (or TensorRT missing
     with options.trt) raises ExportFailed carrying the result, unless raise_on_failure=False:
     then check `result.ok` / `result.failures`. OUT is locked for the run (one export per folder);
-    staging folders of killed exports are removed; an OS error (a full disk) is one line naming OUT.
+    staging folders and temp files of killed exports are removed; an OS error (a full disk) is one line naming OUT.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -355,7 +363,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
     except GraftError as exc:
         raise GraftError(f"--out {out} is not writable ({exc})") from None
     try:
-        clean_stale_temps(out, (".graft-export-*", ".write-test-*"))
+        clean_stale_temps(out, _stale_temps(options or ExportOptions()))
         return _export(model_path, out, options, log, raise_on_failure)
     except OSError as exc:
         what = f" ({exc.filename})" if exc.filename else ""
