@@ -54,6 +54,11 @@ class Run:
         return (self.out / "result.json").is_file()
 
     @property
+    def log(self) -> Path:
+        """The run's console output, beside (not in) its run folder."""
+        return self.out.parent / f"{self.out.name}.log"
+
+    @property
     def ready(self) -> bool:
         return all((p / "result.json").is_file() for p in self.needs)
 
@@ -93,7 +98,7 @@ def run_jobs(runs: list[Run], data: Path, jobs: int, env: dict[str, str], py: st
         for r, p, t0 in list(active):
             if p.poll() is not None:
                 active.remove((r, p, t0))
-                state = "done" if r.done else f"FAILED (exit {p.returncode}, see {r.out}/train.log)"
+                state = "done" if r.done else f"FAILED (exit {p.returncode}, see {r.log})"
                 print(f"{r.condition} seed {r.seed}: {state} in {time.time() - t0:.0f} s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
                 if not r.done:
@@ -101,8 +106,8 @@ def run_jobs(runs: list[Run], data: Path, jobs: int, env: dict[str, str], py: st
         while len(active) < jobs and any(r.ready for r in todo):
             r = next(r for r in todo if r.ready)
             todo.remove(r)
-            r.out.mkdir(parents=True, exist_ok=True)
-            log = open(r.out / "train.log", "a")
+            r.log.parent.mkdir(parents=True, exist_ok=True)
+            log = open(r.log, "a")
             cmd = ["nice", "-n", "10", *train_command(r, data, py)]
             print(f"{r.condition} seed {r.seed}: {' '.join(cmd[3:])}", flush=True)
             active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))

@@ -5,6 +5,7 @@ Configs are plain data passed explicitly; YAML is read only at the CLI edge
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -205,6 +206,12 @@ def parse_modalities(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
     if len(set(names)) != len(names):
         raise GraftError(f"modality listed twice in {text!r}")
     return tuple(m for m in MODALITIES if m in names)
+
+
+def modality_subsets(modalities: tuple[str, ...] | list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of `modalities`, smallest first, each in the given order (rgb, nir, ..., rgb+nir, ...)."""
+    mods = tuple(modalities)
+    return [sub for k in range(1, len(mods) + 1) for sub in itertools.combinations(mods, k)]
 
 
 def validate(cfg: GraftConfig) -> GraftConfig:

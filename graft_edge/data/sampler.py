@@ -123,6 +123,16 @@ class IdentityBatchSampler(Sampler[list[int]]):
             batches.append(batch)
         return batches
 
+    def global_position(self, batch: int) -> tuple[int, int]:
+        """(index of the global batch, position of this rank's first sample in it) of this rank's `batch`-th batch.
+
+        anchor_repeats > 0: rank r trains on the contiguous slice r of every global batch; 0: on whole global
+        batches r, r + W, r + 2W, ... (as `epoch_batches` deals them out).
+        """
+        if self.anchor_repeats:
+            return int(batch), self.P * self.K * self.rank // self.world_size
+        return int(batch) * self.world_size + self.rank, 0
+
     def epoch_batches(self) -> list[list[int]]:
         """All of this rank's batches for the current epoch (cached)."""
         if self._cache is None or self._cache[0] != self.epoch:
