@@ -20,6 +20,7 @@ Resumable: a finished run (result.json) is skipped, an interrupted one resumes (
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import os
@@ -60,7 +61,21 @@ class Run:
 
     @property
     def ready(self) -> bool:
-        return all((p / "result.json").is_file() for p in self.needs)
+        return all((p / "result.json").is_file() for p in self.needs) and not self.busy
+
+    @property
+    def busy(self) -> bool:
+        """Another process (an earlier call of this script, say) is training into the run's folder."""
+        lock = self.out / ".graft-edge.lock"
+        if not lock.is_file():
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def plan(out: Path, seeds: list[int], conditions: list[str], dropout: float) -> list[Run]:
@@ -79,8 +94,10 @@ def plan(out: Path, seeds: list[int], conditions: list[str], dropout: float) -> 
         if "specialist" in conditions:
             runs += [Run(f"specialist:{sub}", s, out / f"spec-{sub.replace(',', '+')}" / f"s{s}",
                          ["--set", f"model.modalities={sub}"]) for sub in SUBSETS if sub != FULL]
-    order = {"plain": 0, "dropout": 1, "dropout+kd": 2}
-    return sorted(runs, key=lambda r: (order.get(r.condition, 3), r.seed))
+    # plain and dropout of every seed first (the main comparison), then seed by seed the specialists and dropout+kd
+    first = {"plain": 0, "dropout": 1}
+    return sorted(runs, key=lambda r: (first.get(r.condition, 2), r.seed if r.condition in first else 0, r.seed,
+                                       r.condition == "dropout+kd"))
 
 
 def train_command(run: Run, data: Path, py: str) -> list[str]:
@@ -103,7 +120,7 @@ def run_jobs(runs: list[Run], data: Path, jobs: int, env: dict[str, str], py: st
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
                 if not r.done:
                     raise SystemExit(f"error: {r.condition} seed {r.seed} failed")
-        while len(active) < jobs and any(r.ready for r in todo):
+        while len(active) + sum(r.busy for r in todo) < jobs and any(r.ready for r in todo):
             r = next(r for r in todo if r.ready)
             todo.remove(r)
             r.log.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +128,9 @@ def run_jobs(runs: list[Run], data: Path, jobs: int, env: dict[str, str], py: st
             cmd = ["nice", "-n", "10", *train_command(r, data, py)]
             print(f"{r.condition} seed {r.seed}: {' '.join(cmd[3:])}", flush=True)
             active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
-        if todo and not active:
+        waiting_on = [p for r in todo for p in r.needs if not (p / "result.json").is_file()]
+        if todo and not active and not any(r.busy for r in todo) and not any(
+                Run("", 0, p, []).busy for p in waiting_on):
             raise SystemExit("error: runs wait for runs that are not planned (dropout+kd needs plain)")
         time.sleep(5)
 
