@@ -21,6 +21,7 @@ from graft_edge.finite import check_features
 from graft_edge.metrics import RerankConfig
 
 Subset = tuple[str, ...]
+ALL_SUBSETS = "all"  # --modalities all (eval, bench): every non-empty subset
 
 
 def subset_label(subset: Sequence[str]) -> str:
@@ -63,6 +64,16 @@ def worst_subset(rows: Sequence[dict[str, Any]], key: str = "mAP") -> dict[str, 
     """The row with the lowest `key` (the first of equals, smallest subsets first); None without rows."""
     scored = [r for r in rows if r.get(key) is not None]
     return min(scored, key=lambda r: r[key]) if scored else None
+
+
+NEEDS_EVERY_SENSOR = "needs every sensor (no presence-mask input)"  # worst_error of an artefact without subsets
+
+
+def worst_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """An `evaluate_subsets` result as the frontier's record: worst_mAP and worst_subset ('rgb+nir') in place of
+    `worst`, the per-subset rows kept under `subsets`."""
+    out = {k: v for k, v in result.items() if k != "worst"}
+    return {**out, "worst_mAP": result["worst"]["mAP"], "worst_subset": subset_label(result["worst"]["modalities"])}
 
 
 def evaluate_subsets(embedder: Embedder, data_root: str | Path, batch_size: int = 64, num_workers: int = 0,

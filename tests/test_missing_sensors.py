@@ -158,8 +158,8 @@ def test_presence_feeds_zero_fills_and_masks():
 
 
 def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
-    from graft_edge.workflows.frontier import _needs_work
     from graft_edge.workflows.frontier_state import FormatRecord
+    from graft_edge.workflows.frontier_state import needs_work as _needs_work
 
     (tmp_path / "m.onnx").write_bytes(b"graph")
     rec = FormatRecord(status="ok", accuracy={"mAP": 0.5, "modalities": None})

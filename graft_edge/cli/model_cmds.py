@@ -17,7 +17,7 @@ from graft_edge.evaluation import embed_splits, query_gallery_distances, score_s
 from graft_edge.metrics import RerankConfig
 from graft_edge.model import build_model, embedding_params
 from graft_edge.retrieval.visualize import write_ranked_strips
-from graft_edge.robustness import evaluate_subsets, subset_label
+from graft_edge.robustness import ALL_SUBSETS, evaluate_subsets, subset_label
 from graft_edge.runtime import load_embedder
 from graft_edge.runtime.presence import supports_subsets
 from graft_edge.units import format_count
@@ -54,9 +54,6 @@ def init_cmd(
     save_checkpoint(out, model, cfg)
     console().print(f"wrote {out}: {cfg.preset} ({','.join(mcfg.modalities)}), "
                     f"{format_count(embedding_params(model))} embedding parameters")
-
-
-ALL_SUBSETS = "all"  # --modalities all: the robustness table
 
 
 @contextlib.contextmanager

@@ -22,7 +22,10 @@ Schema "graft-edge/bench" v2 (v1 + dtype, peaks, flops_per_sample, roofline, mac
          "modalities": [str], "img_size": [H, W], "device": str, "load_s": float|null,
          "flops_per_sample": int|null,               # counted once per model (graft_edge.model.flops)
          "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery",
-                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}]},
+                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}],
+                             # --modalities all: every non-empty subset of the sensors (graft_edge.robustness)
+                             ["subsets": [{"modalities": [str], "mAP", "R1", "R5", "R10", ...}],
+                              "worst": {"modalities": [str], "mAP", "R1"}]},
          "runs": [                                   # one per batch size
            {"batch": int, "status": "ok" | "error: ...", "error": str|null,
             "latency": null | {batch, n, mean_ms, std_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms,
@@ -66,6 +69,7 @@ from graft_edge.profile.peaks import PEAK_PRECISIONS, embedder_flops, machine_pe
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.profile.telemetry import GpuMonitor, MemorySampler, not_available, rss_mb
+from graft_edge.robustness import ALL_SUBSETS, evaluate_subsets
 from graft_edge.runtime import load_embedder
 
 SCHEMA = "graft-edge/bench"
@@ -85,7 +89,8 @@ class BenchSettings:
     data: str | None = None
     eval_batch_size: int = 64
     rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
-    modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all
+    modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all;
+    # ("all",): time with every sensor, evaluate every subset (the robustness table)
     dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
     peaks: bool = False  # measure this machine's GEMM peaks when none are cached (graft_edge.profile.peaks)
 
@@ -192,8 +197,9 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
             res["files"] = [str(f) for f in artefact_files(path)]
             res["size_bytes"] = artefact_size(path)
         t0 = time.perf_counter()
+        every = settings.modalities == (ALL_SUBSETS,)
         embedder = load_embedder(path, device=settings.device, threads=settings.threads,
-                                 modalities=settings.modalities, dtype=settings.dtype)
+                                 modalities=None if every else settings.modalities, dtype=settings.dtype)
         res["load_s"] = time.perf_counter() - t0
         info = embedder.info
         res.update(format=info.format, precision=info.extra.get("precision", "fp32" if info.format == "torch" else None),
@@ -202,9 +208,10 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
                    flops_per_sample=embedder_flops(embedder))
         if settings.data:
             check_data_modalities(info.modalities, settings.data)
-            advance = progress(f"{path.name} mAP", None)
-            res["accuracy"] = evaluate_embedder(embedder, settings.data, batch_size=settings.eval_batch_size,
-                                                progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
+            advance = progress(f"{path.name} mAP" + (" of every sensor subset" if every else ""), None)
+            evaluate = evaluate_subsets if every else evaluate_embedder
+            res["accuracy"] = evaluate(embedder, settings.data, batch_size=settings.eval_batch_size,
+                                       progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
     except Exception as exc:  # one line per bad model; the others are still measured
         msg = one_line(exc)
         res.update(status=f"error: {msg}", error=msg)

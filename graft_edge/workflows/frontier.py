@@ -52,7 +52,9 @@ from graft_edge.profile.latency import interleaved_latency, synthetic_batch
 from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
+from graft_edge.robustness import NEEDS_EVERY_SENSOR, evaluate_subsets, worst_columns
 from graft_edge.runtime import load_embedder
+from graft_edge.runtime.presence import supports_subsets
 from graft_edge.train.runner import score_line
 from graft_edge.units import format_count, parse_size
 from graft_edge.workflows.frontier_report import write_reports
@@ -65,6 +67,7 @@ from graft_edge.workflows.frontier_state import (
     LatencyRecord,
     VariantRecord,
     load_state,
+    needs_work,
     now,
     resolve,
     save_state,
@@ -113,6 +116,7 @@ class FrontierSettings:
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
     distill: bool | None = None  # distil from the dense model; None: on for structured with finetuning
     seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
+    robustness: bool = False  # also every subset of the sensors on every artefact: worst_mAP, worst_subset columns
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -133,6 +137,8 @@ class FrontierSettings:
                              "seed gives the same model)")
         if self.distill and self.finetune_epochs == 0:
             raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
+        if self.robustness and self.modalities:
+            raise GraftError("--robustness evaluates every subset of the sensors: leave out --modalities")
         if self.steps is not None and self.steps < 1:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
@@ -334,13 +340,21 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[s
     return out
 
 
+def _test_accuracy(job: _Job, emb: Any, advance: Any) -> dict[str, Any]:
+    """Test-split accuracy of one artefact; with --robustness of every sensor subset too (robustness.worst_columns)."""
+    s = job.settings
+    kw = {"batch_size": s.eval_batch_size, "progress": advance, "rerank_cfg": RerankConfig() if s.rerank else None}
+    if s.robustness and supports_subsets(emb.info):
+        return worst_columns(evaluate_subsets(emb, job.data_root, **kw))
+    return {**evaluate_embedder(emb, job.data_root, **kw), **({"worst_error": NEEDS_EVERY_SENSOR} if s.robustness else {})}
+
+
 def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     s = job.settings
     emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities, dtype=s.dtype)
-    advance = job.progress(f"{label}: mAP", None)
+    advance = job.progress(f"{label}: mAP" + (" of every sensor subset" if s.robustness else ""), None)
     started = time.perf_counter()
-    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
-                            rerank_cfg=RerankConfig() if s.rerank else None)
+    acc = _test_accuracy(job, emb, advance)
     if job.has_val:  # reported beside test; a data root without a usable validation split only loses these columns
         try:
             acc.update(evaluate_val(emb, job.data_root, job.cfg, batch_size=s.eval_batch_size, progress=advance))
@@ -352,29 +366,13 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     return acc
 
 
-def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
-                modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False) -> bool:
-    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
-    one without re-ranked numbers when --rerank asks for them, one without validation numbers when `val`,
-    one of another --modalities subset, a checkpoint evaluated at another --dtype)."""
-    if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
-        return True
-    if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
-        return True
-    if precision and rec.accuracy.get("precision", "fp32") != precision:
-        return True
-    if val and data_root is not None and "val_mAP" not in rec.accuracy and "val_error" not in rec.accuracy:
-        return True
-    return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
-
-
 def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecord) -> None:
     """Export the variant's missing, failed or changed formats, then measure mAP on every artefact not yet evaluated."""
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
-            if _needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
-                           job.settings.dtype if f == "torch" else "", job.has_val)]
+            if needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
+                           job.settings.dtype if f == "torch" else "", job.has_val, job.settings.robustness)]
     stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(stale)}")

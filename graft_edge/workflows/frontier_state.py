@@ -190,3 +190,22 @@ def save_state(out: Path, state: FrontierState) -> None:
     """Atomically write the state."""
     state.updated = now()
     write_json(out / STATE_FILE, state.to_dict())
+
+
+def needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
+               modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False,
+               robustness: bool = False) -> bool:
+    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
+    one without re-ranked / validation / every-subset numbers when --rerank / `val` / --robustness ask for them,
+    one of another --modalities subset, a checkpoint evaluated at another --dtype)."""
+    if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
+        return True
+    if robustness and data_root is not None and not {"worst_mAP", "worst_error"} & set(rec.accuracy):
+        return True
+    if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
+        return True
+    if precision and rec.accuracy.get("precision", "fp32") != precision:
+        return True
+    if val and data_root is not None and "val_mAP" not in rec.accuracy and "val_error" not in rec.accuracy:
+        return True
+    return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
