@@ -88,7 +88,8 @@ def _eval_every_subset(embedder: Any, model: Path, data: Path, batch_size: int, 
                       *((f"{100 * row['rerank']['mAP']:.2f}",) if rerank_cfg else ()))
     console().print(table)
     console().print(f"worst subset: {worst} (mAP {100 * result['worst']['mAP']:.2f}; every sensor "
-                    f"{100 * result['mAP']:.2f}); query {result['num_query']}, gallery {result['num_gallery']}")
+                    f"{100 * result['mAP']:.2f}); query {result['num_query']}, gallery {result['num_gallery']}",
+                    soft_wrap=True)
     write_json_output(json_out, {**result, "model": str(model), "data": str(data),
                                  "modalities": list(embedder.info.modalities)})
 
