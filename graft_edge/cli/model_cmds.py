@@ -25,7 +25,7 @@ from graft_edge.units import format_count
 
 @guarded
 def init_cmd(
-    preset: str = typer.Argument(..., help="Architecture preset: rgbnt100 (3 modalities, distilled DeiT-B), rgbn300 (2), rgbnt100-dinov2, rgbnt100-clip (ViT-B/14 DINOv2, ViT-B/16 CLIP), synthetic (tiny ViT)."),
+    preset: str = typer.Argument(..., help="Architecture preset: rgbnt100 (3 modalities, distilled DeiT-B), rgbn300 (2), rgbnt100-dinov2, rgbnt100-clip (ViT-B/14 DINOv2, ViT-B/16 CLIP), synthetic (tiny ViT); rgbnt100-robust, synthetic-robust (same architectures, trained with modality dropout)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.pt)."),
     num_ids: Optional[int] = typer.Option(None, "--num-ids", help="Classifier width (training identities). Default: the preset's (50 / 150 / 32)."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Load ImageNet weights for the backbone (timm hub or --pretrained-file)."),
