@@ -70,10 +70,11 @@ class GraFT(nn.Module):
         exported graphs, with the classifier head on top.
         """
         if present is not None:
-            fusion_tokens, data_tokens = self.modality_tokens(inputs)
-            embedding = masked_mean(fusion_tokens, present)
-            neck, logits = self.head(embedding)
-            return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens, present)
+            return self.outputs(*self.modality_tokens(inputs), present)
+        return self.outputs(*self.tokens(inputs))
+
+    def tokens(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sample part of forward: fusion tokens and sampled data tokens, (B, M, D) each."""
         present = self.present(inputs)
         if isinstance(self.backbone, MultiStreamBackbone):
             tokens = self.backbone.stream_tokens(inputs, present)  # (M, B, N, D), one ViT per modality
@@ -82,10 +83,14 @@ class GraFT(nn.Module):
             M, B = x.shape[:2]
             tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
             tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
-        fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
-        embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present
+        return self.fusion(tokens, present)  # (B, M, D) each
+
+    def outputs(self, fusion_tokens: torch.Tensor, data_tokens: torch.Tensor,
+                present: torch.Tensor | None = None) -> GraftOutput:
+        """The batch part of forward: embedding (eq. 6, over each row's present modalities) and the BNNeck."""
+        embedding = masked_mean(fusion_tokens, present)  # (B, D)
         neck, logits = self.head(embedding)
-        return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens)
+        return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens, present)
 
     def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inference path: the L2-normalised matching embedding (B, D)."""

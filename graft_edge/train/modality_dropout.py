@@ -52,8 +52,8 @@ def draw_presence(p: float, num_modalities: int, seed: int, epoch: int, global_b
 class ModalityDropout:
     """The presence masks of one training run: probability, modality count, seed and the batch sampler's position.
 
-    `sampler` is the run's IdentityBatchSampler: its `epoch` and `global_position` place this process's batches in
-    the global batch sequence.
+    `sampler` is the run's IdentityBatchSampler: its `epoch` and `place` put this process's batches in the global
+    batch sequence.
     """
 
     def __init__(self, p: float, num_modalities: int, seed: int, sampler: object) -> None:
@@ -62,7 +62,7 @@ class ModalityDropout:
 
     def mask(self, batch: int, count: int) -> torch.Tensor:
         """(count, M) mask of this process's `batch`-th batch of the current epoch (0-based)."""
-        global_batch, start = self.sampler.global_position(batch)
+        global_batch, start = self.sampler.place(batch)
         return draw_presence(self.p, self.num_modalities, self.seed, self.sampler.epoch, global_batch, start, count)
 
 
