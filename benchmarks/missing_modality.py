@@ -120,6 +120,7 @@ def run_jobs(runs: list[Run], data: Path, jobs: int, env: dict[str, str], py: st
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
                 if not r.done:
                     raise SystemExit(f"error: {r.condition} seed {r.seed} failed")
+        todo = [r for r in todo if not r.done]  # another call may have finished some
         while len(active) + sum(r.busy for r in todo) < jobs and any(r.ready for r in todo):
             r = next(r for r in todo if r.ready)
             todo.remove(r)
