@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's accuracy evidence on the capacity-bound synthetic set, in one go: the set (capacity, 80 ids x 16
+# The accuracy evidence on the capacity-bound synthetic set, in one go: the set (capacity, 80 ids x 16
 # cameras x 2 images, data seed 0), the `synthetic` preset trained with 3 training seeds (stage 1: 32 epochs, as
 # the demo), then benchmarks/prune_sweep.py over the three dense models (one finetuning seed each, so every row's
 # mean ± std is over the 3 training seeds): structured 80/60/45/35% without finetuning, with finetuning, with

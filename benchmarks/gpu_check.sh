@@ -48,7 +48,7 @@ $G bench "$W/run/best.pt" "$W/exp/model.onnx" "$W/rgbnt100.pt" --device cuda --b
 echo "== training throughput on the GPU"
 python3 benchmarks/train_throughput.py --device cuda --steps 20 --full-steps 10 --json "$OUT_DIR/train_cuda.json"
 
-echo "== issue 16: onnxruntime-gpu (the gpu extra) for the CUDA provider"
+echo "== onnxruntime-gpu (the gpu extra) for the CUDA provider"
 if ! python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
   python3 -m pip install -q "onnxruntime-gpu[cuda,cudnn]>=1.20" && \
     python3 -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
@@ -56,7 +56,7 @@ fi
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_runtime.py 2>&1 | tee "$OUT_DIR/pytest_cuda_runtime.log" | tail -n 6
 
-echo "== issue 16: DeiT-B x 3 dense / 60M / 46M: PyTorch fp32/fp16/bf16 and ORT CUDA FP32/FP16, batch 1 and 32"
+echo "== DeiT-B x 3 dense / 60M / 46M: PyTorch fp32/fp16/bf16 and ORT CUDA FP32/FP16, batch 1 and 32"
 $G init rgbnt100 --no-pretrained --out "$W/dense.pt" >/dev/null
 for T in 60M 46M; do $G prune "$W/dense.pt" --target $T --out "$W/s$T.pt" 2>&1 | tail -n 1; done
 for M in dense s60M s46M; do
@@ -72,7 +72,7 @@ done
 $G bench $ONNX --device cuda --batch 1,32 --warmup 10 --seconds 2 --json "$OUT_DIR/bench16_ort.json" 2>&1 | tail -n 8
 python3 benchmarks/gpu_summary.py "$OUT_DIR"/bench16_*.json --markdown "$OUT_DIR/gpu_summary.md"
 
-echo "== issue 16: the trained synthetic model through the FP16 ONNX on CUDA vs the checkpoint"
+echo "== the trained synthetic model through the FP16 ONNX on CUDA vs the checkpoint"
 $G export "$W/run/best.pt" --out "$W/exp-fp16" --fp16 --calib-data "$W/syn" 2>&1 | grep -E "^(ok|FAIL)" || true
 $G eval "$W/run/best.pt" --data "$W/syn" --device cuda --json "$OUT_DIR/eval16_pt.json" | tail -n 2
 $G eval "$W/exp-fp16/model.fp16.onnx" --data "$W/syn" --device cuda --json "$OUT_DIR/eval16_fp16.json" | tail -n 2

@@ -1,4 +1,4 @@
-"""Side-by-side table of `graft-edge bench` JSON files from a GPU run (benchmarks/gpu_check.sh, issue 16), and the
+"""Side-by-side table of `graft-edge bench` JSON files from a GPU run (benchmarks/gpu_check.sh), and the
 one-sentence answer to "what does structured pruning buy on this GPU" at each batch size.
 
     python benchmarks/gpu_summary.py OUT/bench_*.json [--markdown OUT/gpu_summary.md]

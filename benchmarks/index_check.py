@@ -46,7 +46,7 @@ def interrupted_build(model: Path, data: Path, index: Path, batch: int, after_ba
 def top10_agreement(model: Path, data: Path, index: Path, out_json: Path) -> dict:
     """Search the query split through the CLI and compare with eval's distance matrix."""
     from graft_edge.evaluation import embed_splits
-    from graft_edge.metrics import pairwise_distance
+    from graft_edge.retrieval.metrics import pairwise_distance
     from graft_edge.runtime import load_embedder
 
     subprocess.run(CLI + ["index", "search", str(index), str(data), "--top", "10", "--json", str(out_json)],

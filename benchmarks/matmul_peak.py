@@ -44,10 +44,7 @@ def export_variants(ckpt: Path, out: Path, formats: list[str], calib_data: str |
               and (f != "openvino-int8" or calib_data)]
     missing = [f for f in wanted if not (out / FILES[f]).is_file()]
     if missing:
-        ov = tuple(m.replace("openvino-", "") if "-" in m else "fp32" for m in missing if m.startswith("openvino"))
-        opts = ExportOptions(onnx="onnx" in missing, int8=("dynamic",) if "int8" in missing else (), openvino=ov,
-                             calib_data=calib_data,
-                             calib_samples=32)
+        opts = ExportOptions(formats=tuple(missing), calib_data=calib_data, calib_samples=32)
         export_model(ckpt, out, opts, log=lambda m: print("  export:", m, flush=True), raise_on_failure=False)
     return {f: out / FILES[f] for f in wanted if (out / FILES[f]).is_file()}
 

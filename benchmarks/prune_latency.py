@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from graft_edge.checkpoint import load_model
-    from graft_edge.compress import PruneSpec, prune_to_target, resolve_target
+    from graft_edge.compress import PruneSpec, get_method, prune_to_target
     from graft_edge.config import get_preset
     from graft_edge.model import build_model, embedding_params
     from graft_edge.model.arch import arch_summary
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     structured = copy.deepcopy(dense)
-    structured, arch, _ = prune_to_target(structured, resolve_target(args.target, structured, "structured"))
+    structured, arch, _ = prune_to_target(structured, get_method("structured").resolve_target(args.target, structured))
     t_struct = time.perf_counter() - t0
     t0 = time.perf_counter()
     unstructured = copy.deepcopy(dense)
-    unstructured, _, _ = prune_to_target(unstructured, resolve_target(args.target, unstructured, "unstructured"),
+    unstructured, _, _ = prune_to_target(unstructured, get_method("unstructured").resolve_target(args.target, unstructured),
                                          PruneSpec("unstructured"))
     t_unstruct = time.perf_counter() - t0
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from graft_edge.distill import DistillConfig
 from graft_edge.errors import GraftError, one_line
+from graft_edge.train.distill import DistillConfig
 from graft_edge.workflows.sweep import CONDITIONS, DEFAULT_CONDITIONS, DEFAULT_LEVELS, SweepSettings, run_sweeps
 
 

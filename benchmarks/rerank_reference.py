@@ -1,4 +1,4 @@
-"""The classic k-reciprocal re-ranking, one Python loop per image: the yardstick for `graft_edge.metrics.rerank`.
+"""The classic k-reciprocal re-ranking, one Python loop per image: the yardstick for `graft_edge.retrieval.metrics.rerank`.
 
 Written from Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding" (CVPR 2017),
 following the distance-matrix form the ReID toolboxes ship (`re_ranking(q_g, q_q, g_g, k1, k2, lambda)`):

@@ -1,4 +1,4 @@
-"""Speed, memory and agreement of `graft_edge.metrics.rerank` against the loop-per-image reference, side by side.
+"""Speed, memory and agreement of `graft_edge.retrieval.metrics.rerank` against the loop-per-image reference, side by side.
 
 Each implementation runs in its own child process on the same random clustered problem (identities as
 Gaussian clusters), so peak memory is measured per implementation: the peak resident set of the child
@@ -65,17 +65,17 @@ def _child(kind: str, q: int, g: int, dim: int, seed: int, out: str) -> None:
 
         dist = reference_rerank(*blocks)
     elif kind == "rerank":
-        from graft_edge.metrics import rerank
+        from graft_edge.retrieval.metrics import rerank
 
         dist = rerank(*blocks)
     else:
-        from graft_edge.metrics import rerank_features
+        from graft_edge.retrieval.metrics import rerank_features
 
         dist = rerank_features(p["qf"], p["gf"])
     seconds = time.perf_counter() - start
     peak = _rss_kib("VmHWM")
     top1 = dist.argmin(axis=1)
-    from graft_edge.metrics import evaluate_rank
+    from graft_edge.retrieval.metrics import evaluate_rank
 
     m = evaluate_rank(dist, p["qi"], p["gi"], p["qc"], p["gc"]) if q * g <= 2e7 else None
     np.savez(out, dist=dist if q * g <= 2e7 else np.zeros(0), top1=top1)

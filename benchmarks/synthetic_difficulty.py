@@ -2,7 +2,7 @@
 (one run per training seed), then prune the trained model structurally to a budget without and with finetuning,
 and print dense val/test mAP, the pruned mAPs, the losses in points, seconds and the query count.
 
-Capacity-bound (issue 11) means: dense test mAP 50-85, pruning to 45% without finetuning loses >= 10 points,
+Capacity-bound means: dense test mAP 50-85, pruning to 45% without finetuning loses >= 10 points,
 with the demo's finetuning (2 epochs per step, no distillation) still >= 2, seed-to-seed std of dense mAP <= 1.5.
 
     python benchmarks/synthetic_difficulty.py --difficulty hard --ids 160 --cameras 8 --images-per-camera 3 \\

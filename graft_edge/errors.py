@@ -1,9 +1,13 @@
-"""The one exception type users see, and the one way an exception becomes a single line of text."""
+"""The exception type users see (and its "missing here" kind), and the one way an exception becomes a single line of text."""
 from __future__ import annotations
 
 
 class GraftError(Exception):
     """A user-facing error: bad input, a missing file, an unsatisfiable option."""
+
+
+class Unavailable(GraftError):
+    """Something this needs is missing on this machine (a package, a GPU, a CPU feature); other work goes on."""
 
 
 def one_line(exc: BaseException, limit: int = 240) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from graft_edge.errors import GraftError
 
@@ -24,17 +25,42 @@ def parse_count(text: str | int) -> int:
     return int(round(value))
 
 
-def parse_size(text: str | int, current: int | None = None) -> int:
-    """Parse a target size; a percentage is taken of `current` (required for '60%')."""
+@dataclass(frozen=True)
+class Size:
+    """A size as typed, parsed once: an absolute count (60M) or a percentage of a current size (60%)."""
+
+    text: str
+    count: int | None = None
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+    def of(self, current: int | None) -> int:
+        """The count this size means for a model whose count is `current` (needed for a percentage)."""
+        if self.count is not None:
+            return self.count
+        if current is None:
+            raise GraftError(f"size {self.text!r} is relative: the current size is needed")
+        return int(round(current * self.percent / 100.0))
+
+
+def parse_size_spec(text: str | int | Size) -> Size:
+    """'60M', '60000000', '1.5B', '500K' or '60%' -> Size; GraftError naming the accepted forms otherwise."""
+    if isinstance(text, Size):
+        return text
     m = _PCT_RE.match(str(text))
     if m:
         pct = float(m.group(1))
         if not 0 < pct <= 100:
             raise GraftError(f"size {text!r}: a percentage must lie in (0, 100]")
-        if current is None:
-            raise GraftError(f"size {text!r} is relative: the current size is needed")
-        return int(round(current * pct / 100.0))
-    return parse_count(text)
+        return Size(str(text).strip(), percent=pct)
+    return Size(str(text).strip(), count=parse_count(text))
+
+
+def parse_size(text: str | int | Size, current: int | None = None) -> int:
+    """Parse a target size; a percentage is taken of `current` (required for '60%')."""
+    return parse_size_spec(text).of(current)
 
 
 def format_count(n: float) -> str:

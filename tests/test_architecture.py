@@ -91,6 +91,18 @@ def test_package_import_graph_is_acyclic_and_one_way():
     assert [a for a, deps in graph.items() if "cli" in deps] == ["__main__"]  # only `python -m graft_edge`
 
 
+def test_export_reaches_runtimes_only_through_the_runtime_package():
+    """The exporter opens, describes and commits every format through `graft_edge.runtime` (the registry of runtime
+    families), never through one runtime's backend module."""
+    bad = []
+    for f in sorted((ROOT / "export").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [
+                a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad += [f"{f.name}: {n}" for n in names if n.startswith("graft_edge.runtime.")]
+    assert not bad, bad
+
+
 _IMPORT_EACH_ALONE = """
 import importlib, json, sys
 import numpy, torch, timm, onnx, onnxruntime  # third-party packages stay loaded: only graft_edge's order is tested

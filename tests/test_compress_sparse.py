@@ -10,7 +10,7 @@ from graft_edge.compress import (
     PruneSpec,
     SemiStructuredPruner,
     UnstructuredPruner,
-    method_floor,
+    get_method,
     nm_violations,
     prune_to_target,
     sparse_targets,
@@ -85,9 +85,9 @@ def test_unstructured_ties_still_exact() -> None:
         for p in sparse_targets(model).values():
             p.copy_(torch.sign(p) * 0.5)  # every magnitude equal
     pruner = UnstructuredPruner(model)
-    total = pruner.remaining()
-    pruner.step(1234)
-    assert pruner.remaining() == total - 1234
+    total, nonzero = pruner.remaining(), embedding_params(model, nonzero=True)
+    pruner.step(nonzero - 1234)  # the shared step protocol: prune down to a count
+    assert pruner.remaining() == total - 1234 and embedding_params(model, nonzero=True) == nonzero - 1234
     assert sum(int((p == 0).sum()) for p in sparse_targets(model).values()) == 1234
 
 
@@ -108,7 +108,7 @@ def test_unstructured_masks_survive_finetune_and_reload(tmp_path) -> None:
 
 def test_unstructured_floor() -> None:
     model, cfg = _model()
-    floor = method_floor(model, "unstructured")
+    floor = get_method("unstructured").floor(model)
     assert floor == embedding_params(model, nonzero=True) - sum(p.numel() for p in sparse_targets(model).values())
     with pytest.raises(GraftError, match="smallest size unstructured"):
         prune_to_target(model, floor - 1, PruneSpec("unstructured"))
@@ -139,7 +139,7 @@ def test_two_four_keeps_the_largest_two() -> None:
 
 def test_two_four_target_checks() -> None:
     model, cfg = _model()
-    size = method_floor(model, "2:4")
+    size = get_method("2:4").floor(model)
     with pytest.raises(GraftError, match="unreachable by 2:4"):
         prune_to_target(model, size - 1, PruneSpec("2:4"))
     model, _, history = prune_to_target(model, size + 10, PruneSpec("2:4"))

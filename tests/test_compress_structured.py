@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graft_edge.checkpoint import load_model, save_checkpoint
-from graft_edge.compress import PruneSpec, StructuredPruner, method_floor, prune_to_target
+from graft_edge.compress import PruneSpec, StructuredPruner, get_method, prune_to_target
 from graft_edge.config import get_preset
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model, embedding_params
@@ -144,7 +144,7 @@ def test_apply_arch_rejects_mismatched_arch() -> None:
 
 def test_below_floor_is_refused_before_cutting() -> None:
     model, cfg = _model()
-    floor = method_floor(model, "structured")
+    floor = get_method("structured").floor(model)
     n0 = embedding_params(model)
     with pytest.raises(GraftError, match="smallest size structured"):
         prune_to_target(model, floor - 1)

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from graft_edge.compress import check_compatible, check_target, normalize_method, plan_schedule, previous_methods
+from graft_edge.compress import (
+    METHODS,
+    check_compatible,
+    check_target,
+    get_method,
+    parse_targets,
+    plan_schedule,
+    previous_methods,
+)
 from graft_edge.errors import GraftError
 from graft_edge.units import parse_size
 
@@ -33,13 +41,28 @@ def test_percentage_needs_current() -> None:
 
 @pytest.mark.parametrize("alias, name", [("structured", "structured"), ("UNSTRUCTURED", "unstructured"),
                                          ("2:4", "2:4"), ("2to4", "2:4")])
-def test_normalize_method(alias: str, name: str) -> None:
-    assert normalize_method(alias) == name
+def test_get_method(alias: str, name: str) -> None:
+    method = get_method(alias)
+    assert method.name == name and method is METHODS[name] and get_method(method) is method  # objects pass through
 
 
-def test_normalize_method_error_lists_methods() -> None:
+def test_get_method_error_lists_methods() -> None:
     with pytest.raises(GraftError, match="structured, unstructured, 2:4"):
-        normalize_method("random")
+        get_method("random")
+
+
+def test_methods_know_what_they_count_and_whether_they_keep_the_architecture() -> None:
+    assert [(m.name, m.counts, m.keeps_architecture) for m in METHODS.values()] == [
+        ("structured", "parameters", False), ("unstructured", "nonzero parameters", True),
+        ("2:4", "nonzero parameters", True)]
+
+
+def test_targets_are_parsed_once_into_sizes() -> None:
+    sizes = parse_targets("80%, 60M")
+    assert [str(s) for s in sizes] == ["80%", "60M"] and sizes[0].of(1000) == 800 and sizes[1].of(None) == 60_000_000
+    assert parse_targets(sizes) == sizes
+    with pytest.raises(GraftError, match="--targets '12Q'"):
+        parse_targets("80%,12Q")
 
 
 def test_schedule_geometric_and_exact_last() -> None:
@@ -66,18 +89,19 @@ def test_previous_methods_and_compatibility() -> None:
     hist = [{"method": "unstructured", "step": 1}]
     assert previous_methods(hist) == ["unstructured"]
     assert previous_methods([], arch={"blocks": []}) == ["structured"]
-    check_compatible("unstructured", hist)  # continuing the same method is fine
+    check_compatible(get_method("unstructured"), hist)  # continuing the same method is fine
     with pytest.raises(GraftError, match="already pruned with unstructured"):
-        check_compatible("structured", hist)
+        check_compatible(get_method("structured"), hist)
     with pytest.raises(GraftError, match="already pruned with structured"):
-        check_compatible("2:4", [], arch={"blocks": []})
+        check_compatible(get_method("2:4"), [], arch={"blocks": []})
     with pytest.raises(GraftError, match="already 2:4"):
-        check_compatible("2:4", [{"method": "2:4"}])
+        check_compatible(get_method("2:4"), [{"method": "2:4"}])
 
 
 def test_check_target_bounds() -> None:
-    check_target(50, 100, 10, "structured")
+    why = METHODS["structured"].floor_reason
+    check_target(50, 100, 10, "structured", why)
     with pytest.raises(GraftError, match="not smaller"):
-        check_target(100, 100, 10, "structured")
-    with pytest.raises(GraftError, match="smallest size structured"):
-        check_target(5, 100, 10, "structured")
+        check_target(100, 100, 10, "structured", why)
+    with pytest.raises(GraftError, match="smallest size structured.*1 head"):
+        check_target(5, 100, 10, "structured", why)

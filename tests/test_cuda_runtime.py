@@ -33,7 +33,7 @@ def exported(tmp_path_factory, tiny_checkpoint_factory):  # noqa: F811
     """A tiny checkpoint with its FP32 and FP16 ONNX."""
     ckpt = tiny_checkpoint_factory(MODS)
     out = tmp_path_factory.mktemp("cuda-export")
-    export_model(ckpt, out, ExportOptions(fp16=True), log=lambda _: None)
+    export_model(ckpt, out, ExportOptions(formats=("onnx", "fp16")), log=lambda _: None)
     return ckpt, out
 
 

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from graft_edge.checkpoint import read_checkpoint
 from graft_edge.cli.main import app
 from graft_edge.data.synthetic import write_synthetic
-from graft_edge.distill import DistillConfig, Distiller, distill_loss, embedding_distill, logits_distill
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
 from graft_edge.model.graft import GraftOutput
 from graft_edge.train import finetune
+from graft_edge.train.distill import DistillConfig, Distiller, distill_loss, embedding_distill, logits_distill
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import make_stage
 from graft_edge.workflows.prune import PruneRequest, partial_path, run_prune

@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 from _export_fixtures import tiny_checkpoint_factory, tiny_dataset  # noqa: F401  (fixtures)
 
-from graft_edge.artefact import read_onnx_props, sidecar_path
+from graft_edge.artefact.onnx_file import read_onnx_props
+from graft_edge.artefact.record import sidecar_path
 from graft_edge.errors import GraftError
 from graft_edge.export.pipeline import ExportOptions, export_model
 
@@ -23,7 +24,7 @@ def exported(request, tmp_path_factory, tiny_checkpoint_factory, tiny_dataset): 
     modalities = request.param
     ckpt = tiny_checkpoint_factory(modalities, history=[{"method": "structured", "target": "60M"}])
     out = tmp_path_factory.mktemp("export")
-    opts = ExportOptions(int8=("dynamic", "static"), fp16=True, calib_data=tiny_dataset, calib_samples=16)
+    opts = ExportOptions(formats=("onnx", "int8", "int8-static", "fp16"), calib_data=tiny_dataset, calib_samples=16)
     lines: list[str] = []
     result = export_model(ckpt, out, opts, log=lines.append)
     return modalities, ckpt, out, result, lines
@@ -225,7 +226,7 @@ def test_foreign_onnx_is_refused(tmp_path):
 
 def test_no_onnx_keeps_only_derived_artefacts(tmp_path, tiny_checkpoint_factory):  # noqa: F811
     ckpt = tiny_checkpoint_factory(("rgb",))
-    result = export_model(ckpt, tmp_path, ExportOptions(onnx=False, int8=("dynamic",)))
+    result = export_model(ckpt, tmp_path, ExportOptions(formats=("int8",)))
     assert result.ok
     assert result.get("onnx-fp32").status == "staged" and result.get("onnx-int8-dynamic").status == "ok"
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.json").exists()
@@ -243,7 +244,7 @@ DISTANCE_TOLERANCE = 0.05
 def _distances(embedder, data_root):
     from graft_edge.data import build_eval_loaders
     from graft_edge.evaluation import extract_features, model_config_of
-    from graft_edge.metrics import pairwise_distance
+    from graft_edge.retrieval.metrics import pairwise_distance
 
     query, gallery = build_eval_loaders(data_root, model_config_of(embedder.info), batch_size=4, num_workers=0)
     return pairwise_distance(extract_features(embedder, query)[0], extract_features(embedder, gallery)[0])

@@ -11,12 +11,14 @@ from _export_fixtures import make_checkpoint, tiny_dataset  # noqa: F401  (fixtu
 from onnx import numpy_helper
 
 from graft_edge.checkpoint import load_model, save_checkpoint
+from graft_edge.cli.export import alias_formats
 from graft_edge.compress.structured import StructuredPruner
 from graft_edge.errors import GraftError
 from graft_edge.export.fusion import export_fused, fused_copy, fused_op_counts, runtime_op_counts
 from graft_edge.export.options import ExportOptions
 from graft_edge.export.pipeline import export_model
 from graft_edge.export.quantize import quantize_dynamic_int8
+from graft_edge.formats import FORMATS
 from graft_edge.model.arch import extract_arch
 
 MODS = ("rgb", "nir", "tir")
@@ -95,7 +97,7 @@ def test_dynamic_int8_after_fusion_quantises_the_attention(tmp_path, checkpoints
 
 
 def test_export_fused_and_u8s8_formats(tmp_path, checkpoints, tiny_dataset):  # noqa: F811
-    opts = ExportOptions(onnx=False, int8=("u8s8",), fused=("dynamic",), calib_data=tiny_dataset,
+    opts = ExportOptions(formats=("int8-u8s8", "int8-fused"), calib_data=tiny_dataset,
                          calib_samples=16)
     result = export_model(checkpoints["pruned"], tmp_path, opts)
     assert result.ok, result.failures
@@ -129,14 +131,15 @@ def _assert_u8s8(path):
 
 
 def test_options_name_the_fused_formats():
-    opts = ExportOptions.for_formats(["int8-fused", "int8-u8s8"])
-    assert opts.fused == ("dynamic",) and opts.int8 == ("u8s8",)
-    assert [f.name for f in opts.formats()] == ["int8-u8s8", "int8-fused"]
-    with pytest.raises(GraftError, match="--fused 'int4'"):
-        ExportOptions(fused=("int4",)).validated()
+    opts = ExportOptions(formats=("int8-fused", "int8-u8s8"), calib_data="data").validated()
+    assert [f.name for f in opts.rows()] == ["int8-u8s8", "int8-fused"]
+    assert [f.name for f in opts.plan()] == ["onnx", "int8-u8s8", "onnx-fused", "int8-fused"]  # sources first
+    assert not opts.keeps(FORMATS["onnx-fused"]) and opts.keeps(FORMATS["int8-fused"])
+    with pytest.raises(GraftError, match="unknown format 'int4-fused'"):
+        ExportOptions(formats=("int4-fused",)).validated()
     with pytest.raises(GraftError, match="--attention-op"):
-        ExportOptions(fused=("fp32",), attention_op="Flash").validated()
-    with pytest.raises(GraftError, match="--int8 u8s8 needs --calib-data"):
-        ExportOptions(int8=("u8s8",)).validated()
+        ExportOptions(formats=("onnx-fused",), attention_op="Flash").validated()
+    with pytest.raises(GraftError, match="--formats int8-u8s8 needs --calib-data"):
+        ExportOptions(formats=("int8-u8s8",)).validated()
     with pytest.raises(GraftError, match="--fused 'static'"):  # dropped: slower than static of the plain graph
-        ExportOptions(fused=("static",)).validated()
+        alias_formats(None, None, ["static"], False, False, None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _export_fixtures import tiny_checkpoint_factory  # noqa: F401  (fixture)
 
-from graft_edge import artefact
+from graft_edge.artefact.record import BatchRange
 from graft_edge.compress import previous_methods
 from graft_edge.errors import GraftError
 from graft_edge.export import tensorrt as T
@@ -33,7 +33,7 @@ needs_trt = pytest.mark.skipif(not _has_trt(), reason="needs the tensorrt packag
 @pytest.mark.parametrize("text, expected", [("1:8:64", (1, 8, 64)), ("4", (4, 4, 4)), (" 2 : 2 : 16 ", (2, 2, 16)),
                                             ("1:1:4096", (1, 1, 4096))])
 def test_parse_batch_range(text, expected):
-    r = artefact.parse_batch_range(text)
+    r = T.parse_batch_range(text)
     assert (r.min, r.opt, r.max) == expected
     assert str(r) == ":".join(map(str, expected))
 
@@ -43,12 +43,12 @@ def test_parse_batch_range(text, expected):
                                             ("1:1:5000", "at most 4096"), ("", "MIN:OPT:MAX")])
 def test_parse_batch_range_errors(text, fragment):
     with pytest.raises(GraftError, match="--batch") as exc:
-        artefact.parse_batch_range(text)
+        T.parse_batch_range(text)
     assert fragment in str(exc.value)
 
 
 def test_profile_shapes():
-    shapes = T.profile_shapes(artefact.BatchRange(1, 8, 32), {"rgb": (3, 224, 224), "nir": (3, 224, 224)})
+    shapes = T.profile_shapes(BatchRange(1, 8, 32), {"rgb": (3, 224, 224), "nir": (3, 224, 224)})
     assert shapes["rgb"] == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
     assert set(shapes) == {"rgb", "nir"}
 
@@ -58,7 +58,7 @@ def test_profile_shapes():
 
 def test_plan_tensorrt10_uses_builder_flags():
     fp16 = T.trt_plan(10, "fp16")
-    assert not fp16.strongly_typed and fp16.onnx_variant == "fp32"
+    assert not fp16.strongly_typed and fp16.onnx_variant == "onnx"
     assert "FP16" in fp16.builder_flags and fp16.pin_fp32_layers
     int8 = T.trt_plan(10, "int8")
     assert int8.onnx_variant == "int8-static" and {"INT8", "FP16"} <= set(int8.builder_flags)
@@ -68,7 +68,7 @@ def test_plan_tensorrt10_uses_builder_flags():
 
 @pytest.mark.parametrize("major", [11, 12])
 def test_plan_tensorrt11_is_strongly_typed(major):
-    for precision, variant in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8-static")):
+    for precision, variant in (("fp32", "onnx"), ("fp16", "fp16"), ("int8", "int8-static")):
         plan = T.trt_plan(major, precision)
         assert plan.strongly_typed and plan.onnx_variant == variant
         assert not {"FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS"} & set(plan.builder_flags)
@@ -298,7 +298,7 @@ def test_real_engine_matches_pytorch(tmp_path, tiny_checkpoint_factory):  # noqa
     from graft_edge.runtime import load_embedder
 
     ckpt = tiny_checkpoint_factory(("rgb", "nir"))
-    result = export_model(ckpt, tmp_path / "out", ExportOptions(fp16=True, trt=True, batch="1:2:8"))
+    result = export_model(ckpt, tmp_path / "out", ExportOptions(formats=("onnx", "fp16", "trt-fp32", "trt-fp16"), batch="1:2:8"))
     engine = result.get("trt-fp32")
     assert engine is not None and engine.status == "ok" and engine.parity["min_cosine"] > 0.9999
     emb = load_embedder(engine.path, device="cuda")

@@ -1,4 +1,4 @@
-"""Fault injection (issue 15): SIGKILL `train`, `prune`, `export`, `frontier` at random points, then resume/rerun.
+"""Fault injection: SIGKILL `train`, `prune`, `export`, `frontier` at random points, then resume/rerun.
 
 Each test runs the command once uninterrupted (the reference, also timing it), then kills a second
 run a bounded number of times (KILLS) at points drawn from a seeded RNG over that time, checking

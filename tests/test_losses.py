@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from graft_edge.config import TRIPLET_COMBOS, LossConfig
-from graft_edge.losses import CenterLoss, GraftLoss, random_triplets, token_features, triplet_loss
 from graft_edge.model import GraftOutput
+from graft_edge.train.losses import CenterLoss, GraftLoss, random_triplets, token_features, triplet_loss
 
 
 def _out(emb, data_tokens, num_ids=3):

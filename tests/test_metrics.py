@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from graft_edge import evaluate_rank
-from graft_edge.metrics import pairwise_distance
+from graft_edge.retrieval.metrics import pairwise_distance
 
 
 def test_perfect_ranking() -> None:

@@ -30,7 +30,7 @@ FILES = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-
 def exported(tmp_path_factory, tiny_checkpoint_factory, tiny_dataset):  # noqa: F811
     ckpt = tiny_checkpoint_factory(MODS)
     out = tmp_path_factory.mktemp("missing")
-    opts = ExportOptions(int8=("dynamic", "static"), fp16=True, calib_data=tiny_dataset, calib_samples=16)
+    opts = ExportOptions(formats=("onnx", "int8", "int8-static", "fp16"), calib_data=tiny_dataset, calib_samples=16)
     result = export_model(ckpt, out, opts)
     model, _ = load_model(ckpt)
     real = load_parity_images(tiny_dataset, MODS, (32, 64), model.cfg.mean, model.cfg.std, 8)
@@ -198,8 +198,8 @@ def test_presence_feeds_zero_fills_and_masks():
 
 
 def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
+    from graft_edge.workflows.frontier import _needs_work
     from graft_edge.workflows.frontier_state import FormatRecord
-    from graft_edge.workflows.frontier_state import needs_work as _needs_work
 
     (tmp_path / "m.onnx").write_bytes(b"graph")
     rec = FormatRecord(status="ok", accuracy={"mAP": 0.5, "modalities": None})
@@ -211,7 +211,7 @@ def test_frontier_re_evaluates_a_record_of_another_subset(tmp_path):
 
 
 def test_graph_inputs_must_be_the_metadata_modalities_or_the_mask(tmp_path) -> None:
-    from graft_edge.artefact import EmbedderInfo
+    from graft_edge.artefact.embedder import EmbedderInfo
     from graft_edge.runtime.presence import check_graph_inputs
 
     info = EmbedderInfo(format="onnx", path="m.onnx", modalities=("rgb", "nir"), img_size=(32, 64),

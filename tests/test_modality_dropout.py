@@ -14,14 +14,14 @@ import torch
 from graft_edge.checkpoint import read_checkpoint
 from graft_edge.config import apply_overrides, config_to_dict, get_preset
 from graft_edge.data.sampler import IdentityBatchSampler
-from graft_edge.distill import DistillConfig, Distiller
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_yaml
-from graft_edge.losses import GraftLoss
 from graft_edge.model import build_model
 from graft_edge.train import finetune, run_training
 from graft_edge.train import runner as train_runner
+from graft_edge.train.distill import DistillConfig, Distiller
 from graft_edge.train.loop import Objective
+from graft_edge.train.losses import GraftLoss
 from graft_edge.train.modality_dropout import ModalityDropout, draw_presence, kept_subsets
 from tests.conftest import tiny_train_config
 

@@ -9,14 +9,13 @@ from _export_fixtures import tiny_checkpoint_factory, tiny_dataset  # noqa: F401
 from typer.testing import CliRunner
 
 from graft_edge import cpu
-from graft_edge.artefact import artefact_files, artefact_size
 from graft_edge.cli.main import app
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_embedder
 from graft_edge.export import ExportOptions, export_model
-from graft_edge.formats import FORMATS, runtime_of
+from graft_edge.formats import FORMATS
 from graft_edge.inputs import random_images
-from graft_edge.runtime import load_embedder
+from graft_edge.runtime import artefact_files, artefact_size, load_embedder, runtime_of
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -28,7 +27,7 @@ MODES = ("fp32", "bf16", "int8") if cpu.has_bf16() else ("fp32", "int8")
 def ir_export(tmp_path_factory, tiny_checkpoint_factory, tiny_dataset):  # noqa: F811
     ckpt = tiny_checkpoint_factory(MODS)
     out = tmp_path_factory.mktemp("ov")
-    result = export_model(ckpt, out, ExportOptions(onnx=False, openvino=MODES, calib_data=tiny_dataset,
+    result = export_model(ckpt, out, ExportOptions(formats=tuple(f"openvino-{m}".replace("-fp32", "") for m in MODES), calib_data=tiny_dataset,
                                                    calib_samples=16))
     return ckpt, out, result
 
@@ -101,9 +100,9 @@ def test_missing_sidecar_or_bin_is_one_line(ir_export, tmp_path):
 
 
 @pytest.mark.parametrize("options, fragment", [
-    ({"openvino": ("int8",)}, "--openvino int8 needs --calib-data"),
-    ({"openvino": ("fp8",)}, "--openvino 'fp8': expected fp32, bf16, int8"),
-    ({"openvino": ("fp32",), "min_cosine_bf16": 2.0}, "--min-cosine-bf16 2.0"),
+    ({"formats": ("openvino-int8",)}, "--formats openvino-int8 needs --calib-data"),
+    ({"formats": ("openvino-fp8",)}, "unknown format 'openvino-fp8'"),
+    ({"formats": ("openvino",), "min_cosine_bf16": 2.0}, "--min-cosine-bf16 2.0"),
 ])
 def test_bad_openvino_options_are_one_line(options, fragment):
     with pytest.raises(GraftError, match=fragment):
@@ -112,8 +111,8 @@ def test_bad_openvino_options_are_one_line(options, fragment):
 
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: ["avx2", "avx512f"])
-    with pytest.raises(GraftError, match="--openvino bf16: this CPU .* neither AVX512-BF16 nor AMX"):
-        ExportOptions(openvino=("bf16",)).validated()
+    with pytest.raises(GraftError, match="--formats openvino-bf16: this CPU .* neither AVX512-BF16 nor AMX"):
+        ExportOptions(formats=("openvino-bf16",)).validated()
 
 
 def test_cli_export_openvino(tmp_path, tiny_checkpoint_factory):  # noqa: F811

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft_edge.artefact import artefact_files, artefact_size
 from graft_edge.errors import GraftError
 from graft_edge.profile import stats
 from graft_edge.profile.latency import interleaved_latency, synthetic_batch, time_embedder, warm_up
+from graft_edge.runtime import artefact_files, artefact_size
 
 # ------------------------------------------------------------------ percentiles
 
@@ -63,7 +63,7 @@ class FakeEmbedder:
     """Counts calls; sleeps `delay` seconds per call."""
 
     def __init__(self, delay: float = 0.0, fail_batch: int | None = None):
-        from graft_edge.artefact import EmbedderInfo
+        from graft_edge.artefact.embedder import EmbedderInfo
 
         self.info = EmbedderInfo(format="onnx", path="fake.onnx", modalities=("rgb", "nir"), img_size=(8, 4),
                                  mean=(0.5,) * 3, std=(0.5,) * 3, embed_dim=4, params_embedding=10, params_nonzero=10)

@@ -66,6 +66,11 @@ def test_tiny_sweep_runs_every_seed_chain_and_resumes(tiny_val_inputs: tuple[Pat
     assert (tmp_path / "sweep" / "sweep.md").read_text().count("| structured") == 6
     again = run_sweep(model, data, tmp_path / "sweep", settings)
     assert not again.done and again.rows == res.rows
+    # a chain level is reused only while its checkpoint is the one recorded: a changed file is pruned again
+    ckpt = tmp_path / "sweep" / "chains" / "structured+ft" / "s1" / "85pct.pt"
+    ckpt.write_bytes(ckpt.read_bytes() + b"x")
+    third = run_sweep(model, data, tmp_path / "sweep", settings)
+    assert third.done == ["structured+ft/s1/85%"] and third.rows == res.rows  # the same seed gives the same model
     with pytest.raises(GraftError, match="other --levels"):
         run_sweep(model, data, tmp_path / "sweep", replace(settings, levels=("75%",)))
 

@@ -1,4 +1,4 @@
-"""Hostile-input and fault repros (issue 15): each test is one defect of the probe, small and fast."""
+"""Hostile-input and fault repros: each test is one defect a hostile probe of the CLI found, small and fast."""
 from __future__ import annotations
 
 import errno

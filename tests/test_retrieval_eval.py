@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from graft_edge.cli.main import app
 from graft_edge.evaluation import embed_splits, query_gallery_distances, score_splits
-from graft_edge.metrics import RerankConfig, evaluate_rank
+from graft_edge.retrieval.metrics import RerankConfig, evaluate_rank
 from graft_edge.retrieval.visualize import GREEN, RED, StripLayout, ranked_entries
 from graft_edge.runtime import load_embedder
 
@@ -83,7 +83,7 @@ def test_bench_data_rerank(setup, tmp_path: Path) -> None:
 
 def test_eval_rerank_equals_rerank_of_distance_blocks(setup) -> None:
     """eval re-ranks from features; the result is rerank() of the three distance matrices."""
-    from graft_edge.metrics import pairwise_distance, rerank
+    from graft_edge.retrieval.metrics import pairwise_distance, rerank
 
     ckpt, data = setup
     query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=8)

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from graft_edge.cli.main import app
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import embed_splits
-from graft_edge.metrics import pairwise_distance
 from graft_edge.retrieval.images import find_images
 from graft_edge.retrieval.index import (
     IndexOptions,
@@ -25,6 +24,7 @@ from graft_edge.retrieval.index import (
     read_manifest,
     search_index,
 )
+from graft_edge.retrieval.metrics import pairwise_distance
 from graft_edge.retrieval.visualize import StripLayout
 from graft_edge.runtime import load_embedder
 
@@ -73,7 +73,7 @@ def test_round_trip_same_top10_as_eval(setup, tmp_path: Path) -> None:
     assert [e.sources[0].path.name for e in entries] == [s.sources[0].path.name for s in gallery.samples]
     # re-ranking over the whole gallery (pool >= gallery) equals eval's re-ranked order
     from graft_edge.evaluation import query_gallery_distances
-    from graft_edge.metrics import RerankConfig
+    from graft_edge.retrieval.metrics import RerankConfig
 
     cfg = RerankConfig(k1=4, k2=2, lambda_value=0.3)
     rr = search_index(tmp_path / "idx", manifest, q_feats, top=10, rerank_cfg=cfg)
@@ -164,7 +164,7 @@ def test_cli_build_search_visualize(setup, tmp_path: Path) -> None:
         dists = [r["distance"] for r in q["results"]]
         assert dists == sorted(dists) and q["id"] is not None
     from graft_edge.evaluation import query_gallery_distances
-    from graft_edge.metrics import RerankConfig
+    from graft_edge.retrieval.metrics import RerankConfig
 
     query, gallery = embed_splits(load_embedder(ckpt), data, batch_size=4)
     ref = np.argsort(query_gallery_distances(query, gallery, RerankConfig(4, 2, 0.3)), axis=1, kind="stable")[:, :3]

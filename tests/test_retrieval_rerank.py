@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft_edge.metrics import evaluate_rank, pairwise_distance, rerank, rerank_features
+from graft_edge.retrieval.metrics import evaluate_rank, pairwise_distance, rerank, rerank_features
 
 _spec = importlib.util.spec_from_file_location(
     "rerank_reference", Path(__file__).resolve().parents[1] / "benchmarks" / "rerank_reference.py")
@@ -72,7 +72,7 @@ def test_agrees_with_reference(num_query, num_gallery, ids, noise, k1, k2, lam) 
 
 def test_chunked_rows_give_the_same_result(monkeypatch) -> None:
     """Small working-memory chunks (many row blocks) change nothing."""
-    mod = importlib.import_module("graft_edge.rerank")
+    mod = importlib.import_module("graft_edge.retrieval.rerank")
 
     p = reference.clustered_problem(30, 90, 6, dim=8, noise=1.2, seed=3)
     whole = rerank_features(p["qf"], p["gf"])

@@ -1,4 +1,4 @@
-"""`graft-edge serve` on a real Triton server (PyTriton) over the loopback, `loadtest`, and `export --triton`.
+"""`graft-edge serve` on a real Triton server (the nvidia-pytriton wheel's) over the loopback, and `loadtest`.
 
 Skipped only where nvidia-pytriton / tritonclient are not installed (graft-edge's serve extra).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +25,15 @@ from graft_edge.cli.main import app
 from graft_edge.data.transforms import PairedTransform
 from graft_edge.errors import GraftError
 from graft_edge.runtime import load_embedder
+from graft_edge.serve.images import ImagePreprocessor
 from graft_edge.serve.loadtest import LoadSettings, free_ports, loopback_target, run_loadtest
 from graft_edge.serve.server import ServeOptions, model_name, start
+from graft_edge.serve.tritonserver import http_status
 
 pytest.importorskip("pytriton")
 http = pytest.importorskip("tritonclient.http")
 grpc = pytest.importorskip("tritonclient.grpc")
-pytestmark = pytest.mark.slow  # a Triton server starts in about 5 s
+pytestmark = pytest.mark.slow  # a Triton server starts in 5-30 s (its Python stub imports torch)
 
 MODS = ("rgb", "nir", "tir")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +119,8 @@ BAD = {
                      ("image", np.array([[b"x"]], dtype=object), "BYTES")], "mixes input forms"),
     "empty mask row": ([("rgb", np.zeros((1, 3, 32, 64), np.float32), "FP32"),
                         ("present", np.zeros((1, 3), np.float32), "FP32")], "has no modality present"),
+    "non-finite values": ([("rgb", np.full((1, 3, 32, 64), np.inf, np.float32), "FP32")],
+                          "input 'rgb' holds NaN or infinite values"),
 }
 
 
@@ -132,6 +137,99 @@ def test_bad_request_gets_an_error_naming_it_and_the_server_stays_healthy(server
     assert np.abs(res.as_numpy("embedding") - local.embed(x)).max() <= 1e-5
 
 
+GROUP = 13  # the grouping server's dynamic batch runs when this many samples are queued (its delay is a minute)
+# Triton batches only requests with the same inputs (and closes a batch at a request with other inputs), so a bad
+# request can share a batch only with good requests of its own inputs: those kinds are sent to the grouping server
+# with good requests of the same form, and the test checks that the 13 ran as one batch. The others (refused by
+# Triton before batching, or with inputs no well-formed request has) are sent with 12 good ones to the main server.
+NEIGHBOURS = {"undecodable bytes": "png", "empty mask row": "rgb+present", "non-finite values": "rgb"}
+@pytest.fixture(scope="module")
+def grouping_server(tmp_path_factory):
+    """A server whose dynamic batch runs exactly when 13 samples are queued; (grpc port, local embedder, client)."""
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("grouping") / "tiny.pt", MODS)
+    h, g, m = free_ports(3)
+    opt = ServeOptions(http_port=h, grpc_port=g, metrics_port=m, max_batch=GROUP, queue_delay_us=60_000_000,
+                       drain_seconds=5)
+    triton = start([ckpt], opt)
+    client = http.InferenceServerClient(f"127.0.0.1:{h}", network_timeout=30)
+    try:
+        yield {"http": h, "grpc": g, "metrics": m}, load_embedder(ckpt), client
+    finally:
+        client.close()
+        triton.stop()
+
+
+def _good_request(form: str, seed: int) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, np.ndarray]]:
+    """(request inputs, what the runtime takes offline) of one well-formed request of `form`."""
+    rng = np.random.default_rng(seed)
+    if form == "png":
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, size=(40, 210, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return [("image", np.array([[buf.getvalue()]], dtype=object), "BYTES")], {"png": buf.getvalue()}
+    x = rng.standard_normal((1, 3, 32, 64), dtype=np.float32)
+    if form == "rgb":
+        return [("rgb", x, "FP32")], {"rgb": x}
+    mask = np.array([[1, 0, 0]], np.float32)  # rgb+present: an explicit mask saying only rgb is there
+    return [("rgb", x, "FP32"), ("present", mask, "FP32")], {"rgb": x}
+
+
+def _send_together(port: int, requests: list[list[tuple[str, np.ndarray, str]]]) -> list:
+    """Send every request at once, one gRPC client per request; each result or the exception it raised."""
+    results: list = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def one(i: int) -> None:
+        client = grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        inputs = [_input(grpc, n, x, d) for n, x, d in requests[i]]
+        barrier.wait()
+        try:
+            results[i] = client.infer("tiny", inputs, client_timeout=120).as_numpy("embedding")
+        except Exception as exc:  # the result under test
+            results[i] = exc
+        client.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    return results
+
+
+def _batches_of(client, size: int, at_least: int = 0, limit: float = 60) -> int:
+    """Executed batches of `size` samples, polled until there are `at_least` (Triton counts a batch just after
+    answering it)."""
+    deadline = time.time() + limit
+    while True:
+        stats = client.get_inference_statistics("tiny")["model_stats"][0]
+        n = sum(int(b["compute_infer"]["count"]) for b in stats["batch_stats"] if int(b["batch_size"]) == size)
+        if n >= at_least or time.time() > deadline:
+            return n
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_a_bad_request_fails_alone_in_its_dynamic_batch(request, kind):
+    """12 good requests and 1 bad sent at once, within one queue delay: the good ones get their offline embedding."""
+    batched = kind in NEIGHBOURS
+    ports, local, client = request.getfixturevalue("grouping_server" if batched else "server")
+    bad, message = BAD[kind]
+    pre = ImagePreprocessor(local.info)
+    for round_ in range(3):
+        good = [_good_request(NEIGHBOURS.get(kind, "rgb"), 100 * round_ + i) for i in range(12)]
+        before = _batches_of(client, GROUP)
+        results = _send_together(ports["grpc"], [g[0] for g in good] + [bad])
+        assert isinstance(results[-1], Exception) and message in str(results[-1]), results[-1]
+        for (_, offline), got in zip(good, results[:-1]):
+            assert isinstance(got, np.ndarray), got
+            if "png" in offline:
+                offline = {m: x[None] for m, x in pre.side_by_side(offline["png"]).items()}
+            want = local.embed(offline)[0]
+            assert float(got[0] @ want / np.linalg.norm(got[0]) / np.linalg.norm(want)) >= 0.9999
+        if batched:  # the 12 good and the bad one ran as one batch
+            assert _batches_of(client, GROUP, at_least=before + 1) == before + 1
+
+
 def test_health_and_prometheus_metrics_come_from_triton(server):
     import urllib.request
 
@@ -146,11 +244,12 @@ def test_health_and_prometheus_metrics_come_from_triton(server):
 
 def test_loadtest_cli_reports_numbers(server, tmp_path):
     ports, _, _ = server
-    res = CliRunner().invoke(app, ["loadtest", f"127.0.0.1:{ports['grpc']}", "--model", "tiny", "--concurrency", "1,3",
+    res = CliRunner().invoke(app, ["loadtest", f"127.0.0.1:{ports['grpc']}", "--concurrency", "1,3",
                                    "--seconds", "1.5", "--json", str(tmp_path / "lt.json"), "--plot",
                                    str(tmp_path / "lt.png")])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "lt.json").read_text())
+    assert rep["model"] == "tiny"  # found by itself: the server's only model
     assert rep["schema"] == "graft-edge/loadtest" and rep["ok"] and [lv["concurrency"] for lv in rep["levels"]] == [1, 3]
     for lv in rep["levels"]:
         assert lv["errors"] == 0 and lv["requests"] > 0 and 0 < lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"]
@@ -167,11 +266,14 @@ def test_loadtest_refuses_other_hosts():
     assert loopback_target("localhost:8001") == ("localhost", 8001)
 
 
-def _serve_process(ckpt: Path, ports: list[int], *extra: str) -> subprocess.Popen:
+def _serve_process(ckpt: Path | list[Path], ports: list[int], *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "graft_edge", "serve", str(ckpt), "--http-port", str(ports[0]), "--grpc-port",
+    models = [str(c) for c in (ckpt if isinstance(ckpt, list) else [ckpt])]
+    cmd = [sys.executable, "-m", "graft_edge", "serve", *models, "--http-port", str(ports[0]), "--grpc-port",
            str(ports[1]), "--metrics-port", str(ports[2]), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # run from elsewhere: Triton's stub must import this tree's graft_edge without the working folder's help
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=ckpt[0].parent if isinstance(ckpt, list) else ckpt.parent)
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 90) -> None:
@@ -193,6 +295,36 @@ def _end(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def test_ready_only_once_every_model_has_answered_an_inference(tmp_path):
+    """Poll /v2/health/ready from the moment serve starts: at its first 200 every model has answered and answers."""
+    first = make_checkpoint(tmp_path / "tiny.pt", MODS)
+    second = Path(shutil.copyfile(first, tmp_path / "tiny2.pt"))
+    ports = free_ports(3)
+    proc = _serve_process([first, second], ports)
+    url = f"http://127.0.0.1:{ports[0]}/v2/health"
+    try:
+        seen = []
+        deadline = time.time() + 240
+        while not seen or seen[-1] != 200:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-2000:]
+            seen.append(http_status(f"{url}/ready", timeout=2))
+            time.sleep(0.02)  # the polling interval: readiness itself is read from the server
+        client = http.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        stats = {s["name"]: s["inference_count"] for s in client.get_inference_statistics()["model_stats"]}
+        assert stats == {"tiny": 1, "tiny2": 1}  # each model's warm-up inference, before ready
+        x = _images(11, 1)
+        want = load_embedder(first).embed(x)
+        for name in ("tiny", "tiny2"):
+            res = client.infer(name, [_input(http, m, x[m], "FP32") for m in MODS])
+            assert np.abs(res.as_numpy("embedding") - want).max() <= 1e-5
+        assert http_status(f"{url}/live") == 200 and 200 not in seen[:-1]
+        client.close()
+        with pytest.raises(GraftError, match="holds 2 ready models"):  # loadtest finds a model only when there is one
+            run_loadtest(LoadSettings(target=f"127.0.0.1:{ports[1]}", concurrency=(1,), seconds=1))
+    finally:
+        _end(proc)
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path):

@@ -1,4 +1,4 @@
-"""Signals (issue 15 items 5, 14): SIGTERM is handled like Ctrl-C, and DDP ranks die with their launcher."""
+"""Signals: SIGTERM is handled like Ctrl-C, and DDP ranks die with their launcher."""
 from __future__ import annotations
 
 import os

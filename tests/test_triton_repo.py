@@ -7,7 +7,7 @@ import pytest
 from _export_fixtures import make_checkpoint
 from typer.testing import CliRunner
 
-from graft_edge.artefact import ArtefactMeta, BatchRange
+from graft_edge.artefact.record import ArtefactMeta, BatchRange
 from graft_edge.cli.main import app
 from graft_edge.errors import GraftError
 from graft_edge.serve.triton_repo import RepoOptions, build_config, parse_config

@@ -10,10 +10,10 @@ from rich.markup import escape
 
 from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import ALL_SUBSETS
 from graft_edge.model.embedder import check_dtype
 from graft_edge.profile.bench import BenchSettings, any_failed, bench_models
 from graft_edge.profile.progress import rich_progress
-from graft_edge.robustness import ALL_SUBSETS
 from graft_edge.units import format_count, parse_int_list
 
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from graft_edge.errors import GraftError, one_line
 from graft_edge.fileio import write_json
+from graft_edge.formats import batch_dependence_note
 from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,6 +66,13 @@ def guarded(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def warn_if_batch_dependent(path: Path, embedder: Any, consequence: str) -> None:
+    """Warn (stderr) when the artefact's embeddings depend on their batch-mates (formats.batch_dependence_note)."""
+    note = batch_dependence_note(path, embedder.info.format, embedder.info.extra.get("precision"))
+    if note:
+        err_console().print(f"[yellow]warning:[/] {escape(note)}; {consequence}", soft_wrap=True, emoji=False)
 
 
 def check_output_file(path: Path | None, option: str) -> None:

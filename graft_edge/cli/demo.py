@@ -9,10 +9,10 @@ import typer
 
 from graft_edge.cli.common import console, err_console, guarded
 from graft_edge.cli.frontier import frontier_table
+from graft_edge.compress import parse_targets
 from graft_edge.formats import parse_formats
 from graft_edge.profile.progress import rich_progress
 from graft_edge.workflows.demo import DemoSettings, auto_threads, run_demo, with_overrides
-from graft_edge.workflows.frontier import parse_targets
 
 
 @guarded

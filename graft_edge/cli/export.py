@@ -8,11 +8,11 @@ from typing import List, Optional
 import typer
 
 from graft_edge.cli.common import console, err_console, guarded
+from graft_edge.errors import GraftError
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.export.fusion import ATTENTION_OPS
 from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
-from graft_edge.export.options import FUSED_MODES, OPENVINO_MODES
-from graft_edge.formats import FORMATS
+from graft_edge.formats import FORMATS, Format, help_text, parse_formats
 from graft_edge.serve.triton_repo import RepoOptions, model_config_pb2, write_repository
 
 D = ExportOptions()  # the defaults shown and used by the options below
@@ -20,22 +20,50 @@ D = ExportOptions()  # the defaults shown and used by the options below
 EXIT_CHECK_FAILED = 1  # the export ran but an artefact failed its check (or TensorRT was unavailable)
 
 
-def _modes(values: list[str] | None, every: tuple[str, ...], word: str) -> tuple[str, ...]:
-    """Repeated or comma-separated modes; `word` (both / all) stands for every mode."""
-    modes: list[str] = []
+# the per-family flags of earlier versions, kept as aliases: MODE -> format name (graft_edge.formats)
+INT8_MODES = {"dynamic": "int8", "static": "int8-static", "u8s8": "int8-u8s8"}
+FUSED_MODES = {"fp32": "onnx-fused", "dynamic": "int8-fused"}
+OPENVINO_MODES = {(n.split("-", 1)[1] if "-" in n else "fp32"): n for n, f in FORMATS.items() if f.runtime == "openvino"}
+
+
+def _modes(values: list[str] | None, table: dict[str, str], flag: str, every: str) -> list[str]:
+    """Repeated or comma-separated MODEs of one alias flag -> format names; `every` stands for all of them."""
+    names: list[str] = []
     for value in values or []:
-        for part in str(value).split(","):
-            part = part.strip().lower()
-            if part == word:
-                modes += list(every)
+        for part in (p.strip().lower() for p in str(value).split(",")):
+            if part == every:
+                names += [table[m] for m in table if not (flag == "--int8" and m == "u8s8")]
+            elif part in table:
+                names.append(table[part])
             elif part:
-                modes.append(part)
-    return tuple(dict.fromkeys(modes))
+                raise GraftError(f"{flag} {part!r}: expected {', '.join(table)} (or use --formats)")
+    return names
 
 
-def _int8_modes(values: list[str] | None) -> tuple[str, ...]:
-    """--int8 dynamic --int8 static, --int8 dynamic,static or --int8 both -> ('dynamic', 'static')."""
-    return _modes(values, ("dynamic", "static"), "both")
+def alias_formats(onnx: bool | None, int8: list[str] | None, fused: list[str] | None, fp16: bool, trt: bool,
+                  openvino: list[str] | None) -> tuple[list[str], list[str]]:
+    """The format names the alias flags (--onnx, --int8, --fused, --fp16, --trt, --openvino) ask for, and notes.
+
+    --trt adds the TensorRT engine of each asked precision: FP32 always, FP16 with --fp16, INT8 with --int8
+    static (its Q/DQ source)."""
+    names = (["onnx"] if onnx is not False else []) + _modes(int8, INT8_MODES, "--int8", "both")
+    names += _modes(fused, FUSED_MODES, "--fused", "all") + (["fp16"] if fp16 else [])
+    names += _modes(openvino, OPENVINO_MODES, "--openvino", "all")
+    notes = []
+    if trt:
+        names += ["trt-fp32"] + (["trt-fp16"] if fp16 else []) + (["trt-int8"] if "int8-static" in names else [])
+        if "int8" in names and "int8-static" not in names:
+            notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
+    return names, notes
+
+
+def resolve_formats(formats: str | None, aliases: tuple[list[str], list[str]]) -> tuple[Format, ...]:
+    """--formats (parsed here, once) plus the formats the alias flags named -> the rows to keep, in table order."""
+    rows = set(parse_formats(formats)) if formats else set()
+    rows |= {FORMATS[n] for n in aliases[0]}
+    if not rows:
+        raise GraftError("nothing to export: --no-onnx without --formats, --int8, --fused, --fp16, --trt or --openvino")
+    return tuple(f for f in FORMATS.values() if f in rows)
 
 
 FUSED_HELP = "; ".join(f"'{mode}': NAME{FORMATS[name].suffix} ({FORMATS[name].help})" for mode, name in FUSED_MODES.items())
@@ -77,7 +105,8 @@ def _summary_table(result) -> None:
 def export_cmd(
     model: Path = typer.Argument(..., help="Checkpoint (.pt) written by graft-edge init/train/prune."),
     out: Path = typer.Option(..., "--out", help="Folder for the artefacts (created; existing files of the same names are replaced)."),
-    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT. It is always built and checked (INT8/FP16/TensorRT derive from it); --no-onnx only skips keeping it."),
+    formats: Optional[str] = typer.Option(None, "--formats", help=f"Comma-separated formats to write (the names of `frontier --formats`; what they are built from is built and checked too, and kept only when listed): {help_text()}. The flags below are shorthands for these names."),
+    onnx: Optional[bool] = typer.Option(None, "--onnx/--no-onnx", help="Keep the FP32 ONNX NAME.onnx in OUT (default: yes, unless --formats is given without it). It is built and checked whenever a format derives from it (INT8, FP16, TensorRT, OpenVINO); --no-onnx only skips keeping it."),
     int8: Optional[List[str]] = typer.Option(None, "--int8", help=f"INT8 ONNX Runtime models: 'dynamic' (NAME{FORMATS['int8'].suffix}: {FORMATS['int8'].help}) and/or 'static' (NAME{FORMATS['int8-static'].suffix}: {FORMATS['int8-static'].help} from --calib-data; also TensorRT's INT8 source) and/or 'u8s8' (NAME{FORMATS['int8-u8s8'].suffix}: {FORMATS['int8-u8s8'].help}, from --calib-data). Repeat, or give 'dynamic,static'."),
     fused: Optional[List[str]] = typer.Option(None, "--fused", help=f"Fused-attention ONNX (every attention one ONNX Runtime contrib node; CPU ONNX Runtime only): {FUSED_HELP}. Repeat, give a comma-separated list, or 'all'."),
     attention_op: str = typer.Option(D.attention_op, "--attention-op", help=f"Contrib op of the --fused graphs: {' or '.join(ATTENTION_OPS)} (Attention holds the q|k|v projection and becomes QAttention under dynamic INT8; static Q/DQ leaves it FP32)."),
@@ -112,10 +141,10 @@ def export_cmd(
     checks pass, 1 when an artefact failed its check (kept as *.failed) or TensorRT was unavailable,
     2 on bad input (nothing written).
     """
+    aliases = alias_formats(onnx if onnx is not None else not formats, int8, fused, fp16, trt, openvino)
     options = ExportOptions(
-        onnx=onnx, int8=_int8_modes(int8), fused=_modes(fused, tuple(FUSED_MODES), "all"), attention_op=attention_op,
-        fp16=fp16, trt=trt, openvino=_modes(openvino, tuple(OPENVINO_MODES), "all"),
-        batch=batch, min_cosine_bf16=min_cosine_bf16,
+        formats=resolve_formats(formats, aliases), attention_op=attention_op, batch=batch,
+        min_cosine_bf16=min_cosine_bf16,
         calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method.strip().lower(), opset=opset,
         tolerance=tolerance, min_cosine_int8=min_cosine_int8, min_cosine_fp16=min_cosine_fp16,
         workspace_mb=workspace, sparse_weights=sparse_weights, name=name,
@@ -135,6 +164,8 @@ def export_cmd(
                        gpu=triton_gpu).validated() if triton is not None else None
     if repo is not None:
         model_config_pb2()  # fail before exporting when tritonclient is missing
+    for note in aliases[1]:
+        log(f"note: {note}")
     result = export_model(model, out, options, log=log, raise_on_failure=False)
     if repo is not None:
         kept = [a.path for a in result.artefacts if a.status == "ok"]
@@ -147,6 +178,9 @@ def export_cmd(
     if not result.ok:
         from rich.markup import escape
 
-        for failure in result.failures:
-            log_console.print(f"[bold red]error:[/] {escape(failure)}", soft_wrap=True, emoji=False)
+        kept = [a.path.name for a in result.artefacts if a.status == "ok"]
+        written = f"; the other artefacts were still written to {out} ({', '.join(kept)})" if kept else ""
+        for i, failure in enumerate(result.failures):
+            tail = written if i == len(result.failures) - 1 else ""
+            log_console.print(f"[bold red]error:[/] {escape(failure + tail)}", soft_wrap=True, emoji=False)
         raise typer.Exit(EXIT_CHECK_FAILED)

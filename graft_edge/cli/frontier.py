@@ -7,10 +7,11 @@ from typing import Any, Optional
 import typer
 
 from graft_edge.cli.common import DTYPE_HELP, console, err_console, guarded
+from graft_edge.compress import get_method, parse_targets
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, help_text, parse_formats
 from graft_edge.profile.progress import rich_progress
 from graft_edge.units import format_count
-from graft_edge.workflows.frontier import FrontierSettings, parse_targets, run_frontier
+from graft_edge.workflows.frontier import FrontierSettings, run_frontier
 
 FORMAT_HELP = help_text()
 D = FrontierSettings(targets=())  # the defaults shown and used by the options below
@@ -89,7 +90,7 @@ def frontier_cmd(
     measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
     if finetune_epochs is None:
         finetune_epochs = D.finetune_epochs if data is not None else 0  # without data there is nothing to finetune on
-    settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=method,
+    settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=get_method(method),
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
                                eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds,

@@ -8,9 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.cli.common import console, err_console, guarded, warn_if_batch_dependent, write_json_output
 from graft_edge.errors import GraftError
-from graft_edge.metrics import RerankConfig
 from graft_edge.retrieval.images import find_images
 from graft_edge.retrieval.index import (
     IndexOptions,
@@ -23,6 +22,7 @@ from graft_edge.retrieval.index import (
     read_manifest,
     search_index,
 )
+from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
 
@@ -59,6 +59,8 @@ def build_cmd(
 ) -> None:
     """Embed IMAGES with MODEL into a new index; rerun the same command to finish an interrupted build."""
     embedder = load_embedder(model, device=device, threads=threads)
+    warn_if_batch_dependent(model, embedder, "queries embedded online (serve, index search) will not match this "
+                            "gallery's embeddings exactly")
     with progress_bar("embedding gallery") as (advance, total):
         options = IndexOptions(faiss_spec, batch_size, split)
         manifest = build_index(model, embedder, images, out, options, advance, total)

@@ -13,11 +13,17 @@ from graft_edge.checkpoint import save_checkpoint
 from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import embed_splits, query_gallery_distances, score_splits
-from graft_edge.metrics import RerankConfig
+from graft_edge.evaluation import (
+    ALL_SUBSETS,
+    embed_splits,
+    evaluate_subsets,
+    query_gallery_distances,
+    score_splits,
+    subset_label,
+)
 from graft_edge.model import build_model, embedding_params
+from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.retrieval.visualize import write_ranked_strips
-from graft_edge.robustness import ALL_SUBSETS, evaluate_subsets, subset_label
 from graft_edge.runtime import load_embedder
 from graft_edge.runtime.presence import supports_subsets
 from graft_edge.units import format_count

@@ -7,10 +7,11 @@ from typing import Optional
 import typer
 
 from graft_edge.cli.common import check_output_file, console, err_console, guarded, write_json_output
-from graft_edge.distill import DistillConfig
+from graft_edge.compress import get_method
+from graft_edge.evaluation import score_line
 from graft_edge.model import embedding_params
 from graft_edge.model.arch import arch_summary
-from graft_edge.train.runner import score_line
+from graft_edge.train.distill import DistillConfig
 from graft_edge.units import format_count
 from graft_edge.workflows.prune import PruneRequest, run_prune
 
@@ -61,7 +62,7 @@ def prune_cmd(
 
     check_output_file(out, "--out")
     check_output_file(json_out, "--json")
-    request = PruneRequest(target=target, method=method, steps=steps, round_to=round_to, attn_unit=attn_unit,
+    request = PruneRequest(target=target, method=get_method(method), steps=steps, round_to=round_to, attn_unit=attn_unit,
                            fraction=fraction, data=data, finetune_epochs=finetune_epochs, device=device,
                            distill=distill, distill_config=DistillConfig(
                                embed_weight=distill_embed_weight, logits_weight=distill_logits_weight,
@@ -70,19 +71,18 @@ def prune_cmd(
     err = err_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
-        task = bar.add_task(f"{method} pruning", total=None)
+        task = bar.add_task(f"{request.method.name} pruning", total=None)
         res = run_prune(model, out, request, resume=resume,
                         progress=lambda done, total: bar.update(task, completed=done, total=total),
                         log=lambda msg: err.print(msg, soft_wrap=True, markup=False, emoji=False))
     method = res.method
     final_params, final_nz = embedding_params(res.model), embedding_params(res.model, nonzero=True)
-    final = final_params if method == "structured" else final_nz
-    what = "parameters" if method == "structured" else "nonzero parameters"
-    lines = [f"wrote {out}: {method} pruning, {format_count(res.start_size)} -> {format_count(final)} {what} "
+    final = method.counted_size(res.model)
+    lines = [f"wrote {out}: {method.name} pruning, {format_count(res.start_size)} -> {format_count(final)} {method.counts} "
              f"({100 * final / res.start_size:.1f}%) in {len(res.schedule)} step(s)"
              + (" with distillation" if request.distilling else "")
              + (f"; target {format_count(res.target)}" if res.target is not None else "")]
-    if method == "structured":
+    if not method.keeps_architecture:
         lines.append(f"  widths: {arch_summary(res.arch)}")
     for e in res.new_steps:
         scores = score_line(e, ("mAP", "R1"))
@@ -90,6 +90,6 @@ def prune_cmd(
         lines.append(f"  step {e['step']}/{e['steps']}: params {format_count(e['params_embedding'])}, nonzero "
                      f"{format_count(e['params_nonzero'])}" + (f"  {scores}{kept}" if scores else ""))
     console().print("\n".join(lines))
-    write_json_output(json_out, {"out": str(out), "method": method, "target": res.target,
+    write_json_output(json_out, {"out": str(out), "method": method.name, "target": res.target,
                                  "params_embedding": final_params, "params_nonzero": final_nz,
                                  "start_size": res.start_size, "arch": res.arch, "history": res.history})

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from graft_edge.cli.common import console, err_console, guarded, write_json_output
+from graft_edge.formats import batch_dependent_formats
 from graft_edge.serve.loadtest import LoadSettings, parse_concurrency, run_loadtest, write_plot
 from graft_edge.serve.server import ServeOptions, serve_forever
 
@@ -16,7 +17,7 @@ D = ServeOptions()
 
 @guarded
 def serve_cmd(
-    models: List[Path] = typer.Argument(..., help="Artefacts to serve: checkpoint (.pt), ONNX (.onnx) or TensorRT engine; each becomes a Triton model named after its file (model.int8-dynamic.onnx -> model.int8-dynamic)."),
+    models: List[Path] = typer.Argument(..., help="Artefacts to serve: checkpoint (.pt), ONNX (.onnx), OpenVINO IR (.xml) or TensorRT engine; each becomes a Triton model named after its file (model.int8-static.onnx -> model.int8-static)."),
     host: str = typer.Option(D.host, "--host", help="Address every endpoint binds to (default: loopback only)."),
     http_port: int = typer.Option(D.http_port, "--http-port", help="HTTP/REST port (KServe v2 API, health at /v2/health/ready)."),
     grpc_port: int = typer.Option(D.grpc_port, "--grpc-port", help="gRPC port."),
@@ -27,16 +28,21 @@ def serve_cmd(
     device: str = typer.Option(D.device, "--device", help="cpu or cuda for the runtime."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Runtime CPU threads per instance (default: the runtime's choice).", min=1),
     drain_seconds: int = typer.Option(D.drain_seconds, "--drain-seconds", help="On SIGTERM / Ctrl-C: seconds in-flight requests may take to finish.", min=0),
-    verbose: int = typer.Option(0, "--verbose", help="Triton's log verbosity (0: errors and start-up only).", min=0),
+    start_timeout: float = typer.Option(D.start_timeout, "--start-timeout", help="Seconds every model may take to load and answer its warm-up request before serve gives up."),
+    allow_batch_dependent: bool = typer.Option(False, "--allow-batch-dependent", help=f"Also serve formats whose embedding of a sample depends on its batch-mates ({', '.join(batch_dependent_formats())}), with a warning; refused otherwise."),
+    verbose: int = typer.Option(0, "--verbose", help="Triton's log verbosity (0: its start-up log only when start-up fails, everything after start-up; 1 or more: all of it, at that verbosity).", min=0),
 ) -> None:
-    """Serve artefacts on a Triton Inference Server (PyTriton) with dynamic batching, until SIGTERM / Ctrl-C.
+    """Serve artefacts on a Triton Inference Server (Triton's Python backend) with dynamic batching, until SIGTERM / Ctrl-C.
 
     Inputs per request (one form): float32 (3, H, W) tensors per modality, an encoded side-by-side 'image',
     or '<modality>_image' bytes; plus an optional float32 (M,) 'present' mask. Output: 'embedding' (D,).
+    A malformed request gets its own error; the requests batched with it are answered. /v2/health/ready
+    is 200 once every model has loaded and answered a warm-up inference; /v2/health/live while the server runs.
     """
     opt = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                        max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
-                       device=device.strip().lower(), threads=threads, drain_seconds=drain_seconds, verbose=verbose)
+                       device=device.strip().lower(), threads=threads, drain_seconds=drain_seconds,
+                       start_timeout=start_timeout, allow_batch_dependent=allow_batch_dependent, verbose=verbose)
     err = err_console()
     serve_forever(models, opt, log=lambda msg: err.print(msg, soft_wrap=True, markup=False, emoji=False))
 
@@ -65,7 +71,7 @@ def loadtest_cmd(
     seconds: float = typer.Option(15.0, "--seconds", help="Seconds per concurrency level."),
     max_requests: int = typer.Option(100_000, "--max-requests", help="Answered requests after which a level stops early.", min=1),
     protocol: str = typer.Option("grpc", "--protocol", help="grpc or http (TARGET's port must be that endpoint's)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Triton model name (default: the server's only model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Triton model name (default: the server's only ready model, from its model index)."),
     batch: int = typer.Option(1, "--batch", help="Samples per request.", min=1),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds a request may take before it counts as a timeout."),
     max_errors: int = typer.Option(50, "--max-errors", help="Failed requests after which a level stops early.", min=1),

@@ -11,11 +11,12 @@ import typer
 from graft_edge.cli.common import console, guarded
 from graft_edge.config import GraftConfig, apply_overrides, config_from_dict, get_preset
 from graft_edge.errors import GraftError
+from graft_edge.evaluation import score_line
 from graft_edge.fileio import read_yaml
 from graft_edge.train import run_training
 from graft_edge.train.distributed import check_devices_per_node, launch_module, torchrun_args
 from graft_edge.train.rundir import RunPaths, check_run_dir
-from graft_edge.train.runner import preflight, score_line
+from graft_edge.train.runner import preflight
 
 
 def resolve_config(preset: str | None, config: Path | None, sets: list[str], resume: bool, out: Path) -> GraftConfig:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from graft_edge.errors import GraftError
+from graft_edge.model import embedding_params
 from graft_edge.model.arch import backbone_blocks
 
 Masks = dict[str, torch.Tensor]
@@ -72,11 +73,12 @@ class L1Importance:
 
 
 class UnstructuredPruner:
-    """Global magnitude pruning over the prunable weights; each `step(amount)` removes `amount` more.
+    """Global magnitude pruning over the prunable weights; `step(target)` prunes down to `target` nonzero
+    parameters of the embedding model.
 
-    >>> pruner = UnstructuredPruner(model)          # masks from the current zeros
-    >>> pruner.step(pruner.remaining() // 5)        # one paper round: 20% of the remaining weights
-    >>> pruner.apply()                              # or mask_hook(pruner.masks) inside finetuning
+    >>> pruner = UnstructuredPruner(model)                      # masks from the current zeros
+    >>> pruner.step(embedding_params(model, nonzero=True) - pruner.remaining() // 5)   # one paper round: 20%
+    >>> mask_hook(pruner.masks)                                 # re-applies the masks inside finetuning
     """
 
     def __init__(self, model: nn.Module, importance: L1Importance | None = None, masks: Masks | None = None) -> None:
@@ -88,8 +90,19 @@ class UnstructuredPruner:
         """Prunable weights still kept."""
         return int(sum(int(m.sum()) for m in self.masks.values()))
 
+    def floor(self) -> int:
+        """The smallest nonzero count reachable: every prunable weight removed."""
+        return embedding_params(self.model, nonzero=True) - prunable_nonzero(self.model)
+
+    def step(self, target: int | None = None) -> Masks:
+        """Prune down to `target` nonzero embedding parameters; returns the masks (re-apply them while finetuning)."""
+        if target is None:
+            raise GraftError("UnstructuredPruner.step needs a target (nonzero parameters to keep)")
+        self.remove(embedding_params(self.model, nonzero=True) - int(target))
+        return self.masks
+
     @torch.no_grad()
-    def step(self, amount: int) -> int:
+    def remove(self, amount: int) -> int:
         """Remove exactly `amount` kept weights, smallest importance first (ties broken by position)."""
         amount = int(amount)
         if amount <= 0:
@@ -153,8 +166,13 @@ class SemiStructuredPruner:
         params = sparse_targets(self.model)
         return int(sum(int(torch.count_nonzero(params[n].detach())) - int(m.sum()) for n, m in masks.items()))
 
-    def step(self) -> Masks:
-        """Apply the N:M masks; returns them (keep them to re-apply during finetuning)."""
+    def floor(self) -> int:
+        """The nonzero count the N:M pattern leaves (its size is implied, so it is also its only target)."""
+        return embedding_params(self.model, nonzero=True) - self.removed_by(self.plan())
+
+    def step(self, target: int | None = None) -> Masks:
+        """Apply the N:M masks (the size is implied: `target` is not used); returns them (re-apply them during
+        finetuning)."""
         self.masks = self.plan()
         apply_masks(self.model, self.masks)
         return self.masks

@@ -66,7 +66,7 @@ class Difficulty:
 
 PRESETS: dict[str, Difficulty] = {
     "easy": Difficulty(),
-    # the capacity-bound benchmark (benchmarks/README.md, issue 11), calibrated at 80 ids x 16 cameras x 2 images
+    # the capacity-bound benchmark (benchmarks/README.md), calibrated at 80 ids x 16 cameras x 2 images
     # per camera: finer identity steps (6 values per cue) and the original nuisance, so the `synthetic` preset's
     # tiny ViT converges within its epochs and pruning it hurts even after finetuning
     "capacity": Difficulty(name="capacity", min_cue_values=6),

@@ -1,36 +1,47 @@
 """One builder per format of graft_edge.formats: how each artefact file is made from its source.
 
-An ONNX builder writes the staged file and returns the metadata it adds; the exporter then checks the
-file against PyTorch and commits or quarantines it. TensorRT engines are built by `build_trt` from the
-ONNX variant the TensorRT version needs (see tensorrt.trt_plan). OpenVINO IRs are built from the checked FP32
-ONNX too (graft_edge.export.openvino) and checked through OpenVINO.
+A builder writes the staged file (and its companions) at `dst` from the checked file of its `source`
+format (None for formats built from the model) and returns the facts it adds to the metadata; the
+exporter then checks the file through its runtime and commits or quarantines it, the same for every
+format. TensorRT engines are built from the ONNX variant the installed TensorRT needs (tensorrt.trt_plan);
+a builder that fixes the batch range returns it as `batch_profile`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from graft_edge.artefact import PRESENCE_INPUT
+from graft_edge.artefact.record import PRESENCE_INPUT
+from graft_edge.compress import previous_methods
 from graft_edge.cpu import require_bf16
+from graft_edge.errors import GraftError
 from graft_edge.export.fp16 import FP32_OPS, convert_fp16
 from graft_edge.export.fusion import export_fused, fused_op_counts
 from graft_edge.export.onnx import check_exported, export_onnx, graph_inputs
 from graft_edge.export.openvino import onnx_to_ir, quantize_int8
 from graft_edge.export.options import ExportOptions
 from graft_edge.export.quantize import quantize_dynamic_int8, quantize_static_int8
+from graft_edge.export.tensorrt import TIMING_CACHE, build_engine, trt_major, trt_plan
+from graft_edge.runtime import require_tensorrt
 
 
 @dataclass(frozen=True)
 class BuildInputs:
-    """What builders read: the model, the options, the calibration images (None without --calib-data)."""
+    """What builders read: the model, the options, the calibration images (None without --calib-data), the
+    checked files built so far ({format name: path}), OUT (for caches) and the checkpoint's pruning history."""
 
     model: torch.nn.Module
     options: ExportOptions
     calib: Mapping[str, np.ndarray] | None
+    built: Mapping[str, Path] = field(default_factory=dict)
+    out: Path | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    log: Callable[[str], None] | None = None
 
 
 def build_fp32(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
@@ -90,18 +101,6 @@ def build_fp16(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
             "io_types": "float32"}
 
 
-# format name (graft_edge.formats) -> builder of its ONNX file; TensorRT rows go through build_trt
-ONNX_BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, Any]]] = {
-    "onnx": build_fp32,
-    "int8": build_int8_dynamic,
-    "int8-static": build_int8_static,
-    "int8-u8s8": build_int8_u8s8,
-    "onnx-fused": build_fused,
-    "int8-fused": build_int8_dynamic,
-    "fp16": build_fp16,
-}
-
-
 def build_openvino_fp32(job: BuildInputs, src: Path | None, dst: Path) -> dict[str, Any]:
     """OpenVINO IR of the FP32 ONNX, FP32 weights, run with INFERENCE_PRECISION_HINT f32."""
     onnx_to_ir(src, dst, compress_to_fp16=False)
@@ -122,9 +121,34 @@ def build_openvino_int8(job: BuildInputs, src: Path | None, dst: Path) -> dict[s
     return {"inference_precision_hint": "f32", "quantization": record}
 
 
-# format name (graft_edge.formats) -> builder of its file from the FP32 ONNX; TensorRT rows go through build_trt
+def build_trt(job: BuildInputs, src: Path | None, dst: Path, precision: str = "fp32") -> dict[str, Any]:
+    """A TensorRT engine from the ONNX variant the installed TensorRT needs for `precision` (builder flags on
+    TensorRT 10, the strongly typed FP16 / Q/DQ ONNX on >= 11); SPARSE_WEIGHTS when the history says 2:4."""
+    trt = require_tensorrt()
+    opt = job.options
+    sparse = opt.sparse_weights if opt.sparse_weights is not None else "2:4" in previous_methods(list(job.history))
+    plan = trt_plan(trt_major(trt.__version__), precision, sparse)
+    source = job.built.get(plan.onnx_variant)
+    if source is None:
+        raise GraftError(f"TensorRT {trt.__version__} builds {precision} engines from the {plan.onnx_variant} "
+                         "format, which was not built")
+    cache = job.out / TIMING_CACHE if job.out is not None else None
+    return build_engine(source, dst, precision=precision, batch=opt.batch, workspace_mb=opt.workspace_mb,
+                        timing_cache=cache, sparse=sparse, log=job.log)
+
+
+# format name (graft_edge.formats) -> builder of its file; every row of the table but `torch` has one
 BUILDERS: dict[str, Callable[[BuildInputs, Path | None, Path], dict[str, Any]]] = {
-    **ONNX_BUILDERS,
+    "onnx": build_fp32,
+    "int8": build_int8_dynamic,
+    "int8-static": build_int8_static,
+    "int8-u8s8": build_int8_u8s8,
+    "onnx-fused": build_fused,
+    "int8-fused": build_int8_dynamic,
+    "fp16": build_fp16,
+    "trt-fp32": partial(build_trt, precision="fp32"),
+    "trt-fp16": partial(build_trt, precision="fp16"),
+    "trt-int8": partial(build_trt, precision="int8"),
     "openvino": build_openvino_fp32,
     "openvino-bf16": build_openvino_bf16,
     "openvino-int8": build_openvino_int8,

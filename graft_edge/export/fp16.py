@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD
+from graft_edge.artefact.onnx_file import EXTERNAL_DATA_THRESHOLD
 from graft_edge.errors import GraftError, one_line
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",

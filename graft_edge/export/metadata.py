@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from graft_edge.artefact import PRESENCE_INPUT, ArtefactMeta, software_versions
+from graft_edge.artefact.record import PRESENCE_INPUT, ArtefactMeta
+from graft_edge.artefact.versions import software_versions
 from graft_edge.model import count_params, embedding_params
 from graft_edge.model.flops import model_flops_per_sample
 

@@ -26,7 +26,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, MAX_BATCH, OUTPUT_NAME, PRESENCE_INPUT, data_file
+from graft_edge.artefact.onnx_file import EXTERNAL_DATA_THRESHOLD, data_file
+from graft_edge.artefact.record import MAX_BATCH, OUTPUT_NAME, PRESENCE_INPUT
 from graft_edge.errors import GraftError
 from graft_edge.inputs import random_images
 

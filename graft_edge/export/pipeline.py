@@ -11,9 +11,11 @@ Files written to OUT (NAME defaults to "model"; one per row of graft_edge.format
   NAME.openvino{,-bf16,-int8}.xml     OpenVINO IR (--openvino fp32,bf16,int8), weights in the .bin beside each
   <artefact stem>.json      metadata sidecar of each artefact (NAME.json for NAME.onnx)
   export.json               summary of the run: artefacts, parity, timings, failures
-Every artefact is staged in a hidden folder inside OUT, checked against PyTorch, given its
-metadata, and only then moved into place (os.replace), so nothing half-written looks valid.
-An artefact that fails its check is kept as `<file>.failed` for inspection and the run fails.
+Every format goes through the same steps: built into a hidden staging folder inside OUT, given a
+provisional metadata record, opened through `runtime.load_embedder` (the code eval, bench and serve use)
+and checked against PyTorch, given its final record, and only then moved into place with its companion
+files (os.replace, the main file last), so nothing half-written or unchecked looks valid. An artefact that
+fails its check (or cannot be opened) is kept as `<file>.failed` for inspection and the run fails.
 """
 from __future__ import annotations
 
@@ -25,28 +27,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import onnxruntime as ort
 
-from graft_edge.artefact import ArtefactMeta, BatchRange, artefact_files, data_file, write_onnx_metadata, write_sidecar
+from graft_edge.artefact.record import ArtefactMeta, BatchRange, sidecar_path, write_sidecar
 from graft_edge.checkpoint import Checkpoint, load_model
-from graft_edge.compress.targets import previous_methods
 from graft_edge.errors import GraftError, one_line
 from graft_edge.export import parity
 from graft_edge.export.builders import BUILDERS, BuildInputs
 from graft_edge.export.calibration import PARITY_SAMPLES, check_calib_root, load_calibration, load_parity_images
 from graft_edge.export.metadata import model_metadata
 from graft_edge.export.options import ExportOptions
-from graft_edge.export.tensorrt import TIMING_CACHE, build_engine, require_tensorrt, trt_major, trt_plan
 from graft_edge.fileio import sha256_file, write_json
-from graft_edge.formats import FORMATS, Format
+from graft_edge.formats import Format
 from graft_edge.outdir import FolderBusy, OutputLock, clean_stale_temps
-from graft_edge.runtime.onnx_backend import session_options
-from graft_edge.runtime.openvino_backend import compile_ir, run_compiled
-from graft_edge.runtime.presence import presence_feeds
-from graft_edge.runtime.tensorrt_backend import TensorRTEmbedder, TensorRTUnavailable
+from graft_edge.runtime import RUNTIMES, Unavailable, artefact_files, check_available, load_embedder
 
 SUMMARY_FILE = "export.json"
-TRT_SOURCES = ("int8", "int8-static", "fp16")  # the ONNX formats TensorRT engines are built from (by precision)
+FP32_MIN_COSINE = 0.9999  # FP32 artefacts of runtimes with their own kernel order (TensorRT) are judged by cosine
 Log = Callable[[str], None]
 
 
@@ -98,7 +94,7 @@ class ExportResult:
 
 
 class ExportFailed(GraftError):
-    """An artefact failed its check (or TensorRT was unavailable); `.result` holds everything produced."""
+    """An artefact failed its check (or its runtime was unavailable); `.result` holds everything produced."""
 
     def __init__(self, message: str, result: ExportResult) -> None:
         super().__init__(message)
@@ -144,19 +140,17 @@ def _companion(staged: Path, f: Path, dest: Path) -> Path:
 
 
 def _commit(staged: Path, dest: Path) -> list[Path]:
-    """Move a staged artefact (and its .data or .bin) into place; remove a stale .data of an older export."""
-    moved = []
-    if staged.suffix == ".xml":
-        os.replace(staged.with_suffix(".bin"), dest.with_suffix(".bin"))
-        moved.append(dest.with_suffix(".bin"))
-    if staged.suffix == ".onnx":
-        if data_file(staged).exists():
-            os.replace(data_file(staged), data_file(dest))
-            moved.append(data_file(dest))
-        elif data_file(dest).exists():
-            data_file(dest).unlink()
+    """Move a staged artefact and its companions into place, the main file last; companions of an older artefact
+    under the same name that the new one does not have (a stale .onnx.data) are removed."""
+    files = artefact_files(staged)
+    targets = [_companion(staged, f, dest) for f in files[1:]]
+    stale = [f for f in (artefact_files(dest)[1:] if dest.is_file() else []) if f not in targets]
+    for f, target in zip(files[1:], targets):
+        os.replace(f, target)
+    for f in stale:
+        f.unlink(missing_ok=True)
     os.replace(staged, dest)
-    return [dest] + moved
+    return [dest] + targets
 
 
 def _quarantine(staged: Path, dest: Path) -> list[Path]:
@@ -180,17 +174,20 @@ def _describe(report: parity.ParityReport) -> str:
 
 
 def _judge(opt: ExportOptions, fmt: Format, report: parity.ParityReport) -> tuple[str, dict[str, Any]]:
-    """(why the artefact fails its check or "", the judgement for its metadata)."""
-    if fmt.precision == "fp32":
+    """(why the artefact fails its check or "", the judgement for its metadata).
+
+    FP32 on a runtime that reproduces PyTorch's arithmetic: the largest absolute difference within --tolerance;
+    everything else: the worst cosine with the FP32 embeddings, on real images when there are some (a calibrated
+    model is only meant for that input range: random N(0,1) "images" exceed it and are clipped).
+    """
+    if fmt.precision == "fp32" and RUNTIMES[fmt.runtime].exact_fp32:
         if report.max_abs_diff <= opt.tolerance:
             return "", {}
         return f"max abs diff {report.max_abs_diff:.3e} vs PyTorch exceeds --tolerance {opt.tolerance:g}", {}
-    # judged on real images when there are some: a calibrated model is only meant for that input range
-    # (random N(0,1) "images" exceed the calibrated range of the first layer and are clipped)
     real = report.worst("real")
     judged_on = "real" if real else "random"
     judged = (real or report.worst("random"))["min_cosine"]
-    need = opt.min_cosine(fmt.precision)
+    need = FP32_MIN_COSINE if fmt.precision == "fp32" else opt.min_cosine(fmt.precision)
     meta = {"min_cosine_required": need, "judged_on": judged_on,
             "cosine_vs_fp32": {"random": report.worst("random"), "real": real}}
     if judged >= need:
@@ -215,63 +212,64 @@ class ExportJob:
     inputs: list[tuple[str, int, parity.Batch]]  # parity inputs
     reference: dict[tuple[str, int, str], np.ndarray]  # PyTorch embeddings of the parity inputs (kind, batch, subset)
     result: ExportResult
+    built: dict[str, Path] = field(default_factory=dict)  # format name -> its checked file (in OUT or staged)
 
     def record(self, fmt: Format, cand_meta: dict[str, Any], report: parity.ParityReport | None) -> dict[str, Any]:
-        """The flat metadata of one artefact."""
+        """The flat metadata of one artefact (a builder that fixes the batch range returns `batch_profile`)."""
         extra = {**self.base.extra, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **cand_meta}
         if report is not None:
             extra["parity"] = report.to_dict()
-        batch = self.opt.batch if fmt.runtime == "tensorrt" else None
+        profile = cand_meta.get("batch_profile")
+        batch = BatchRange(*(int(v) for v in profile)) if profile else None
         return replace(self.base, precision=fmt.precision, batch=batch, extra=extra).to_dict()
 
-    def check_onnx(self, path: Path) -> parity.ParityReport:
-        """Parity of an ONNX file (run by ONNX Runtime on CPU) with the PyTorch reference."""
+    def write_record(self, cand: Candidate, report: parity.ParityReport | None) -> dict[str, Any]:
+        """Store the record inside the staged file where its runtime keeps one there (ONNX); the record."""
+        meta = self.record(cand.fmt, cand.meta, report)
+        family = RUNTIMES[cand.fmt.runtime]
+        if family.write_embedded is not None:
+            family.write_embedded(cand.staged, meta)
+        return meta
+
+    def check(self, cand: Candidate) -> tuple[parity.ParityReport | None, str]:
+        """Open the staged artefact the way eval/bench/serve do and compare it with PyTorch on every parity input
+        its batch range admits; (report, why it fails or '')."""
+        family = RUNTIMES[cand.fmt.runtime]
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(),
-                                           providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise GraftError(f"ONNX Runtime cannot load the exported {path.name}: {one_line(exc)}") from None
-
-        mods, size = self.base.modalities, self.base.img_size
-
-        def run(batch: parity.Batch) -> np.ndarray:
-            return session.run(None, presence_feeds(batch, mods, size, self.base.presence_input, path.name))[0]
-
-        return parity.measure(self.reference, run, self.inputs)
-
-    def check_ir(self, path: Path, precision: str) -> parity.ParityReport:
-        """Parity of an OpenVINO IR (compiled with its precision's hint) with the PyTorch reference."""
-        compiled = compile_ir(path, precision)
-        mods, size = self.base.modalities, self.base.img_size
-
-        def run(batch: parity.Batch) -> np.ndarray:
-            return run_compiled(compiled, presence_feeds(batch, mods, size, self.base.presence_input, path.name))
-
-        return parity.measure(self.reference, run, self.inputs)
+            emb = load_embedder(cand.staged, device=family.check_device)
+        except GraftError as exc:
+            return None, f"its runtime cannot open it: {one_line(exc)}"
+        lo, _, hi = emb.info.extra.get("batch_range") or (1, 0, float("inf"))
+        inputs = [(k, b, x) for k, b, x in self.inputs if lo <= b <= hi]
+        if not inputs:
+            return None, ""
+        report = parity.measure(self.reference, emb.embed, inputs)
+        failure, judgement = _judge(self.opt, cand.fmt, report)
+        cand.meta.update(judgement)
+        return report, failure
 
     def finish(self, cand: Candidate) -> Artefact:
-        """Quarantine a failed artefact, or write its metadata and move it into place."""
+        """Quarantine a failed artefact, or write its final record and move it into place."""
         art = Artefact(kind=cand.fmt.kind, precision=cand.fmt.precision, path=cand.dest,
                        parity=cand.report.to_dict() if cand.report else {})
+        sidecar_path(cand.staged).unlink(missing_ok=True)  # the provisional record
         if cand.failure:
             art.status, art.message = "failed", cand.failure
             art.files = _quarantine(cand.staged, cand.dest)
             self.result.failures.append(f"{cand.dest.name}: {cand.failure}")
             self.log(f"FAILED {cand.dest.name}: {cand.failure} (kept as {art.files[0].name})")
-        else:
-            meta = self.record(cand.fmt, cand.meta, cand.report)
-            if cand.staged.suffix == ".onnx":
-                write_onnx_metadata(cand.staged, meta)
-            if cand.keep:
-                art.files = _commit(cand.staged, cand.dest)
-                art.sidecar = write_sidecar(cand.dest, meta, art.files)
-            else:  # built and checked as the source of the others, deleted with the staging folder
-                art.status = "staged"
+        elif cand.keep:
+            meta = self.write_record(cand, cand.report)
+            art.files = _commit(cand.staged, cand.dest)
+            art.sidecar = write_sidecar(cand.dest, meta, art.files)
+        else:  # built and checked as the source of the others, deleted with the staging folder
+            self.write_record(cand, cand.report)
+            art.status = "staged"
         art.size_bytes = sum(f.stat().st_size for f in (art.files or artefact_files(cand.staged)))
         art.seconds = time.perf_counter() - cand.started
         self.result.artefacts.append(art)
         if not cand.failure:
-            where = cand.dest.name if cand.keep else f"{cand.dest.name} (checked, not kept: --no-onnx)"
+            where = cand.dest.name if cand.keep else f"{cand.dest.name} (checked, not kept)"
             self.log(f"ok {where}: {art.size_bytes / 1e6:.1f} MB, "
                      + (_describe(cand.report) if cand.report else "no parity check") + f" ({art.seconds:.1f} s)")
         return art
@@ -311,81 +309,30 @@ def _images(model: Any, opt: ExportOptions, result: ExportResult, log: Log):
 
 # ------------------------------------------------------------------------------------------ the steps
 
-def _build_onnx(job: ExportJob, fmt: Format, src: Path | None, stage: Path, keep: bool = True) -> Path | None:
-    """Build one ONNX or OpenVINO format from `src`, check it, commit it; its path (staged when not kept), None on
-    failure."""
+def _unavailable(job: ExportJob, why: str) -> None:
+    """Record a format whose runtime, package or hardware is missing here (the others are still built)."""
+    job.result.failures.append(why)
+    job.log(f"FAILED {why}")
+
+
+def _build(job: ExportJob, fmt: Format, stage: Path) -> Path | None:
+    """One format, the same steps for every runtime: build into the staging folder -> provisional record ->
+    parity through load_embedder -> final record -> commit (or quarantine). Its checked file, None on failure."""
     name = f"{job.opt.name}{fmt.suffix}"
-    cand = Candidate(fmt, stage / name, job.out / name, time.perf_counter(), keep=keep)
-    job.log(f"building {fmt.name} ({fmt.help}) ...")
-    cand.meta = BUILDERS[fmt.name](BuildInputs(job.model, job.opt, job.calib), src, cand.staged)
-    cand.report = job.check_ir(cand.staged, fmt.precision) if fmt.runtime == "openvino" else \
-        job.check_onnx(cand.staged)
-    cand.failure, judgement = _judge(job.opt, fmt, cand.report)
-    cand.meta.update(judgement)
+    cand = Candidate(fmt, stage / name, job.out / name, time.perf_counter(), keep=job.opt.keeps(fmt))
+    try:
+        check_available(fmt)
+        job.log(f"building {fmt.name} ({fmt.help}) ...")
+        inputs = BuildInputs(job.model, job.opt, job.calib, dict(job.built), job.out, tuple(job.ckpt.history or ()),
+                             job.log)
+        cand.meta = BUILDERS[fmt.name](inputs, job.built.get(fmt.source) if fmt.source else None, cand.staged)
+    except Unavailable as exc:
+        _unavailable(job, str(exc))
+        return None
+    write_sidecar(cand.staged, job.write_record(cand, None), [])  # provisional: what the check opens it with
+    cand.report, cand.failure = job.check(cand)
     art = job.finish(cand)
     return {"ok": art.path, "staged": cand.staged}.get(art.status)
-
-
-def _check_engine(job: ExportJob, path: Path, fmt: Format) -> tuple[parity.ParityReport | None, str]:
-    """Run the engine on the parity inputs its profile admits; (report, failure reason or '')."""
-    emb = TensorRTEmbedder(path)
-    inputs = [(k, b, x) for k, b, x in job.inputs if emb.batch_range.contains(b)]
-    if not inputs:
-        return None, ""
-    report = parity.measure(job.reference, emb.embed, inputs)
-    need = 0.9999 if fmt.precision == "fp32" else job.opt.min_cosine(fmt.precision)
-    if report.min_cosine < need:
-        return report, f"min cosine {report.min_cosine:.5f} vs PyTorch FP32 is below {need:g}"
-    return report, ""
-
-
-def _build_engine(job: ExportJob, fmt: Format, major: int, sparse: bool, sources: dict[str, Path | None]) -> None:
-    """One TensorRT engine from the ONNX variant this TensorRT needs; checked, or quarantined."""
-    plan = trt_plan(major, fmt.precision, sparse)
-    src = sources.get(plan.onnx_variant)
-    if src is None:
-        job.result.failures.append(f"{fmt.kind}: its source ONNX ({plan.onnx_variant}) was not produced")
-        return
-    started = time.perf_counter()
-    dest = job.out / f"{job.opt.name}{fmt.suffix}"
-    facts = build_engine(src, dest, precision=fmt.precision, batch=job.opt.batch, workspace_mb=job.opt.workspace_mb,
-                         timing_cache=job.out / TIMING_CACHE, sparse=sparse, log=job.log)
-    art = Artefact(kind=fmt.kind, precision=fmt.precision, path=dest, files=[dest])
-    art.sidecar = write_sidecar(dest, job.record(fmt, facts, None), [dest])
-    report, why = _check_engine(job, dest, fmt)
-    if report is not None:
-        art.parity = report.to_dict()
-        write_sidecar(dest, job.record(fmt, facts, report), [dest])
-    if why:
-        art.status, art.message = "failed", why
-        art.files = _quarantine(dest, dest)
-        art.sidecar.unlink(missing_ok=True)
-        job.result.failures.append(f"{dest.name}: {why}")
-    art.size_bytes = sum(f.stat().st_size for f in art.files)
-    art.seconds = time.perf_counter() - started
-    job.result.artefacts.append(art)
-    job.log(("ok " if not why else "FAILED ") + f"{dest.name}: {art.size_bytes / 1e6:.1f} MB"
-            + (f", {_describe(report)}" if report else "") + (f" - {why}" if why else "") + f" ({art.seconds:.1f} s)")
-
-
-def _build_engines(job: ExportJob, rows: list[Format], sources: dict[str, Path | None]) -> None:
-    """Every requested TensorRT engine; TensorRTUnavailable when TensorRT or a GPU is missing."""
-    trt = require_tensorrt()
-    major = trt_major(trt.__version__)
-    sparse = job.opt.sparse_weights if job.opt.sparse_weights is not None else \
-        "2:4" in previous_methods(job.ckpt.history)
-    if "dynamic" in job.opt.int8 and "static" not in job.opt.int8:
-        job.result.notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
-    for fmt in rows:
-        _build_engine(job, fmt, major, sparse, sources)
-
-
-def _build_fused(job: ExportJob, wanted: tuple[Format, ...], stage: Path) -> dict[str, Path | None]:
-    """The fused-attention FP32 ONNX when it or a format built from it is asked for ({} otherwise)."""
-    names = {f.name for f in wanted}
-    if not any(FORMATS[n].source == "onnx-fused" or n == "onnx-fused" for n in names):
-        return {}
-    return {"onnx-fused": _build_onnx(job, FORMATS["onnx-fused"], None, stage, keep="onnx-fused" in names)}
 
 
 def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
@@ -429,34 +376,19 @@ def _export(model_path: str | Path, out_dir: str | Path, options: ExportOptions 
     result = ExportResult(out_dir=out, source=model_path)
     calib, inputs, reference = _images(model, opt, result, log)
     job = ExportJob(model_path, out, opt, log, model, ckpt, base, calib, inputs, reference, result)
-    wanted = opt.formats()
-    trt_error: str | None = None
     with tempfile.TemporaryDirectory(prefix=".graft-export-", dir=out) as tmp:
-        stage = Path(tmp)
-        fp32 = _build_onnx(job, FORMATS["onnx"], None, stage, keep=opt.onnx)
-        sources: dict[str, Path | None] = {"fp32": fp32}
-        if fp32 is not None:
-            built = {"onnx": fp32, **_build_fused(job, wanted, stage)}
-            for fmt in (f for f in wanted if f.runtime in ("onnx", "openvino") and f.source is not None):
-                src = built.get(fmt.source)
-                if src is None:  # its source failed its check (already reported)
-                    continue
-                built[fmt.name] = _build_onnx(job, fmt, src, stage)
-                if fmt.name in TRT_SOURCES:
-                    sources[fmt.precision] = built[fmt.name]
-            engines = [f for f in wanted if f.runtime == "tensorrt"]
-            if engines:
-                try:
-                    _build_engines(job, engines, sources)
-                except TensorRTUnavailable as exc:
-                    kept = [a.path.name for a in result.artefacts if a.status == "ok"]
-                    trt_error = f"--trt: {exc}; " + (f"the ONNX artefacts were still written to {out} "
-                                                     f"({', '.join(kept)})" if kept else
-                                                     "no ONNX artefact was kept (--no-onnx)")
-                    result.failures.append(trt_error)
+        for fmt in opt.plan():  # table order: every source before what is built from it
+            if fmt.source is not None and fmt.source not in job.built:
+                continue  # its source failed its check or could not be built (already reported)
+            path = _build(job, fmt, Path(tmp))
+            if path is not None:
+                job.built[fmt.name] = path
     result.seconds = time.perf_counter() - started
-    write_json(out / SUMMARY_FILE, {**result.to_dict(), "options": {
-        k: (str(v) if isinstance(v, (Path, BatchRange)) else v) for k, v in asdict(opt).items()}})
+    options_record = {k: (str(v) if isinstance(v, (Path, BatchRange)) else v) for k, v in asdict(opt).items()}
+    options_record["formats"] = [f.name for f in opt.rows()]
+    write_json(out / SUMMARY_FILE, {**result.to_dict(), "options": options_record})
     if result.failures and raise_on_failure:
-        raise ExportFailed(trt_error or "; ".join(result.failures), result)
+        kept = [a.path.name for a in result.artefacts if a.status == "ok"]
+        written = f"; the other artefacts were still written to {out} ({', '.join(kept)})" if kept else ""
+        raise ExportFailed("; ".join(result.failures) + written, result)
     return result

@@ -30,10 +30,11 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from graft_edge.artefact import EXTERNAL_DATA_THRESHOLD, artefact_size
+from graft_edge.artefact.onnx_file import EXTERNAL_DATA_THRESHOLD
 from graft_edge.errors import GraftError, one_line
 from graft_edge.export.calibration import CALIB_METHODS, DEFAULT_CALIB_METHOD
 from graft_edge.export.onnx import quiet
+from graft_edge.runtime import artefact_size
 
 DEFAULT_PERCENTILE = 99.999
 ACTIVATION_TYPES = ("s8", "u8")  # static activations: INT8 symmetric (S8S8, TensorRT) | UINT8 asymmetric (U8S8)

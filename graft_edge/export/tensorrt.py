@@ -17,15 +17,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from graft_edge.artefact import DEFAULT_BATCH, BatchRange, parse_batch_range
+from graft_edge.artefact.record import MAX_BATCH, BatchRange
 from graft_edge.errors import GraftError
 from graft_edge.fileio import atomic_write
 from graft_edge.formats import FORMATS
-from graft_edge.runtime.tensorrt_backend import TensorRTUnavailable, require_tensorrt
+from graft_edge.runtime import TensorRTUnavailable, require_tensorrt
 
 TRT_PRECISIONS = tuple(f.precision for f in FORMATS.values() if f.runtime == "tensorrt")  # fp32, fp16, int8
 DEFAULT_WORKSPACE_MB = 4096
 TIMING_CACHE = "timing.cache"
+DEFAULT_BATCH = "1:8:64"  # the batch range an engine is built for, MIN:OPT:MAX
+
+
+def parse_batch_range(text: str | BatchRange) -> BatchRange:
+    """'MIN:OPT:MAX' (e.g. 1:8:64) or a single 'N' (N:N:N) -> BatchRange; GraftError on anything else."""
+    if isinstance(text, BatchRange):
+        values = [text.min, text.opt, text.max]
+    else:
+        raw = str(text).strip()
+        parts = raw.split(":")
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3 or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
+            raise GraftError(f"--batch {raw!r}: expected MIN:OPT:MAX of positive integers, e.g. {DEFAULT_BATCH}, "
+                             "or one batch size N")
+        values = [int(p) for p in parts]
+    lo, opt, hi = values
+    if lo < 1:
+        raise GraftError(f"--batch {lo}:{opt}:{hi}: batch sizes start at 1")
+    if not lo <= opt <= hi:
+        raise GraftError(f"--batch {lo}:{opt}:{hi}: expected MIN <= OPT <= MAX")
+    if hi > MAX_BATCH:
+        raise GraftError(f"--batch {lo}:{opt}:{hi}: MAX is at most {MAX_BATCH} (the ONNX batch dimension's bound)")
+    return BatchRange(lo, opt, hi)
+
 
 
 def check_workspace(workspace_mb: int) -> int:
@@ -47,7 +72,7 @@ class TrtPlan:
 
     major: int
     precision: str  # fp32 | fp16 | int8 (the engine's compute precision)
-    onnx_variant: str  # which exported ONNX to parse: fp32 | fp16 | int8-static
+    onnx_variant: str  # the format whose ONNX it parses (graft_edge.formats): onnx | fp16 | int8-static
     strongly_typed: bool  # precision taken from the ONNX types (TensorRT >= 11 always)
     network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag member names
     builder_flags: tuple[str, ...]  # BuilderFlag member names to set
@@ -77,9 +102,9 @@ def trt_plan(major: int, precision: str, sparse: bool = False) -> TrtPlan:
     if major == 10:
         flags = {"fp32": (), "fp16": ("FP16", "PREFER_PRECISION_CONSTRAINTS"),
                  "int8": ("INT8", "FP16", "PREFER_PRECISION_CONSTRAINTS")}[precision]
-        variant = "int8-static" if precision == "int8" else "fp32"
+        variant = "int8-static" if precision == "int8" else "onnx"
         return TrtPlan(major, precision, variant, False, (), flags + sparse_flags, cleared, precision != "fp32")
-    variant = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-static"}[precision]
+    variant = {"fp32": "onnx", "fp16": "fp16", "int8": "int8-static"}[precision]
     return TrtPlan(major, precision, variant, True, (), sparse_flags, cleared, False)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from graft_edge.artefact import EmbedderInfo
+from graft_edge.artefact.embedder import EmbedderInfo
 from graft_edge.cpu import require_bf16
 from graft_edge.errors import GraftError
 from graft_edge.model.graft import GraFT, count_params, embedding_params

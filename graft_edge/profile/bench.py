@@ -57,20 +57,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from graft_edge.artefact import artefact_files, artefact_size
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder
-from graft_edge.formats import runtime_of
-from graft_edge.metrics import RerankConfig
+from graft_edge.evaluation import ALL_SUBSETS, evaluate_embedder, evaluate_subsets
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, bound_call, synthetic_batch, time_embedder, warm_up
 from graft_edge.profile.peaks import PEAK_PRECISIONS, embedder_flops, machine_peaks, roofline
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.profile.telemetry import GpuMonitor, MemorySampler, not_available, rss_mb
-from graft_edge.robustness import ALL_SUBSETS, evaluate_subsets
-from graft_edge.runtime import load_embedder
+from graft_edge.retrieval.metrics import RerankConfig
+from graft_edge.runtime import artefact_files, artefact_size, load_embedder, runtime_of
 
 SCHEMA = "graft-edge/bench"
 SCHEMA_VERSION = 2

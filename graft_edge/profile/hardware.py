@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from graft_edge.artefact import software_versions as artefact_software_versions
+from graft_edge.artefact.versions import software_versions as artefact_software_versions
 from graft_edge.cpu import cpu_flags, cpu_model
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from graft_edge.artefact import Embedder, EmbedderInfo
+from graft_edge.artefact.embedder import Embedder, EmbedderInfo
 from graft_edge.errors import GraftError
 from graft_edge.inputs import random_images
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graft_edge.artefact import software_versions
+from graft_edge.artefact.versions import software_versions
 from graft_edge.cpu import cpu_model, has_bf16
 from graft_edge.errors import one_line
 from graft_edge.fileio import write_json

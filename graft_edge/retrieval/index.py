@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from graft_edge.artefact import Embedder
+from graft_edge.artefact.embedder import Embedder
 from graft_edge.data.dataset import ReidDataset
 from graft_edge.data.transforms import PairedTransform
 from graft_edge.errors import GraftError
 from graft_edge.fileio import atomic_write, sha256_file, write_json
-from graft_edge.rerank import rerank_features
 from graft_edge.retrieval.images import find_images, sample_from_json, sample_key, sample_to_json
+from graft_edge.retrieval.rerank import rerank_features
 
 MANIFEST = "index.json"
 FAISS_FILE = "faiss.index"

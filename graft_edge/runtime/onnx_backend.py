@@ -15,8 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graft_edge.artefact import EmbedderInfo, artefact_size, data_file, decode_props, embedder_info, read_metadata
+from graft_edge.artefact.embedder import EmbedderInfo, embedder_info
+from graft_edge.artefact.onnx_file import data_file
+from graft_edge.artefact.record import decode_props
 from graft_edge.errors import GraftError, one_line
+from graft_edge.runtime import artefact_size, read_metadata
 from graft_edge.runtime.presence import check_graph_inputs, presence_feeds
 
 

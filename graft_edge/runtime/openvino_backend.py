@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from graft_edge.artefact import artefact_size, embedder_info, read_sidecar
+from graft_edge.artefact.embedder import embedder_info
+from graft_edge.artefact.record import read_sidecar
 from graft_edge.cpu import require_bf16
 from graft_edge.errors import GraftError, one_line
+from graft_edge.runtime import artefact_size
 from graft_edge.runtime.presence import check_graph_inputs, presence_feeds
 
 

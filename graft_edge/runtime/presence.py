@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from graft_edge.artefact import PRESENCE_INPUT, Embedder, EmbedderInfo
+from graft_edge.artefact.embedder import Embedder, EmbedderInfo
+from graft_edge.artefact.record import PRESENCE_INPUT
 from graft_edge.errors import GraftError
 
 

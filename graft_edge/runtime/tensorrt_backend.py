@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from graft_edge.artefact import BatchRange, EmbedderInfo, embedder_info, read_sidecar, sidecar_path
-from graft_edge.errors import GraftError, one_line
+from graft_edge.artefact.embedder import EmbedderInfo, embedder_info
+from graft_edge.artefact.record import BatchRange, read_sidecar, sidecar_path
+from graft_edge.errors import GraftError, Unavailable, one_line
 from graft_edge.runtime.presence import presence_feeds
 
 INSTALL_HINT = "install graft-edge's trt extra (pip install tensorrt) on a machine with an NVIDIA GPU"
 
 
-class TensorRTUnavailable(GraftError):
+class TensorRTUnavailable(Unavailable):
     """TensorRT or an NVIDIA GPU is missing (the ONNX artefacts are unaffected)."""
 
 

@@ -1,2 +1,3 @@
-"""Serving graft-edge artefacts: a Triton Inference Server through PyTriton, a closed-loop load test, and
-Triton model repositories for a standalone server. PyTriton and tritonclient are optional (the `serve` extra)."""
+"""Serving graft-edge artefacts: Triton Inference Server (the nvidia-pytriton wheel's `tritonserver`, Python backend)
+answering request by request, a closed-loop load test, and Triton model repositories for a standalone server.
+nvidia-pytriton and tritonclient are optional (the `serve` extra)."""

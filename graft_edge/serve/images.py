@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from graft_edge.artefact import EmbedderInfo
+from graft_edge.artefact.embedder import EmbedderInfo
 from graft_edge.data.transforms import PairedTransform
 from graft_edge.errors import GraftError
 

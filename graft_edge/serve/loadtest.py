@@ -159,15 +159,17 @@ def model_inputs(settings: LoadSettings) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def _only_model(client: Client, settings: LoadSettings, as_json: dict[str, Any]) -> str:
-    """The name of the server's only model; GraftError asking for --model otherwise."""
+    """The name of the server's only ready model, from its model index; GraftError asking for --model otherwise."""
     try:
         index = client.client.get_model_repository_index(**as_json)
-    except Exception as exc:  # PyTriton restricts the repository endpoint to its own access token
+    except Exception as exc:  # a server that keeps its repository API closed (PyTriton's, by default)
         raise GraftError(f"the server at {settings.target} does not list its models ({one_line(exc)[:120]}): "
                          "pass --model NAME (graft-edge serve prints the names)") from None
-    models = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
+    entries = index.get("models", []) if isinstance(index, dict) else index
+    models = sorted({m["name"] for m in entries if m.get("state", "READY") == "READY"})
     if len(models) != 1:
-        raise GraftError(f"the server holds {len(models)} models ({', '.join(models)}): pick one with --model")
+        listed = ", ".join(f"{m['name']} ({m.get('state') or 'unknown state'})" for m in entries) or "none"
+        raise GraftError(f"the server holds {len(models)} ready models (listed: {listed}): pick one with --model")
     return models[0]
 
 

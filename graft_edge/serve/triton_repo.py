@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from graft_edge.artefact import ArtefactMeta, artefact_files, read_metadata
+from graft_edge.artefact.record import ArtefactMeta
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_text
-from graft_edge.serve.server import model_name
-
-INSTALL_HINT = "install graft-edge's serve extra: pip install 'graft-edge[serve]' (tritonclient ships Triton's protobuf)"
+from graft_edge.runtime import artefact_files, read_metadata
+from graft_edge.serve.triton_config import model_config_pb2, model_name, parse_config
 
 
 @dataclass(frozen=True)
@@ -40,15 +39,6 @@ class RepoOptions:
             raise GraftError(f"--triton-max-batch {self.max_batch} / --triton-instances {self.instances} / "
                              f"--triton-queue-delay-us {self.queue_delay_us}: expected positive counts, delay >= 0")
         return self
-
-
-def model_config_pb2() -> Any:
-    """Triton's model_config protobuf module (from tritonclient); GraftError saying how to install it."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise GraftError(f"--triton needs Triton's model-config protobuf: {INSTALL_HINT}") from None
-    return model_config_pb2
 
 
 def _backend(path: Path) -> str:
@@ -88,16 +78,6 @@ def build_config(name: str, meta: ArtefactMeta, backend: str, opt: RepoOptions) 
                            pb.ModelInstanceGroup.KIND_CPU)
     cfg.default_model_filename = "model.onnx" if backend == "onnxruntime" else "model.plan"
     return cfg
-
-
-def parse_config(text: str, where: str) -> Any:
-    """Parse config.pbtxt text with Triton's ModelConfig protobuf; GraftError naming the problem."""
-    from google.protobuf import text_format
-
-    try:
-        return text_format.Parse(text, model_config_pb2().ModelConfig())
-    except text_format.ParseError as exc:
-        raise GraftError(f"{where} is not a valid Triton model config ({exc})") from None
 
 
 def _copy_model(path: Path, version_dir: Path, backend: str) -> list[Path]:

@@ -13,10 +13,10 @@ from torch import nn
 
 from graft_edge.config import GraftConfig, StageConfig
 from graft_edge.data import build_eval_loaders, build_train_loader, build_val_loaders
-from graft_edge.distill import DistillConfig, Distiller
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model, with_prefix
 from graft_edge.model.graft import GraFT
+from graft_edge.train.distill import DistillConfig, Distiller
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import AfterStep, make_stage, run_epoch, set_train_mode
 from graft_edge.train.modality_dropout import modality_dropout

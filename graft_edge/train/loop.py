@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from graft_edge.config import StageConfig
-from graft_edge.distill import Distiller
 from graft_edge.finite import check_loss, check_weights
-from graft_edge.losses import GraftLoss, LossParts
 from graft_edge.model.backbone import unused_modules
 from graft_edge.model.graft import GraFT
+from graft_edge.train.distill import Distiller
 from graft_edge.train.distributed import DistEnv, all_reduce_sum
+from graft_edge.train.losses import GraftLoss, LossParts
 from graft_edge.train.modality_dropout import ModalityDropout
 from graft_edge.train.schedule import build_scheduler
 

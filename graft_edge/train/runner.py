@@ -14,21 +14,21 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 
 from graft_edge.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.config import GraftConfig, StageConfig, config_to_dict, validate
 from graft_edge.data import build_eval_loaders, build_train_loader, build_val_loaders
-from graft_edge.distill import Distiller
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import evaluate_model
+from graft_edge.evaluation import METRIC_KEYS, evaluate_model, score_line
 from graft_edge.fileio import atomic_write, read_yaml, write_json, write_yaml
 from graft_edge.finite import check_weights
 from graft_edge.model.graft import GraFT, build_model
 from graft_edge.outdir import OutputLock
 from graft_edge.train import distributed
+from graft_edge.train.distill import Distiller
 from graft_edge.train.loop import (
     StageRun,
     StepInfo,
@@ -45,7 +45,6 @@ from graft_edge.train.teacher import training_teacher
 
 STATE_FORMAT = "graft-edge-train-state"
 DEFAULT_CHECKPOINT_STEPS = 500
-METRIC_KEYS = ("mAP", "R1", "R5", "R10")
 EvalHook = Callable[[Mapping[str, Any]], None]  # rank 0, after each evaluation, with its metrics.jsonl row
 
 
@@ -228,16 +227,6 @@ def _after_epoch(tr: Trainer, stage: int, run: StageRun, losses: dict[str, float
         save_last(tr, None)
     elif epoch_done and cfg.train.checkpoint_every > 0 and tr.pos.epoch % cfg.train.checkpoint_every == 0:
         save_last(tr, run)
-
-
-def score_line(metrics: Mapping[str, Any], keys: Sequence[str] = METRIC_KEYS) -> str:
-    """'val mAP .. R1 .. | test mAP .. R1 ..' (percent; each part only when its split was evaluated)."""
-    def fmt(prefix: str) -> str:
-        return "  ".join(f"{k} {100 * metrics[prefix + k]:.2f}" for k in keys if metrics.get(prefix + k) is not None)
-
-    parts = [f"{name} {fmt(prefix)}" for name, prefix in (("val", "val_"), ("test", ""))
-             if metrics.get(prefix + "mAP") is not None]
-    return " | ".join(parts)
 
 
 def _keep_best(tr: Trainer, stage: int, epoch: int, metrics: Mapping[str, Any]) -> None:

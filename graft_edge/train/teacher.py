@@ -9,8 +9,8 @@ from pathlib import Path
 
 from graft_edge.checkpoint import load_model
 from graft_edge.config import GraftConfig
-from graft_edge.distill import DistillConfig, Distiller
 from graft_edge.errors import GraftError
+from graft_edge.train.distill import DistillConfig, Distiller
 
 
 def training_teacher(cfg: GraftConfig, device: str = "cpu") -> Distiller | None:

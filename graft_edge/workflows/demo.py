@@ -8,7 +8,6 @@ every finished frontier piece.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -19,13 +18,15 @@ from typing import Any, Callable
 import torch
 
 from graft_edge.checkpoint import save_checkpoint
+from graft_edge.compress import parse_targets
 from graft_edge.config import get_preset
-from graft_edge.cpu import has_bf16
 from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.fileio import write_json
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS as DEFAULT_FORMATS
+from graft_edge.formats import FORMATS, Format, parse_formats
 from graft_edge.model import build_model
+from graft_edge.runtime import unavailable
 from graft_edge.train import run_training
 from graft_edge.workflows.frontier import FrontierResult, FrontierSettings, run_frontier
 from graft_edge.workflows.noise import WORSE, judge_row
@@ -37,19 +38,20 @@ SCALE_PRESET = "rgbnt100"
 SCALE_TARGETS = ("60M", "46M")  # the paper's pruned GraFT sizes (Table 3)
 
 
-def demo_formats() -> tuple[str, ...]:
-    """The demo's formats: torch, ONNX FP32 and INT8, plus OpenVINO INT8 where OpenVINO and NNCF are installed and
-    OpenVINO bf16 where the CPU also multiplies bf16 natively (AVX512-BF16 / AMX)."""
-    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf")):
-        return DEFAULT_FORMATS
-    return (*DEFAULT_FORMATS, "openvino-int8", *(("openvino-bf16",) if has_bf16() else ()))
+DEMO_EXTRA_FORMATS = ("openvino-int8", "openvino-bf16")  # added where this machine can build and run them
+
+
+def demo_formats() -> tuple[Format, ...]:
+    """The demo's formats: torch, ONNX FP32 and INT8, plus OpenVINO INT8 and bf16 where the format table says this
+    machine can build and run them (OpenVINO + NNCF installed; native bf16 for bf16)."""
+    return parse_formats([*DEFAULT_FORMATS, *(n for n in DEMO_EXTRA_FORMATS if unavailable(FORMATS[n]) is None)])
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes of the demo (the default is the real thing; `fast()` is the smoke-test size)."""
 
-    # the capacity-bound synthetic set of issue 11 (graft_edge.data.difficulty; benchmarks/README.md): 80 ids x 16
+    # the capacity-bound synthetic set (graft_edge.data.difficulty; benchmarks/README.md): 80 ids x 16
     # cameras x 2 images give 320 queries and make the demo's tiny model lose mAP when pruned, as the paper's does
     ids: int = 80
     cameras: int = 16
@@ -58,18 +60,18 @@ class DemoSettings:
     stage1_epochs: int | None = 32  # the from-scratch tiny ViT needs them on this set; None: the preset's epochs
     max_steps: int | None = None  # per training stage; None: the preset's epochs
     frontier: FrontierSettings = field(default_factory=lambda: FrontierSettings(
-        targets=DEFAULT_TARGETS, formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
+        targets=parse_targets(DEFAULT_TARGETS), formats=demo_formats(), finetune_epochs=2, batch=64, iters=20, rounds=5,
         warmup=3, seeds=DEMO_SEEDS))  # 2 finetuning epochs per step, best on validation; seeds give error bars
     # the same pruning + INT8 on the paper-size architecture (random weights: latency only, batch 1); None: skip
     scale: FrontierSettings | None = field(default_factory=lambda: FrontierSettings(
-        targets=SCALE_TARGETS, formats=("torch", "int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
+        targets=parse_targets(SCALE_TARGETS), formats=parse_formats("torch,int8"), finetune_epochs=0, batch=1, iters=10, rounds=5, warmup=2))
     scale_preset: str = SCALE_PRESET
 
     @staticmethod
     def fast() -> DemoSettings:
         """Tiny everything: a smoke test of the whole pipeline in well under a minute of compute (no scale check)."""
         return DemoSettings(ids=20, cameras=4, images_per_camera=2, difficulty="easy", max_steps=4, frontier=FrontierSettings(
-            targets=("45%",), formats=DEFAULT_FORMATS, finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
+            targets=parse_targets("45%"), formats=parse_formats(DEFAULT_FORMATS), finetune_epochs=1, batch=16, iters=4, rounds=2, warmup=1,
             calib_samples=16), scale=None)
 
 
@@ -171,8 +173,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: An
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    f = settings.frontier
-    log(f"[3/{phases}] frontier at {','.join(f.targets)} in {','.join(f.formats)} (latency at batch {f.batch}) into {fdir}")
+    f = settings.frontier.validated()  # names parsed once: rows and sizes from here on
+    log(f"[3/{phases}] frontier at {','.join(map(str, f.targets))} in {','.join(x.name for x in f.formats)} (latency at batch {f.batch}) into {fdir}")
     hook = progress or (lambda d, t: (lambda n: None))
     frontier = run_frontier(best, data, fdir, f, progress=hook, log=log)
     seconds["frontier"] = time.perf_counter() - t0
@@ -201,7 +203,7 @@ def scale_check(out: Path, preset: str, settings: FrontierSettings, progress: An
     """
     ckpt = out / f"{preset}.pt"
     log(f"[4/4] the same pruning + INT8 on the {preset} architecture (random weights: latency only) at "
-        f"{','.join(settings.targets)}, batch {settings.batch}, into {out}")
+        f"{','.join(map(str, settings.targets))}, batch {settings.batch}, into {out}")
     if not ckpt.is_file():
         cfg = get_preset(preset)
         cfg = replace(cfg, model=replace(cfg.model, pretrained=False))

@@ -28,23 +28,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
-from graft_edge.compress import counted_size, method_floor, normalize_method
+from graft_edge.compress import PruneMethod, PruneSpec, get_method, parse_targets
 from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.evaluation import (
+    NEEDS_EVERY_SENSOR,
+    evaluate_embedder,
+    evaluate_subsets,
+    evaluate_val,
+    score_line,
+    worst_columns,
+)
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
-from graft_edge.formats import (
-    DEFAULT_FRONTIER_FORMATS,
-    RUNTIME_SUFFIXES,
-    get_format,
-    names,
-    needing_calibration,
-    parse_formats,
-)
-from graft_edge.metrics import RerankConfig
-from graft_edge.model import embedding_params
+from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
 from graft_edge.model.embedder import DTYPES
 from graft_edge.outdir import OutputLock
 from graft_edge.profile.hardware import machine_info
@@ -52,11 +50,11 @@ from graft_edge.profile.latency import interleaved_latency, synthetic_batch
 from graft_edge.profile.peaks import embedder_flops, machine_peaks
 from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
-from graft_edge.robustness import NEEDS_EVERY_SENSOR, evaluate_subsets, worst_columns
-from graft_edge.runtime import load_embedder
+from graft_edge.retrieval.metrics import RerankConfig
+from graft_edge.runtime import RUNTIMES, load_embedder
 from graft_edge.runtime.presence import supports_subsets
-from graft_edge.train.runner import score_line
-from graft_edge.units import format_count, parse_size
+from graft_edge.units import Size, format_count
+from graft_edge.workflows.chain import Chain, Level
 from graft_edge.workflows.frontier_report import write_reports
 from graft_edge.workflows.frontier_seeds import order_key as _order_key
 from graft_edge.workflows.frontier_seeds import seed_variant_name
@@ -67,38 +65,23 @@ from graft_edge.workflows.frontier_state import (
     LatencyRecord,
     VariantRecord,
     load_state,
-    needs_work,
-    now,
-    resolve,
     save_state,
 )
 from graft_edge.workflows.noise import summary as noise_summary
-from graft_edge.workflows.prune import PruneRequest, PruneResult, run_prune
+from graft_edge.workflows.prune import PruneRequest
+from graft_edge.workflows.records import now, resolve
 
 Log = Callable[[str], None]
 LATENCY_ONLY = "no --data: latency only"
-
-
-def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'80%,70%,60%' or '76M,70M' -> the raw target strings (resolved against the model later)."""
-    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
-    if not items:
-        raise GraftError("--targets: expected a comma-separated list like 80%,70%,60% or 76M,70M,60M")
-    for item in items:  # syntax and range now, before any data, training or pruning
-        try:
-            parse_size(item, current=1_000_000)
-        except GraftError as exc:
-            raise GraftError(f"--targets {item!r}: {exc}") from None
-    return tuple(items)
 
 
 @dataclass(frozen=True)
 class FrontierSettings:
     """Everything that decides the frontier (the CLI's options, as data)."""
 
-    targets: tuple[str, ...]
-    formats: tuple[str, ...] = DEFAULT_FRONTIER_FORMATS
-    method: str = "structured"
+    targets: tuple[Size | str, ...]  # sizes (strings are parsed by validated())
+    formats: tuple[Format | str, ...] = DEFAULT_FRONTIER_FORMATS  # rows (names are parsed by validated())
+    method: PruneMethod | str = "structured"  # a name is parsed by validated()
     finetune_epochs: int = 1
     steps: int | None = None  # prune(+finetune) steps per target; None: ~20% of the remaining size per step
     round_to: int = 8
@@ -146,11 +129,11 @@ class FrontierSettings:
         dtype = self.dtype.strip().lower()
         if dtype not in DTYPES:
             raise GraftError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
-        return replace(self, formats=fmts, targets=targets, method=normalize_method(self.method), dtype=dtype)
+        return replace(self, formats=fmts, targets=targets, method=get_method(self.method), dtype=dtype)
 
     def identity(self) -> dict[str, Any]:
         """The settings a finished variant depends on (a rerun must match them)."""
-        return {"method": self.method, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
+        return {"method": get_method(self.method).name, "finetune_epochs": self.finetune_epochs, "steps": self.steps,
                 "round_to": self.round_to, "distill": self.prune_request(None).distilling}
 
     def prune_request(self, data_root: Path | None, target: int | None = None, seed: int = 0) -> PruneRequest:
@@ -199,10 +182,9 @@ def _check_latency_only(settings: FrontierSettings) -> None:
     if settings.finetune_epochs > 0:
         raise GraftError(f"--finetune-epochs {settings.finetune_epochs} needs --data ROOT (the dataset to finetune "
                          "on); without --data the frontier measures latency only: pass --finetune-epochs 0")
-    calibrated = needing_calibration()
-    static = [f for f in settings.formats if get_format(f).name in calibrated]
+    static = [f.name for f in settings.formats if f.needs_calibration]
     if static:
-        usable = ", ".join(n for n in names() if get_format(n).name not in calibrated)
+        usable = ", ".join(n for n, f in FORMATS.items() if not f.needs_calibration)
         raise GraftError(f"--formats {static[0]} needs --data ROOT (its calibration images); without --data use "
                          f"any of {usable}")
 
@@ -213,7 +195,7 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     checkpoint's config."""
     if not model_path.is_file():
         raise GraftError(f"model {model_path} does not exist")
-    if model_path.suffix.lower() not in RUNTIME_SUFFIXES["torch"]:
+    if model_path.suffix.lower() not in RUNTIMES["torch"].suffixes:
         raise GraftError(f"model {model_path}: the frontier starts from a PyTorch checkpoint (.pt), not an exported "
                          "file")
     model, ckpt = load_model(model_path)
@@ -223,20 +205,21 @@ def _resolve_targets(model_path: Path, data_root: Path | None,
     if any(m not in held for m in ckpt.config.model.modalities):
         raise GraftError(f"--data {data_root} holds {','.join(held)} images but the model takes "
                          f"{','.join(ckpt.config.model.modalities)}")
-    dense_count = counted_size(model, settings.method)
+    method = settings.method
+    dense_count = method.counted_size(model)
     targets: list[tuple[str, int]] = []
     for t in settings.targets:
-        n = parse_size(t, dense_count)
+        n = t.of(dense_count)
         if n >= dense_count:
             raise GraftError(f"--targets {t}: {format_count(n)} is not below the model's {format_count(dense_count)}")
-        targets.append((t, n))
+        targets.append((str(t), n))
     targets.sort(key=lambda x: -x[1])
     if len({n for _, n in targets}) != len(targets):
-        raise GraftError(f"--targets {','.join(settings.targets)}: two targets give the same size")
-    floor = method_floor(model, settings.method, round_to=settings.round_to)
+        raise GraftError(f"--targets {','.join(map(str, settings.targets))}: two targets give the same size")
+    floor = method.floor(model, PruneSpec(method, round_to=settings.round_to))
     if targets and targets[-1][1] < floor:
         t, n = targets[-1]
-        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {settings.method} pruning can "
+        raise GraftError(f"--targets {t}: {format_count(n)} is below the smallest size {method.name} pruning can "
                          f"reach on this model, {format_count(floor)} ({100 * floor / dense_count:.0f}%)")
     return dense_count, targets, ckpt.config
 
@@ -267,57 +250,42 @@ def _open_state(out: Path, model_path: Path, settings: FrontierSettings, dense_c
 
 # ------------------------------------------------------------------------------------------ pieces
 
-def _prune(job: _Job, prev_ckpt: Path, dest: Path, target: int, label: str, seed: int) -> PruneResult:
-    """The resumable prune run of `graft-edge prune` from `prev_ckpt` to `target`, into `dest`."""
-    req = job.settings.prune_request(job.data_root, int(target), seed)
-    advance = job.progress(f"{label}: prune + finetune", None)
-    return run_prune(prev_ckpt, dest, req, resume=True, progress=lambda done, total: advance(1), log=job.log)
-
-
 def _ensure_variant(job: _Job, state: FrontierState, vname: str, label: str, target_text: str | None,
                     target_n: int | None, prev_ckpt: Path, seed: int = 0) -> VariantRecord:
-    """The variant's record, pruning `prev_ckpt` to `target_n` first unless its checkpoint is verified there."""
-    out, vdir = job.out, job.out / "variants" / vname
-    v = state.variants.get(vname)
-    if v is not None and v.verify(out):
-        job.result.skipped.append(f"{vname}: pruned")
-        return v
-    if v is not None:
-        job.log(f"{label}: {v.path or 'its checkpoint'} is missing or changed since it was made: redoing it")
-    ckpt_path = vdir / "model.pt"
-    started = time.perf_counter()
-    vdir.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, Any]] = []
-    if vname == "dense":  # the source itself, copied for a self-contained OUT
-        shutil.copyfile(job.model_path, ckpt_path)
-        model = load_model(ckpt_path)[0]
-    else:
+    """The variant's record: a link of the prune chain (`prev_ckpt` pruned to `target_n`; dense: the source copied),
+    reused while its checkpoint is verified."""
+    chain = Chain(job.out, state.variants, lambda: save_state(job.out, state), job.log, job.result.done,
+                  job.result.skipped)
+    level = Level(vname, label, job.out / "variants" / vname / "model.pt", target_text, target_n, seed)
+    request = None
+    if vname != "dense":
         s = job.settings
-        job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
-                f"{format_count(target_n)} ({s.method}, finetune {s.finetune_epochs} epoch(s) per step"
-                + (f", seed {seed}" if s.seeds > 1 else "") + ")")
-        res = _prune(job, prev_ckpt, ckpt_path, target_n, label, seed)
-        model, history = res.model, res.new_steps
-        job.result.done.append(f"{vname}: pruned")
-    v = VariantRecord(label=label, target=target_text, target_params=target_n, params=embedding_params(model),
-                      params_nonzero=embedding_params(model, nonzero=True), seconds=time.perf_counter() - started,
-                      steps=len(history), seed=seed, history=history)
-    v.record(out, ckpt_path)
-    state.variants[vname] = v
-    save_state(out, state)
-    return v
+        request = s.prune_request(job.data_root, int(target_n), seed)
+        if not (state.variants.get(vname) and state.variants[vname].verify(job.out)):
+            job.log(f"{label}: pruning {prev_ckpt.parent.name if prev_ckpt != job.model_path else 'dense'} to "
+                    f"{format_count(target_n)} ({s.method.name}, finetune {s.finetune_epochs} epoch(s) per step"
+                    + (f", seed {seed}" if s.seeds > 1 else "") + ")")
+    bar: list[Callable[[int], None]] = []  # the progress bar, made when pruning starts
+
+    def advance(done: int, total: int) -> None:
+        if not bar:
+            bar.append(job.progress(f"{label}: prune + finetune", None))
+        bar[0](1)
+
+    return chain.ensure(level, prev_ckpt, request, make=VariantRecord, progress=advance)
 
 
-def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[str, FormatRecord]:
-    """Export `ckpt` to the (non-torch) `formats`; one record per format."""
-    kinds = {f: get_format(f).kind for f in formats if get_format(f).kind}
+def _export(job: _Job, ckpt: Path, formats: Sequence[Format], label: str) -> dict[str, FormatRecord]:
+    """Export `ckpt` to the (non-torch) `formats`; one record per format name."""
+    kinds = {f.name: f.kind for f in formats if f.kind}
     if not kinds:
         return {}
     s = job.settings
-    opts = ExportOptions.for_formats(list(kinds), batch=f"1:{s.batch}:{max(s.batch, s.eval_batch_size)}",
-                                     calib_data=str(job.data_root) if job.data_root is not None else None,
-                                     calib_samples=s.calib_samples)
-    advance = job.progress(f"{label}: export {','.join(formats)}", None)
+    opts = ExportOptions(formats=tuple(f for f in formats if f.kind),
+                         batch=f"1:{s.batch}:{max(s.batch, s.eval_batch_size)}",
+                         calib_data=str(job.data_root) if job.data_root is not None else None,
+                         calib_samples=s.calib_samples)
+    advance = job.progress(f"{label}: export {','.join(kinds)}", None)
     started = time.perf_counter()
     out: dict[str, FormatRecord] = {}
     try:
@@ -341,7 +309,7 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[s
 
 
 def _test_accuracy(job: _Job, emb: Any, advance: Any) -> dict[str, Any]:
-    """Test-split accuracy of one artefact; with --robustness of every sensor subset too (robustness.worst_columns)."""
+    """Test-split accuracy of one artefact; with --robustness of every sensor subset too (evaluation.worst_columns)."""
     s = job.settings
     kw = {"batch_size": s.eval_batch_size, "progress": advance, "rerank_cfg": RerankConfig() if s.rerank else None}
     if s.robustness and supports_subsets(emb.info):
@@ -366,23 +334,43 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     return acc
 
 
+def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
+                modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False,
+                robustness: bool = False) -> bool:
+    """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
+    one without re-ranked / validation / every-subset numbers when --rerank / `val` / --robustness ask for them,
+    one of another --modalities subset, a checkpoint evaluated at another --dtype)."""
+    if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
+        return True
+    if robustness and data_root is not None and not {"worst_mAP", "worst_error"} & set(rec.accuracy):
+        return True
+    if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
+        return True
+    if precision and rec.accuracy.get("precision", "fp32") != precision:
+        return True
+    if val and data_root is not None and "val_mAP" not in rec.accuracy and "val_error" not in rec.accuracy:
+        return True
+    return data_root is not None and (rec.accuracy.get("mAP") is None or (rerank and "rerank" not in rec.accuracy))
+
+
 def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecord) -> None:
     """Export the variant's missing, failed or changed formats, then measure mAP on every artefact not yet evaluated."""
     out, label = job.out, v.label
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
-            if needs_work(v.formats.get(f), out, job.data_root, job.settings.rerank, job.settings.modalities,
-                           job.settings.dtype if f == "torch" else "", job.has_val, job.settings.robustness)]
-    stale = [f for f in todo if get_format(f).kind and not (v.formats.get(f) and v.formats[f].verify(out))]
+            if _needs_work(v.formats.get(f.name), out, job.data_root, job.settings.rerank, job.settings.modalities,
+                           job.settings.dtype if not f.kind else "", job.has_val, job.settings.robustness)]
+    stale = [f for f in todo if f.kind and not (v.formats.get(f.name) and v.formats[f.name].verify(out))]
     if stale:
-        job.log(f"{label}: exporting {','.join(stale)}")
+        job.log(f"{label}: exporting {','.join(f.name for f in stale)}")
         v.formats.update(_export(job, ckpt_path, stale, label))
         save_state(out, state)
-    for fmt in job.settings.formats:
-        if fmt not in todo:
+    for row in job.settings.formats:
+        fmt = row.name
+        if row not in todo:
             job.result.skipped.append(f"{vname}/{fmt}")
             continue
-        if not get_format(fmt).kind:  # the checkpoint itself
+        if not row.kind:  # the checkpoint itself
             rec = FormatRecord(status="ok")
             rec.record(out, ckpt_path)
             v.formats[fmt] = rec
@@ -489,7 +477,7 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    rows, files, note = write_reports(state, out, job.settings.formats, seeds=job.settings.seeds)
+    rows, files, note = write_reports(state, out, [f.name for f in job.settings.formats], seeds=job.settings.seeds)
     job.result.rows, job.result.files, job.result.speedup_note = rows, files, note
     job.result.noise_note = noise_summary(rows)
     return job.result

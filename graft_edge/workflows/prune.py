@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted_size, plan_prune, prune_to_target
-from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
-from graft_edge.distill import DistillConfig
+from graft_edge.compress import ATTN_UNITS, PruneMethod, PruneSpec, check_compatible, get_method, prune_to_target
+from graft_edge.compress.targets import DEFAULT_FRACTION
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file
@@ -29,6 +28,7 @@ from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
+from graft_edge.train.distill import DistillConfig
 
 # identity of a run: a partial checkpoint is only resumed when these match
 RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "distill", "seed_offset")
@@ -45,7 +45,7 @@ class PruneRequest:
     """What to prune to and how (the `prune` command's options, as data)."""
 
     target: str | int | None = None  # 60M, 60000000, 60% (of the current count); 2:4: optional upper bound
-    method: str = "structured"  # structured | unstructured | 2:4
+    method: PruneMethod | str = "structured"  # structured | unstructured | 2:4 (a name is parsed by validated())
     steps: int | None = None  # None: ~`fraction` of the remaining size per step with finetuning, else 1
     round_to: int = 8  # structured channel widths are multiples of this
     attn_unit: str = "heads"  # structured attention unit: heads | head_dims
@@ -71,14 +71,14 @@ class PruneRequest:
     @property
     def distilling(self) -> bool:
         """Whether finetuning distils from a teacher (needs finetuning; default on for structured pruning)."""
-        wanted = normalize_method(self.method) == "structured" if self.distill is None else self.distill
+        wanted = get_method(self.method).name == "structured" if self.distill is None else self.distill
         return bool(wanted) and self.finetune_epochs > 0
 
     def validated(self) -> PruneRequest:
         """A checked copy with normalised names; GraftError naming the first bad option."""
-        method = normalize_method(self.method)
-        if self.target is None and method != "2:4":
-            raise GraftError(f"--target is required for {method} pruning (e.g. --target 60M or --target 60%)")
+        method = get_method(self.method)
+        if self.target is None and method.name != "2:4":
+            raise GraftError(f"--target is required for {method.name} pruning (e.g. --target 60M or --target 60%)")
         if self.steps is not None and self.steps < 1:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.finetune_epochs < 0:
@@ -112,7 +112,7 @@ class PruneResult:
     """The pruned model as written, and what the run did."""
 
     out: Path
-    method: str  # normalised: structured | unstructured | 2:4
+    method: PruneMethod
     model: nn.Module
     arch: dict[str, Any] | None
     history: list[dict[str, Any]]  # the checkpoint's whole history (earlier runs included)
@@ -195,15 +195,16 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
                progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> PruneResult:
     """run_prune's work, with OUT locked."""
     net, ckpt = load_model(model_path)
-    check_compatible(req.method, ckpt.history, ckpt.arch, name=str(model_path))
-    target = resolve_target(req.target, net, req.method) if req.target is not None else None
-    steps = 1 if req.steps is None and not req.finetune_epochs else req.steps  # no retraining: one cut is the same
-    schedule = plan_prune(net, target, req.method, steps, req.round_to, req.attn_unit, req.fraction)
+    method = req.method
+    check_compatible(method, ckpt.history, ckpt.arch, name=str(model_path))
+    target = method.resolve_target(req.target, net) if req.target is not None else None
+    spec = PruneSpec(method, req.steps, req.round_to, req.attn_unit, req.fraction)
+    schedule = method.plan(net, target, spec, finetuned=req.finetune_epochs > 0)
     state: dict[str, Any] = {
-        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": req.method, "target": target,
+        "source": str(model_path), "source_sha256": sha256_file(model_path), "method": method.name, "target": target,
         "schedule": [int(t) for t in schedule], "round_to": int(req.round_to), "attn_unit": req.attn_unit,
         "fraction": float(req.fraction), "finetune_epochs": int(req.finetune_epochs),
-        "data": str(req.data) if req.data else None, "start_size": int(counted_size(net, req.method)), "done": 0,
+        "data": str(req.data) if req.data else None, "start_size": int(method.counted_size(net)), "done": 0,
         "distill": _distill_record(req),
         "seed_offset": int(req.seed_offset) or None,  # None (not 0): partials written before seeds stay resumable
     }
@@ -231,7 +232,7 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     def on_step(m: nn.Module, entry: dict[str, Any]) -> None:
         if entry["step"] < entry["steps"]:  # the last step is written as OUT itself
             state["done"] = int(entry["step"])
-            save_checkpoint(partial, m, cfg, arch=extract_arch(m) if req.method == "structured" else ckpt.arch,
+            save_checkpoint(partial, m, cfg, arch=ckpt.arch if method.keeps_architecture else extract_arch(m),
                             history=prior + new + [entry], meta={"pruned_from": str(model_path)},
                             extra={"prune_run": dict(state)})
         new.append(entry)
@@ -240,13 +241,12 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
         if progress is not None:
             progress(int(entry["step"]), int(entry["steps"]))
 
-    spec = PruneSpec(req.method, steps, req.round_to, req.attn_unit, req.fraction)
     net, arch, history = prune_to_target(net, target, spec, _finetune_fn(cfg, req, done, teacher), on_step, history=prior,
                                          schedule=schedule, done=done)
     arch = arch if arch is not None else ckpt.arch
     net.cpu()
     save_checkpoint(out, net, cfg, arch=arch, history=history, meta={"pruned_from": str(model_path)})
     partial.unlink(missing_ok=True)
-    return PruneResult(out=out, method=req.method, model=net, arch=arch, history=history,
+    return PruneResult(out=out, method=method, model=net, arch=arch, history=history,
                        new_steps=history[len(prior):], target=target, schedule=[int(t) for t in schedule],
                        start_size=int(state["start_size"]), resumed_steps=done)

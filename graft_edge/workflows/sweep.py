@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_edge.checkpoint import load_model
-from graft_edge.compress.targets import resolve_target
-from graft_edge.distill import DistillConfig
+from graft_edge.compress import get_method, parse_targets
 from graft_edge.errors import GraftError, one_line
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file, write_json
@@ -36,12 +35,15 @@ from graft_edge.model import embedding_params
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock
 from graft_edge.train import finetune
-from graft_edge.workflows.frontier import parse_targets
-from graft_edge.workflows.prune import PruneRequest, run_prune
+from graft_edge.train.distill import DistillConfig
+from graft_edge.workflows.chain import Chain, Level, Link
+from graft_edge.workflows.prune import PruneRequest
 from graft_edge.workflows.sweep_report import METRICS, sweep_rows, write_sweep_reports
 
 Log = Callable[[str], None]
 STATE_FILE = "sweep_state.json"
+STATE_SCHEMA = "graft-edge/sweep-state"
+STATE_VERSION = 2  # version 2: the chains' checkpoints are typed links with their hashes
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ CONDITIONS = {c.name: c for c in (
     Condition("unstructured+ft", "unstructured", True), Condition("control", "structured", True, control=True),
 )}
 DEFAULT_CONDITIONS = ("structured", "structured+ft", "structured+ft+kd", "unstructured", "unstructured+ft")
-DEFAULT_LEVELS = ("80%", "60%", "45%", "35%")  # issue 11; the paper's Table 3 is 75/70/60/45% of 101M
+DEFAULT_LEVELS = ("80%", "60%", "45%", "35%")  # the paper's Table 3 is 75/70/60/45% of 101M
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class SweepSettings:
         if self.finetune_epochs < 1 and any(CONDITIONS[c].finetune for c in self.conditions):
             raise GraftError(f"--finetune-epochs {self.finetune_epochs}: the finetuned conditions need 1 or more")
         self.distill.validated()
-        return replace(self, levels=parse_targets(self.levels), conditions=tuple(dict.fromkeys(self.conditions)))
+        return replace(self, levels=tuple(map(str, parse_targets(self.levels))), conditions=tuple(dict.fromkeys(self.conditions)))
 
     def identity(self) -> dict[str, Any]:
         """What finished rows depend on (a rerun into the same OUT must match)."""
@@ -105,6 +107,35 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)
 
 
+@dataclass
+class SweepState:
+    """A sweep folder's finished work, typed: the chains' links (checkpoints with their hashes, verified before reuse)
+    and the rows that are no chain link (dense, the finetuning control)."""
+
+    source: str
+    source_sha256: str
+    identity: dict[str, Any]
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # dense, control/s<k>/100%
+    links: dict[str, Link] = field(default_factory=dict)  # condition/s<k>/<level> -> its pruned checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": STATE_SCHEMA, "version": STATE_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepState:
+        state = cls(data["source"], data["source_sha256"], data["identity"], dict(data.get("rows") or {}))
+        state.links = {k: Link.from_dict(v) for k, v in (data.get("links") or {}).items()}
+        return state
+
+    def chain_row(self, key: str) -> dict[str, Any]:
+        """The row of a chain level: its sizes and the metrics of its last pruning step."""
+        condition, seed, level = key.split("/", 2)
+        link = self.links[key]
+        return {"condition": condition, "level": level, "seed": int(seed[1:]), "params_embedding": link.params,
+                "params_nonzero": link.params_nonzero, **_scores(link.history[-1] if link.history else {}),
+                "seconds": link.seconds}
+
+
 @dataclass(frozen=True)
 class _Job:
     model_path: Path
@@ -112,11 +143,17 @@ class _Job:
     out: Path
     settings: SweepSettings
     log: Log
-    state: dict[str, Any]
+    state: SweepState
     result: SweepResult
 
     def save(self) -> None:
-        write_json(self.out / STATE_FILE, self.state)
+        write_json(self.out / STATE_FILE, self.state.to_dict())
+
+    def row(self, key: str) -> dict[str, Any] | None:
+        """A finished row (a verified chain link, or a dense/control row)."""
+        if key in self.state.links:
+            return self.state.chain_row(key) if self.state.links[key].verify(self.out) else None
+        return self.state.rows.get(key)
 
 
 def _key(condition: str, seed: int, level: str) -> str:
@@ -135,57 +172,53 @@ def _evaluate(model: Any, data: Path, cfg: Any) -> dict[str, Any]:
 
 def _dense_row(job: _Job) -> None:
     """dense, evaluated once (it is one model: no seeds)."""
-    if "dense" in job.state["rows"]:
+    if "dense" in job.state.rows:
         job.result.skipped.append("dense")
         return
     model, ckpt = load_model(job.model_path)
     row = {"condition": "dense", "level": "100%", "seed": 0, "params_embedding": embedding_params(model),
            "params_nonzero": embedding_params(model, nonzero=True), **_scores(_evaluate(model, job.data, ckpt.config)),
            "seconds": 0.0}
-    job.state["rows"]["dense"] = row
+    job.state.rows["dense"] = row
     job.save()
     job.log(f"dense: {row['params_embedding']:,} params, val mAP {100 * row.get('val_mAP', float('nan')):.2f}, "
             f"test mAP {100 * row['mAP']:.2f}")
 
 
 def _chain(job: _Job, cond: Condition, seed: int, dense: Any) -> None:
-    """One (condition, seed) chain: every level pruned (and finetuned) from the previous one."""
+    """One (condition, seed) chain: every level pruned (and finetuned) from the previous one (workflows.chain)."""
     s, prev = job.settings, job.model_path
     cdir = job.out / "chains" / cond.name / f"s{seed}"
+    chain = Chain(job.out, job.state.links, job.save, job.log)
+    method = get_method(cond.method)
     for level in s.levels:
-        key, dest = _key(cond.name, seed, level), cdir / f"{level.replace('%', 'pct')}.pt"
-        if key in job.state["rows"] and dest.is_file():
-            job.result.skipped.append(key)
-            prev = dest
-            continue
-        target = resolve_target(level, dense, cond.method)  # a fraction of the DENSE size, not of the previous level
-        req = PruneRequest(target=target, method=cond.method, steps=1, data=job.data,
+        key = _key(cond.name, seed, level)
+        target = method.resolve_target(level, dense)  # a fraction of the DENSE size, not of the previous level's
+        req = PruneRequest(target=target, method=method, steps=1, data=job.data,
                            finetune_epochs=s.finetune_epochs if cond.finetune else 0, device=s.device,
                            evaluate=True, distill=cond.distill if cond.finetune else None, seed_offset=seed,
                            distill_config=s.distill,
                            teacher_file=job.model_path if s.distill.teacher == "source" else None)
-        started = time.perf_counter()
         try:
-            res = run_prune(prev, dest, req, resume=True)
+            chain.ensure(Level(key, key, cdir / f"{level.replace('%', 'pct')}.pt", level, target, seed), prev, req)
         except GraftError as exc:  # below what the method can reach on this model: the chain ends here
             job.log(f"{key}: skipped ({one_line(exc)})")
             return
-        entry = res.new_steps[-1]
-        row = {"condition": cond.name, "level": level, "seed": seed, "params_embedding": entry["params_embedding"],
-               "params_nonzero": entry["params_nonzero"], **_scores(entry), "seconds": time.perf_counter() - started}
-        job.state["rows"][key] = row
-        job.save()
+        prev = chain.path(key)
+        if chain.skipped and chain.skipped[-1].startswith(key):
+            job.result.skipped.append(key)
+            continue
         job.result.done.append(key)
+        row = job.state.chain_row(key)
         job.log(f"{key}: {row['params_embedding']:,} params, {row['params_nonzero']:,} nonzero, "
                 f"val mAP {100 * row.get('val_mAP', float('nan')):.2f}, test mAP {100 * row['mAP']:.2f} "
                 f"({row['seconds']:.0f} s)")
-        prev = dest
 
 
 def _control(job: _Job, seed: int, dense: Any, cfg: Any) -> None:
     """The dense model finetuned for a whole chain's epochs: how much of a level's mAP is extra training alone."""
     key = _key("control", seed, "100%")
-    if key in job.state["rows"]:
+    if key in job.state.rows:
         job.result.skipped.append(key)
         return
     epochs = job.settings.finetune_epochs * len(job.settings.levels)
@@ -194,23 +227,28 @@ def _control(job: _Job, seed: int, dense: Any, cfg: Any) -> None:
     row = {"condition": "control", "level": "100%", "seed": seed, "params_embedding": embedding_params(model),
            "params_nonzero": embedding_params(model, nonzero=True), **_scores(metrics),
            "seconds": time.perf_counter() - started}
-    job.state["rows"][key] = row
+    job.state.rows[key] = row
     job.save()
     job.result.done.append(key)
     job.log(f"{key}: dense finetuned {epochs} epochs: test mAP {100 * row['mAP']:.2f}")
 
 
-def _open_state(out: Path, model_path: Path, settings: SweepSettings) -> dict[str, Any]:
-    """OUT's finished rows for this model and settings (a fresh state for a new OUT)."""
+def _open_state(out: Path, model_path: Path, settings: SweepSettings) -> SweepState:
+    """OUT's finished work for this model and settings (a fresh state for a new OUT)."""
     sha = sha256_file(model_path)
     path = out / STATE_FILE
-    if path.is_file():
-        state = json.loads(path.read_text())
-        if state.get("source_sha256") != sha or state.get("identity") != settings.identity():
-            raise GraftError(f"{out} holds a sweep of another model or other --levels/--finetune-epochs; "
-                             "use a new --out")
-        return state
-    return {"source": str(model_path), "source_sha256": sha, "identity": settings.identity(), "rows": {}}
+    if not path.is_file():
+        return SweepState(str(model_path), sha, settings.identity())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GraftError(f"{path} is unreadable ({exc}); use a new --out") from None
+    if data.get("schema") != STATE_SCHEMA or data.get("version") != STATE_VERSION:
+        raise GraftError(f"{path} is a sweep state of an older graft-edge (no checkpoint hashes); use a new --out")
+    state = SweepState.from_dict(data)
+    if state.source_sha256 != sha or state.identity != settings.identity():
+        raise GraftError(f"{out} holds a sweep of another model or other --levels/--finetune-epochs; use a new --out")
+    return state
 
 
 def run_sweep(model_path: str | Path, data: str | Path, out: str | Path, settings: SweepSettings = SweepSettings(),
@@ -236,7 +274,7 @@ def run_sweep(model_path: str | Path, data: str | Path, out: str | Path, setting
                 else:
                     _chain(job, cond, seed, dense)
         wanted = _wanted(settings)
-        job.result.seed_rows = [r for k, r in job.state["rows"].items() if k in wanted]
+        job.result.seed_rows = [r for k in wanted if (r := job.row(k)) is not None]
         job.result.rows = sweep_rows(job.result.seed_rows, settings.levels)
         job.result.files = write_sweep_reports(out, job.result.rows, job.result.seed_rows,
                                                {"model": str(model_path), "data": str(data),
@@ -264,7 +302,7 @@ def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
         parts.append(run_sweep(model, data, out / f"m{i}", settings, log))
     seed_rows = [{**r, "seed": i * settings.seeds + int(r.get("seed") or 0), "model": str(models[i])}
                  for i, part in enumerate(parts) for r in part.seed_rows]
-    levels = parse_targets(settings.levels)
+    levels = tuple(map(str, parse_targets(settings.levels)))
     result = SweepResult(rows=sweep_rows(seed_rows, levels), seed_rows=seed_rows, files={},
                          done=[k for p in parts for k in p.done], skipped=[k for p in parts for k in p.skipped])
     result.files = write_sweep_reports(out, result.rows, seed_rows, {
@@ -272,13 +310,13 @@ def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
     return result
 
 
-def _wanted(settings: SweepSettings) -> set[str]:
-    """The state keys this call's settings report (a state may hold more seeds or conditions from other calls)."""
-    keys = {"dense"}
+def _wanted(settings: SweepSettings) -> list[str]:
+    """The state keys this call's settings report, in run order (a state may hold more seeds or conditions from
+    other calls)."""
+    keys = ["dense"]
     for name in settings.conditions:
         cond = CONDITIONS[name]
         for seed in range(settings.seeds if cond.finetune else 1):
             levels = ("100%",) if cond.control else settings.levels
-            keys |= {_key(name, seed, level) for level in levels}
+            keys += [_key(name, seed, level) for level in levels]
     return keys
-

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 from graft_edge.errors import GraftError
-from graft_edge.rerank import RerankConfig, rerank, rerank_features
+from graft_edge.retrieval.rerank import RerankConfig, rerank, rerank_features
 
 __all__ = ["RankResult", "RerankConfig", "evaluate_rank", "pairwise_distance", "rerank", "rerank_features"]
 

@@ -6,7 +6,7 @@ its candidates' k/2-reciprocal sets) becomes a sparse weight vector, local query
 vectors of the k2 nearest neighbours, and the Jaccard distance between vectors is blended with the
 original distance. Only the top-(k1+1) neighbours of each row and a few thousand rows of distances at a
 time are held, so the cost grows with N*k, not N^2 memory (beyond the dense query x gallery output).
-Depends on numpy/scipy only, so `graft_edge.metrics` can re-export it.
+Depends on numpy/scipy only, so `graft_edge.retrieval.metrics` can re-export it.
 """
 from __future__ import annotations
 
