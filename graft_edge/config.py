@@ -5,6 +5,7 @@ Configs are plain data passed explicitly; YAML is read only at the CLI edge
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -106,6 +107,13 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast on GPUs
     checkpoint_every: int = 1  # epochs
+    # Missing-sensor training: the probability that a training sample loses a random non-empty strict subset of
+    # its modalities (uniform over those subsets), masked out through the presence mask exported graphs take.
+    # 0 (the authors' recipe) in every preset but the *-robust ones.
+    modality_dropout: float = 0.0
+    # A trained checkpoint (same modalities and training ids) distilled into the model at every step of both
+    # stages, seeing every sensor while the student sees its dropped view (distill.DistillConfig's weights).
+    teacher_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,14 @@ def _synthetic() -> GraftConfig:
     )
 
 
+ROBUST_DROPOUT = 0.5  # train.modality_dropout of the *-robust presets: half the samples lose some sensors
+
+
+def _robust(base: GraftConfig, preset: str) -> GraftConfig:
+    """`base` trained to ride out missing sensors (train.modality_dropout on), under its own preset name."""
+    return replace(base, preset=preset, train=replace(base.train, modality_dropout=ROBUST_DROPOUT))
+
+
 def _rgbn300() -> GraftConfig:
     base = GraftConfig(preset="rgbn300")
     return replace(base, model=replace(base.model, modalities=("rgb", "nir"), num_ids=150))
@@ -168,6 +184,8 @@ PRESETS = {
     "rgbnt100-clip": lambda: _rgbnt100_on("rgbnt100-clip", "vit_base_patch16_clip_224", OPENAI_CLIP_MEAN,
                                           OPENAI_CLIP_STD),
     "synthetic": _synthetic,
+    "rgbnt100-robust": lambda: _robust(GraftConfig(), "rgbnt100-robust"),
+    "synthetic-robust": lambda: _robust(_synthetic(), "synthetic-robust"),
 }
 
 
@@ -190,6 +208,12 @@ def parse_modalities(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
     if len(set(names)) != len(names):
         raise GraftError(f"modality listed twice in {text!r}")
     return tuple(m for m in MODALITIES if m in names)
+
+
+def modality_subsets(modalities: tuple[str, ...] | list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of `modalities`, smallest first, each in the given order (rgb, nir, ..., rgb+nir, ...)."""
+    mods = tuple(modalities)
+    return [sub for k in range(1, len(mods) + 1) for sub in itertools.combinations(mods, k)]
 
 
 def validate(cfg: GraftConfig) -> GraftConfig:
@@ -216,6 +240,7 @@ def validate(cfg: GraftConfig) -> GraftConfig:
         raise GraftError("data.ids_per_batch must be >= 2 (a negative per anchor is needed)")
     _check_numbers(cfg)
     _check_model_shape(cfg.model)
+    _check_modality_dropout(cfg)
     if m.pretrained_file and not m.pretrained:
         raise GraftError(f"model.pretrained_file={m.pretrained_file!r} is set but model.pretrained is false: "
                          "pass --pretrained (or set model.pretrained=true) to load it, or drop the file")
@@ -232,7 +257,7 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("data.num_workers", 0, None, True, True), ("data.anchor_repeats", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
     ("data.hflip", 0, 1, True, True), ("data.vflip", 0, 1, True, True), ("data.erase", 0, 1, True, True),
     ("train.eval_every", 0, None, True, True), ("train.checkpoint_every", 0, None, True, True),
-    ("train.seed", 0, SEED_LIMIT, True, True), ("data.val_seed", 0, SEED_LIMIT, True, True),
+    ("train.seed", 0, SEED_LIMIT, True, True), ("data.val_seed", 0, SEED_LIMIT, True, True), ("train.modality_dropout", 0, 1, True, True),
 )
 _STAGE_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("epochs", 0, None, True, True), ("lr", 0, None, True, True), ("weight_decay", 0, None, True, True),
@@ -240,6 +265,17 @@ _STAGE_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = 
     ("loss.alpha", 0, None, True, True), ("loss.beta", 0, None, True, True), ("loss.gamma", 0, None, True, True),
     ("loss.label_smoothing", 0, 1, True, False), ("loss.triplets_per_anchor", 1, None, True, True),
 )
+
+
+def _check_modality_dropout(cfg: GraftConfig) -> None:
+    """Modality dropout needs a sensor to drop and a model that can mask one out per sample."""
+    p, m = cfg.train.modality_dropout, cfg.model
+    if p > 0 and len(m.modalities) < 2:
+        raise GraftError(f"train.modality_dropout={p}: model.modalities={','.join(m.modalities)} has a single "
+                         "modality, none can be dropped (set it to 0)")
+    if p > 0 and m.fusion != "token":
+        raise GraftError(f"train.modality_dropout={p}: model.fusion={m.fusion!r} cannot mask a modality per sample "
+                         "(only fusion=token models can; set it to 0)")
 
 
 def _get(obj: Any, dotted: str) -> Any:

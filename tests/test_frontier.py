@@ -206,3 +206,32 @@ def test_frontier_rerank_adds_reranked_accuracy_to_existing_rows(tiny_checkpoint
         assert 0.0 <= after["R1_rerank"] <= 1.0
     with open(res.files["csv"]) as f:
         assert all(row["mAP_rerank"] for row in csv.DictReader(f))
+
+
+def test_frontier_robustness_adds_the_worst_sensor_subset_measured_on_each_artefact(tiny_checkpoint, data, tmp_path):
+    from graft_edge.evaluation import evaluate_embedder
+    from graft_edge.runtime import load_embedder
+
+    out = tmp_path / "fr"
+    plain = F.run_frontier(tiny_checkpoint, data, out, _settings())
+    assert all(r["worst_mAP"] is None for r in plain.rows)
+    res = F.run_frontier(tiny_checkpoint, data, out, _settings(robustness=True))
+    assert not any(d.endswith(": pruned") for d in res.done)  # only re-evaluated, nothing pruned or exported again
+    state = load_state(out)
+    labels = {"rgb", "nir", "tir", "rgb+nir", "rgb+tir", "nir+tir", "rgb+nir+tir"}
+    for r in res.rows:
+        acc = state.variants[r["key"].split("/")[0]].formats[r["format"]].accuracy
+        assert {"+".join(s["modalities"]) for s in acc["subsets"]} == labels
+        assert r["worst_mAP"] == min(s["mAP"] for s in acc["subsets"]) <= r["mAP"] and r["worst_subset"] in labels
+    # the worst subset's number is that artefact's own mAP with only those sensors
+    row = next(r for r in res.rows if r["variant"] != "dense" and r["format"] == "int8")
+    path = out / row["artefact"]
+    alone = evaluate_embedder(load_embedder(path, modalities=row["worst_subset"].split("+")), data, batch_size=64)
+    assert alone["mAP"] == pytest.approx(row["worst_mAP"], abs=1e-9)
+    with open(res.files["csv"]) as f:
+        assert all(float(line["worst_mAP"]) == pytest.approx(r["worst_mAP"], abs=1e-5) and line["worst_subset"]
+                   for line, r in zip(csv.DictReader(f), res.rows))
+    assert "worst subset mAP" in res.files["md"].read_text()
+    assert json.loads(res.files["json"].read_text())["rows"][0]["worst_subset"] in labels
+    with pytest.raises(GraftError, match="--robustness evaluates every subset"):
+        F.run_frontier(tiny_checkpoint, data, out, _settings(robustness=True, modalities=("rgb",)))

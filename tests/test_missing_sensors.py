@@ -108,6 +108,46 @@ def test_eval_with_modalities_on_onnx_equals_checkpoint(exported, tiny_dataset, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["pt", "fp32", "int8-dynamic"])
+def test_eval_every_subset_equals_eval_of_each_subset(exported, tiny_dataset, tmp_path, fmt):  # noqa: F811
+    """`eval --modalities all` (one pass per split, a checkpoint's backbone once per batch) gives, for every subset S,
+    the numbers of `eval --modalities S` run on its own."""
+    ckpt, out, _, _, _ = exported
+    path = ckpt if fmt == "pt" else out / FILES[fmt]
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(path), "--data", str(tiny_dataset), "--modalities", "all", "--json",
+                              str(tmp_path / "all.json")])
+    assert res.exit_code == 0, res.output
+    printed = res.output
+    table = json.loads((tmp_path / "all.json").read_text())
+    assert [tuple(r["modalities"]) for r in table["subsets"]] == ALL_SUBSETS
+    for row in table["subsets"]:
+        res = runner.invoke(app, ["eval", str(path), "--data", str(tiny_dataset), "--modalities",
+                                  ",".join(row["modalities"]), "--json", str(tmp_path / "one.json")])
+        assert res.exit_code == 0, res.output
+        one = json.loads((tmp_path / "one.json").read_text())
+        for key in ("mAP", "R1", "R5", "R10", "num_query", "num_gallery"):
+            assert row[key] == pytest.approx(one[key], abs=1e-9), (row["modalities"], key)
+    worst = min(table["subsets"], key=lambda r: r["mAP"])
+    assert table["worst"] == {"modalities": worst["modalities"], "mAP": worst["mAP"], "R1": worst["R1"]}
+    assert table["mAP"] == table["subsets"][-1]["mAP"]
+    assert f"worst subset: {'+'.join(worst['modalities'])} (mAP {100 * worst['mAP']:.2f}" in printed
+    assert len({round(r["mAP"], 6) for r in table["subsets"]}) > 1  # the subsets really differ
+
+
+@pytest.mark.slow
+def test_bench_every_subset_reports_the_table_and_times_every_sensor(exported, tiny_dataset):  # noqa: F811
+    _, out, _, _, _ = exported
+    report = bench_models([out / "model.int8-dynamic.onnx"], BenchSettings(iters=2, warmup=1, threads=1,
+                                                                            modalities=("all",), data=str(tiny_dataset)))
+    r = report["results"][0]
+    assert r["status"] == "ok" and r["modalities"] == list(MODS)
+    acc = r["accuracy"]
+    assert [tuple(s["modalities"]) for s in acc["subsets"]] == ALL_SUBSETS
+    assert acc["worst"]["mAP"] == min(s["mAP"] for s in acc["subsets"]) and acc["mAP"] == acc["subsets"][-1]["mAP"]
+
+
+@pytest.mark.slow
 def test_bench_with_modalities_times_the_subset(exported):
     _, out, _, _, _ = exported
     report = bench_models([out / "model.int8-dynamic.onnx"], BenchSettings(iters=2, warmup=1, threads=1,

@@ -62,6 +62,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     from rich.table import Table
 
     with_map = report["settings"].get("data") is not None
+    worst = any("worst" in (r.get("accuracy") or {}) for r in report["results"])  # --modalities all
     power = any(run.get("power", {}).get("available") for r in report["results"] for run in r["runs"])
     roof = any((run.get("roofline") or {}).get("achieved_gflops") for r in report["results"] for run in r["runs"])
     share = any((run.get("roofline") or {}).get("share_of_peak") for r in report["results"] for run in r["runs"])
@@ -72,7 +73,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
     t.add_column("Model", overflow="fold", min_width=10)
     t.add_column("Format", overflow="fold", min_width=5)
     t.add_column("Status", overflow="fold", min_width=10)
-    for col in ("MB", "Params") + (("mAP",) if with_map else ()) + ("Batch",) + (("ms",) if wide else ()) + (
+    for col in ("MB", "Params") + (("mAP",) if with_map else ()) + (("Worst subset",) if worst else ()) + ("Batch",) + (("ms",) if wide else ()) + (
             "ms/img", "FPS") + (("+RSS MB",) if wide else ()) + (("GFLOP/s",) if roof else ()) + (("%peak",) if share else ()) + (
             ("W", "J/img") if power else ()):
         t.add_column(col, justify="right", no_wrap=True)
@@ -86,6 +87,7 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
         head = [r["model"] if len(r["model"]) <= 40 else Path(r["model"]).name, fmt]
         if r["format"] is None or r["load_s"] is None or (with_map and acc is None):  # failed before timing
             t.add_row(*head, short_status(r["status"]), size, params, *(["-"] if with_map else []),
+                      *(["-"] if worst else []),
                       ",".join(str(run["batch"]) for run in r["runs"]), *["-"] * (4 if wide else 2),
                       *(["-"] if roof else []), *(["-"] if share else []), *(["-", "-"] if power else []))
             continue
@@ -96,6 +98,9 @@ def bench_table(report: dict[str, Any], width: int = 120) -> Any:
             if with_map:
                 rr = f"/{100 * acc['rerank']['mAP']:.1f}" if "rerank" in acc else ""  # plain/re-ranked
                 row.append(f"{100 * acc['mAP']:.1f}{rr}" if i == 0 else "")
+            if worst:
+                w = acc.get("worst") if i == 0 else None
+                row.append(f"{100 * w['mAP']:.1f} {'+'.join(w['modalities'])}" if w else "")
             cpu = run.get("memory", {}).get("cpu", {})
             row += [str(run["batch"])] + ([_fmt(lat.get("p50_ms"))] if wide else []) + [
                 _fmt(lat.get("per_sample_ms"), ".3f"), _fmt(lat.get("throughput"), ".1f")] + (
@@ -140,6 +145,8 @@ def breakdown_tables(report: dict[str, Any], top: int = 8) -> list[Any]:
     return tables
 
 
+
+
 @guarded
 def bench_cmd(
     models: List[Path] = typer.Argument(..., help="One or more models: checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine/.plan)."),
@@ -157,7 +164,7 @@ def bench_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results (schema graft-edge/bench v2) to this file ('-' for stdout)."),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="Images per forward pass for --data evaluation.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="With --data: also k-reciprocal re-ranked mAP/CMC (shown as plain/re-ranked mAP)."),
-    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the models' modalities (e.g. rgb,nir) to time and evaluate, as if the other sensors were missing. Default: all."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the models' modalities (e.g. rgb,nir) to time and evaluate, as if the other sensors were missing; 'all': time with every sensor and, with --data, evaluate every non-empty subset (accuracy.subsets, accuracy.worst; a 'Worst subset' column). Default: every modality."),
 ) -> None:
     """Time models side by side: latency mean/p50/p90/p99/min/max (ms), throughput (samples/s), peak memory,
     parameters, size on disk, and on NVIDIA GPUs power (W), energy per sample (J) and utilisation.
@@ -179,7 +186,7 @@ def bench_cmd(
                              threads=threads, device=dev, data=str(data) if data else None,
                              eval_batch_size=eval_batch_size, rerank=rerank, dtype=dtype.strip().lower(), peaks=peaks,
                              square_peaks=square_peaks, profile=profile,
-                             modalities=modalities_option(modalities))
+                             modalities=modalities_option(modalities, every_subset=True))
     with rich_progress(err_console()) as hook:
         report = bench_models(models, settings, progress=hook)
     out = err_console() if json_out is not None and str(json_out) == "-" else console()  # stdout stays pure JSON

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from graft_edge.config import parse_modalities
 from graft_edge.errors import GraftError, one_line
+from graft_edge.evaluation import ALL_SUBSETS
 from graft_edge.fileio import write_json
 from graft_edge.formats import batch_dependence_note
 from graft_edge.signals import Interrupted, exit_code, sigterm_as_interrupt
@@ -96,11 +97,14 @@ def check_output_folder(path: Path | None, option: str) -> None:
         raise GraftError(f"{option} {path}: {blocker} is a file, not a folder")
 
 
-def modalities_option(text: str | None) -> tuple[str, ...] | None:
-    """--modalities as given (None: every modality of each model); GraftError naming the option for an empty list, a
-    repeated name or one outside rgb,nir,tir. Whether a model has them is checked against the model."""
+def modalities_option(text: str | None, every_subset: bool = False) -> tuple[str, ...] | None:
+    """--modalities as given (None: every modality of each model; ('all',) with every_subset: each non-empty subset);
+    GraftError naming the option for an empty list, a repeated name or one outside rgb,nir,tir. Whether a model has
+    them is checked against the model."""
     if text is None:
         return None
+    if every_subset and text.strip().lower() == ALL_SUBSETS:
+        return (ALL_SUBSETS,)
     try:
         return parse_modalities(text)
     except GraftError as exc:

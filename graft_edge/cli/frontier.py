@@ -35,8 +35,9 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
     t.add_column("Params", justify="right", no_wrap=True)
     t.add_column("Format", overflow="fold", min_width=6)
     val = any(r.get("val_mAP") is not None for r in rows)
+    worst = any(r.get("worst_mAP") is not None for r in rows)
     cols = ((["MB"] if wide else []) + ["mAP", "R1"] + (["R5"] if wide else []) + ["R10"] + (["val mAP"] if val else [])
-            + ["ms", "Speed-up"])
+            + (["worst subset"] if worst else []) + ["ms", "Speed-up"])
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
 
@@ -50,6 +51,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str = "GraFT frontier", wi
         vals = {"MB": f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
                 "mAP": pct(r.get("mAP"), r.get("mAP_std")), "R1": pct(r.get("R1"), r.get("R1_std")), "R5": pct(r.get("R5")), "R10": pct(r.get("R10")),
                 "val mAP": pct(r.get("val_mAP"), r.get("val_mAP_std")),
+                "worst subset": f"{pct(r.get('worst_mAP'), r.get('worst_mAP_std'))} {r.get('worst_subset') or ''}".strip(),
                 "ms": f"{r['latency_ms']:.3f}" if r.get("latency_ms") else "-",
                 "Speed-up": f"{r['speedup']:.2f}x" if r.get("speedup") else "-"}
         name = escape(str(r["variant"]))
@@ -82,6 +84,7 @@ def frontier_cmd(
     distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the dense model (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
+    robustness: bool = typer.Option(False, "--robustness", help="Also evaluate every artefact on every non-empty subset of its sensors: the worst subset's mAP and which subset (worst_mAP, worst_subset in the CSV/JSON; the JSON state keeps every subset's numbers). Artefacts without a presence-mask input say so."),
 ) -> None:
     """Prune MODEL to each target (each from the previous), finetune, export every variant to the requested formats,
     measure mAP on the exported artefacts and time them side by side; write frontier.csv/.json/.md/.png to OUT."""
@@ -91,6 +94,7 @@ def frontier_cmd(
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
                                eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds,
+                               robustness=robustness,
                                modalities=modalities_option(modalities))
     err = err_console()
     with rich_progress(err) as hook:

@@ -1,10 +1,11 @@
 """`init`, `inspect` and `eval`: make a model of a preset, describe any model file, measure its accuracy."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -12,17 +13,25 @@ from graft_edge.checkpoint import save_checkpoint
 from graft_edge.cli.common import DTYPE_HELP, check_output_file, console, err_console, guarded, write_json_output
 from graft_edge.config import get_preset, parse_modalities, validate
 from graft_edge.errors import GraftError
-from graft_edge.evaluation import embed_splits, query_gallery_distances, score_splits
+from graft_edge.evaluation import (
+    ALL_SUBSETS,
+    embed_splits,
+    evaluate_subsets,
+    query_gallery_distances,
+    score_splits,
+    subset_label,
+)
 from graft_edge.model import build_model, embedding_params
 from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.retrieval.visualize import write_ranked_strips
 from graft_edge.runtime import load_embedder
+from graft_edge.runtime.presence import supports_subsets
 from graft_edge.units import format_count
 
 
 @guarded
 def init_cmd(
-    preset: str = typer.Argument(..., help="Architecture preset: rgbnt100 (3 modalities, distilled DeiT-B), rgbn300 (2), rgbnt100-dinov2, rgbnt100-clip (ViT-B/14 DINOv2, ViT-B/16 CLIP), synthetic (tiny ViT)."),
+    preset: str = typer.Argument(..., help="Architecture preset: rgbnt100 (3 modalities, distilled DeiT-B), rgbn300 (2), rgbnt100-dinov2, rgbnt100-clip (ViT-B/14 DINOv2, ViT-B/16 CLIP), synthetic (tiny ViT); rgbnt100-robust, synthetic-robust (same architectures, trained with modality dropout)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.pt)."),
     num_ids: Optional[int] = typer.Option(None, "--num-ids", help="Classifier width (training identities). Default: the preset's (50 / 150 / 32)."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Load ImageNet weights for the backbone (timm hub or --pretrained-file)."),
@@ -51,6 +60,44 @@ def init_cmd(
     save_checkpoint(out, model, cfg)
     console().print(f"wrote {out}: {cfg.preset} ({','.join(mcfg.modalities)}), "
                     f"{format_count(embedding_params(model))} embedding parameters")
+
+
+@contextlib.contextmanager
+def _feature_bar() -> Iterator[Callable[[int], None]]:
+    """A transient 'extracting features' bar on stderr; yields advance(n_samples)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console(), transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+def _eval_every_subset(embedder: Any, model: Path, data: Path, batch_size: int, rerank_cfg: RerankConfig | None,
+                       json_out: Optional[Path]) -> None:
+    """`eval --modalities all`: print and write the robustness table (every non-empty subset, worst marked)."""
+    from rich.table import Table
+
+    if not supports_subsets(embedder.info) and len(embedder.info.modalities) > 1:
+        raise GraftError(f"--modalities all: {model} needs all of {','.join(embedder.info.modalities)} (no "
+                         "presence-mask input; re-export a fusion-token model with this graft-edge)")
+    with _feature_bar() as advance:
+        result = evaluate_subsets(embedder, data, batch_size=batch_size, progress=advance, rerank_cfg=rerank_cfg)
+    worst = subset_label(result["worst"]["modalities"])
+    table = Table(title=f"{model}: every subset of the sensors (test split, %)")
+    for col in ("modalities", "mAP", "R1", "R5", "R10") + (("mAP re-ranked",) if rerank_cfg else ()):
+        table.add_column(col, justify="left" if col == "modalities" else "right")
+    for row in result["subsets"]:
+        label = subset_label(row["modalities"])
+        table.add_row(label + (" (worst)" if label == worst else ""),
+                      *(f"{100 * row[k]:.2f}" for k in ("mAP", "R1", "R5", "R10")),
+                      *((f"{100 * row['rerank']['mAP']:.2f}",) if rerank_cfg else ()))
+    console().print(table)
+    console().print(f"worst subset: {worst} (mAP {100 * result['worst']['mAP']:.2f}; every sensor "
+                    f"{100 * result['mAP']:.2f}); query {result['num_query']}, gallery {result['num_gallery']}",
+                    soft_wrap=True)
+    write_json_output(json_out, {**result, "model": str(model), "data": str(data),
+                                 "modalities": list(embedder.info.modalities)})
 
 
 def describe_model(path: Path) -> dict:
@@ -121,19 +168,22 @@ def eval_cmd(
     visualize: int = typer.Option(0, "--visualize", help="Write ranked-result strips for this many queries (0: none).", min=0),
     top_k: int = typer.Option(10, "--top", help="Gallery images per strip.", min=1),
     vis_dir: Optional[Path] = typer.Option(None, "--visualize-dir", help="Folder for the strips. Default: ./ranked_<model name>."),
-    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir): evaluate as if the other sensors were missing. Default: all."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir): evaluate as if the other sensors were missing; 'all': the robustness table, every non-empty subset (one pass over the data; the JSON's 'subsets' and 'worst'). Default: every modality."),
     dtype: str = typer.Option("fp32", "--dtype", help=f"Precision PyTorch checkpoints run at: {DTYPE_HELP}. Exported artefacts run at the precision they were exported in."),
 ) -> None:
     """Extract query/gallery features and report mAP and CMC rank-1/5/10 (Market-1501 protocol)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     check_output_file(json_out, "--json")
-    embedder = load_embedder(model, device=device, threads=threads, modalities=modalities, dtype=dtype)
+    every = modalities is not None and modalities.strip().lower() == ALL_SUBSETS
+    if every and visualize:
+        raise GraftError("--visualize draws one ranking: pass one subset to --modalities, not 'all'")
+    embedder = load_embedder(model, device=device, threads=threads, modalities=None if every else modalities,
+                             dtype=dtype)
     rerank_cfg = RerankConfig(k1, k2, lambda_value) if rerank else None
-    with Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console(), transient=True) as bar:
-        task = bar.add_task("eval", total=None)
-        query, gallery = embed_splits(embedder, data, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+    if every:
+        _eval_every_subset(embedder, model, data, batch_size, rerank_cfg, json_out)
+        return
+    with _feature_bar() as advance:
+        query, gallery = embed_splits(embedder, data, batch_size=batch_size, progress=advance)
     dist = query_gallery_distances(query, gallery, rerank_cfg) if rerank_cfg and visualize else None
     result = score_splits(query, gallery, rerank_cfg, reranked=dist)
     console().print(

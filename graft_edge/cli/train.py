@@ -35,7 +35,7 @@ def resolve_config(preset: str | None, config: Path | None, sets: list[str], res
     elif preset:
         cfg = get_preset(preset)
     else:
-        raise GraftError("pass --preset NAME (rgbnt100, rgbn300, synthetic) or --config FILE")
+        raise GraftError("pass --preset NAME (rgbnt100, rgbn300, synthetic, synthetic-robust, ...) or --config FILE")
     return apply_overrides(cfg, sets)
 
 
@@ -65,9 +65,9 @@ def _worker_args(preset: str | None, config: Path | None, data: Path, out: Path,
 def train_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset root in the RGBNT100/RGBN300 layout (train split to learn, query/gallery to evaluate)."),
     out: Path = typer.Option(..., "--out", help="Run directory: config.yaml, metrics.jsonl, tb/, stage1_best.pt, stage2_best.pt, best.pt, last.pt."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset: rgbnt100, rgbn300 (the authors' recipe), rgbnt100-dinov2, rgbnt100-clip (other backbones, same recipe) or synthetic (tiny, trains on a CPU in minutes)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset: rgbnt100, rgbn300 (the authors' recipe), rgbnt100-dinov2, rgbnt100-clip (other backbones, same recipe), synthetic (tiny, trains on a CPU in minutes), or rgbnt100-robust / synthetic-robust (the same with train.modality_dropout=0.5: half the samples lose a random non-empty strict subset of their sensors, so the model works with any sensor missing)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Start from a YAML config file (e.g. a previous RUN/config.yaml) instead of --preset."),
-    sets: list[str] = typer.Option([], "--set", help="Override a config key, repeatable: --set train.stage1.epochs=5 --set model.modalities=rgb,nir."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key, repeatable: --set train.stage1.epochs=5; --set model.modalities=rgb,nir builds and trains on those sensors only (a specialist); --set train.modality_dropout=0.5 drops sensors per sample (probability, 0-1); --set train.teacher_file=PLAIN/best.pt distils from a trained model seeing every sensor."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node; > 1 relaunches through torchrun (DDP: NCCL on GPUs, gloo on CPU)."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in a multi-node job (run the same command on each)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0..nnodes-1 (multi-node only)."),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +83,26 @@ class ModelEmbedder:
         with self._autocast():
             out = self.model.embed(inputs)
         return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_subsets(self, batch: dict[str, np.ndarray],
+                      subsets: Sequence[Sequence[str]]) -> dict[tuple[str, ...], np.ndarray]:
+        """{subset: (B, D) float32} for a batch of every modality: `embed` of each subset's modalities.
+
+        A fusion-token GraFT runs its backbone once and averages each subset's fusion tokens (`GraFT.combine`);
+        other fusions, which mix the modalities, run once per subset.
+        """
+        if not self.model.supports_presence_mask:
+            return {tuple(s): self.embed({m: batch[m] for m in s}) for s in subsets}
+        mods = self.model.modalities
+        inputs = {m: torch.as_tensor(batch[m]).to(self.device, non_blocking=True) for m in mods}
+        out = {}
+        with self._autocast():
+            tokens, _ = self.model.modality_tokens(inputs)  # (B, M, D)
+            for s in subsets:
+                mask = torch.tensor([[m in s for m in mods]], dtype=tokens.dtype, device=tokens.device)
+                out[tuple(s)] = self.model.combine(tokens, mask.expand(tokens.shape[0], -1)).float().cpu().numpy()
+        return out
 
     def bind(self, batch: dict[str, np.ndarray]) -> Callable[[], torch.Tensor]:
         """Copy `batch` to the device once; the returned call runs the model on it and leaves the output there."""

@@ -27,6 +27,15 @@ class GraftOutput(NamedTuple):
     logits: torch.Tensor  # (B, num_ids)
     fusion_tokens: torch.Tensor  # (B, M, D) each present modality's fusion-token output
     data_tokens: torch.Tensor  # (B, M, D) each present modality's sampled data token
+    present: torch.Tensor | None = None  # (B, M) 0/1 presence mask when the forward took one (every modality's tokens)
+
+
+def masked_mean(tokens: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """(B, M, D) per-modality tokens -> (B, D): the mean over each row's present modalities (all when None)."""
+    if present is None:
+        return tokens.mean(dim=1)
+    weight = present.to(tokens.dtype).unsqueeze(-1)  # (B, M, 1)
+    return (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
 class GraFT(nn.Module):
@@ -53,8 +62,19 @@ class GraFT(nn.Module):
             raise GraftError(f"no input modality given: expected some of {','.join(self.modalities)}")
         return present
 
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> GraftOutput:
-        """inputs: {modality: (B, 3, H, W)}; missing modalities are averaged out."""
+    def forward(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> GraftOutput:
+        """inputs: {modality: (B, 3, H, W)}; missing modalities are averaged out.
+
+        With a (B, M) 0/1 `present` mask (missing-modality training) every modality's images go in and each row's
+        fusion tokens are averaged over its present modalities only: the computation of `embed_masked` and of the
+        exported graphs, with the classifier head on top.
+        """
+        if present is not None:
+            return self.outputs(*self.modality_tokens(inputs), present)
+        return self.outputs(*self.tokens(inputs))
+
+    def tokens(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sample part of forward: fusion tokens and sampled data tokens, (B, M, D) each."""
         present = self.present(inputs)
         if isinstance(self.backbone, MultiStreamBackbone):
             tokens = self.backbone.stream_tokens(inputs, present)  # (M, B, N, D), one ViT per modality
@@ -63,10 +83,14 @@ class GraFT(nn.Module):
             M, B = x.shape[:2]
             tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
             tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
-        fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
-        embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present
+        return self.fusion(tokens, present)  # (B, M, D) each
+
+    def outputs(self, fusion_tokens: torch.Tensor, data_tokens: torch.Tensor,
+                present: torch.Tensor | None = None) -> GraftOutput:
+        """The batch part of forward: embedding (eq. 6, over each row's present modalities) and the BNNeck."""
+        embedding = masked_mean(fusion_tokens, present)  # (B, D)
         neck, logits = self.head(embedding)
-        return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens)
+        return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens, present)
 
     def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inference path: the L2-normalised matching embedding (B, D)."""
@@ -79,6 +103,30 @@ class GraFT(nn.Module):
         """True when a missing modality can be masked per sample: each fusion token sees only its own modality."""
         return self.cfg.fusion == "token"
 
+    def modality_tokens(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every modality's fusion-token outputs and sampled data tokens, (B, M, D) each, in one backbone pass.
+
+        Each modality's tokens depend on its own images only (a GraFT fusion token attends to its own modality), so
+        any subset's embedding is a masked mean of these (`masked_mean`, `combine`).
+        """
+        if not self.supports_presence_mask:
+            raise GraftError(f"model.fusion={self.cfg.fusion!r} mixes modalities in one encoder: a missing one "
+                             "cannot be masked out (only fusion=token models can)")
+        absent = [m for m in self.modalities if m not in inputs]
+        if absent:
+            raise GraftError(f"a presence mask needs every modality's images (zeros where absent); {absent[0]!r} "
+                             "was not given")
+        x = torch.stack([inputs[m] for m in self.modalities])  # (M, B, 3, H, W)
+        M, B = x.shape[:2]
+        tokens = self.backbone.forward_features(x.flatten(0, 1)).unflatten(0, (M, B))
+        return self.fusion(tokens, self.modalities)  # (B, M, D) each
+
+    def combine(self, fusion_tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, M, D) fusion tokens + (B, M) 0/1 mask -> the L2-normalised matching embedding of each row's subset."""
+        embedding = masked_mean(fusion_tokens, present)
+        feat = embedding if self.cfg.neck_feat == "before" else self.head.bn(embedding)
+        return F.normalize(feat, dim=-1)
+
     def embed_masked(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """Every modality's images (anything finite where absent) + a (B, M) 0/1 mask -> `embed` of each row's subset.
 
@@ -86,17 +134,7 @@ class GraFT(nn.Module):
         backbone, and the fusion tokens are averaged over the present ones only. Equal to `embed` of the
         present modalities because a GraFT fusion token attends to its own modality's tokens only.
         """
-        if not self.supports_presence_mask:
-            raise GraftError(f"model.fusion={self.cfg.fusion!r} mixes modalities in one encoder: a missing one "
-                             "cannot be masked out (only fusion=token models can)")
-        x = torch.stack([inputs[m] for m in self.modalities])  # (M, B, 3, H, W)
-        M, B = x.shape[:2]
-        tokens = self.backbone.forward_features(x.flatten(0, 1)).unflatten(0, (M, B))
-        fusion_tokens, _ = self.fusion(tokens, self.modalities)  # (B, M, D)
-        weight = present.to(fusion_tokens.dtype).unsqueeze(-1)  # (B, M, 1)
-        embedding = (fusion_tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
-        feat = embedding if self.cfg.neck_feat == "before" else self.head.bn(embedding)
-        return F.normalize(feat, dim=-1)
+        return self.combine(self.modality_tokens(inputs)[0], present)
 
 
 def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> GraFT:

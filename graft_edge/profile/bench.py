@@ -23,7 +23,10 @@ Schema "graft-edge/bench" v3 (v2 + shape-true peaks, square peaks beside them, t
          "modalities": [str], "img_size": [H, W], "device": str, "load_s": float|null,
          "flops_per_sample": int|null,               # counted once per model (graft_edge.model.flops)
          "accuracy": null | {"mAP", "R1", "R5", "R10" (fractions), "num_query", "num_gallery",
-                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}]},
+                             ["rerank": {"mAP", "R1", "R5", "R10", "k1", "k2", "lambda"}],
+                             # --modalities all: every non-empty subset of the sensors (graft_edge.robustness)
+                             ["subsets": [{"modalities": [str], "mAP", "R1", "R5", "R10", ...}],
+                              "worst": {"modalities": [str], "mAP", "R1"}]},
          "runs": [                                   # one per batch size
            {"batch": int, "status": "ok" | "error: ...", "error": str|null,
             "latency": null | {batch, n, mean_ms, std_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms,
@@ -61,7 +64,7 @@ import torch
 
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder
+from graft_edge.evaluation import ALL_SUBSETS, evaluate_embedder, evaluate_subsets
 from graft_edge.profile.breakdown import check_breakdown, profile_run
 from graft_edge.profile.hardware import machine_info
 from graft_edge.profile.latency import DEFAULT_WARMUP, bound_call, synthetic_batch, time_embedder, warm_up
@@ -96,7 +99,8 @@ class BenchSettings:
     data: str | None = None
     eval_batch_size: int = 64
     rerank: bool = False  # with data: also k-reciprocal re-ranked accuracy (accuracy["rerank"])
-    modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all
+    modalities: tuple[str, ...] | None = None  # time / evaluate on this subset (missing sensors); None: all;
+    # ("all",): time with every sensor, evaluate every subset (the robustness table)
     dtype: str = "fp32"  # what PyTorch checkpoints run at (exported artefacts: their own precision)
     peaks: bool = True  # measure the shape-true GEMM peaks on first use (graft_edge.profile.peaks); False: cached only
     square_peaks: bool = False  # also measure the square n^3 peaks when none are cached (about 30 s)
@@ -216,8 +220,9 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
             res["files"] = [str(f) for f in artefact_files(path)]
             res["size_bytes"] = artefact_size(path)
         t0 = time.perf_counter()
+        every = settings.modalities == (ALL_SUBSETS,)
         embedder = load_embedder(path, device=settings.device, threads=settings.threads,
-                                 modalities=settings.modalities, dtype=settings.dtype)
+                                 modalities=None if every else settings.modalities, dtype=settings.dtype)
         res["load_s"] = time.perf_counter() - t0
         info = embedder.info
         res.update(format=info.format, precision=info.extra.get("precision", "fp32" if info.format == "torch" else None),
@@ -226,9 +231,10 @@ def bench_model(path: str | Path, settings: BenchSettings, gpu: GpuMonitor | Non
                    flops_per_sample=embedder_flops(embedder))
         if settings.data:
             check_data_modalities(info.modalities, settings.data)
-            advance = progress(f"{path.name} mAP", None)
-            res["accuracy"] = evaluate_embedder(embedder, settings.data, batch_size=settings.eval_batch_size,
-                                                progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
+            advance = progress(f"{path.name} mAP" + (" of every sensor subset" if every else ""), None)
+            evaluate = evaluate_subsets if every else evaluate_embedder
+            res["accuracy"] = evaluate(embedder, settings.data, batch_size=settings.eval_batch_size,
+                                       progress=advance, rerank_cfg=RerankConfig() if settings.rerank else None)
     except Exception as exc:  # one line per bad model; the others are still measured
         msg = one_line(exc)
         res.update(status=f"error: {msg}", error=msg)

@@ -27,7 +27,7 @@ from graft_edge.units import format_count
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "mAP_std",
                "R1", "R1_std", "n_seeds", "R5", "R10", "val_mAP", "val_mAP_std", "val_R1", "val_R1_std", "mAP_vs_dense",
-               "mAP_noise", "mAP_rerank", "R1_rerank", "batch", "latency_ms", "min_ms",
+               "mAP_noise", "mAP_rerank", "R1_rerank", "worst_mAP", "worst_mAP_std", "worst_subset", "batch", "latency_ms", "min_ms",
                "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto", "precision", "achieved_gflops", "peak_precision",
                "peak_gflops", "share_of_peak", "share_of_square_peak",
                "artefact")
@@ -46,7 +46,9 @@ ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": 
              "R1_std": "fraction (sample std over seeds)", "n_seeds": "finetuning seeds averaged",
              "val_mAP": "fraction (validation split: held-out training ids)", "val_R1": "fraction (validation split)",
              "mAP_vs_dense": "better | worse | within noise (graft_edge.workflows.noise)",
-             "mAP_noise": "fraction (the |mAP - dense mAP| a difference must exceed to count)"}
+             "mAP_noise": "fraction (the |mAP - dense mAP| a difference must exceed to count)",
+             "worst_mAP": "fraction (--robustness: the lowest mAP over every non-empty subset of the sensors)",
+             "worst_subset": "the subset with worst_mAP (seed 0's), e.g. rgb+nir; or why it was not measured"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -102,6 +104,13 @@ def _pct(v: Any, std: Any = None) -> str:
     return f"{100 * v:.1f}" if std is None else f"{100 * v:.1f} ± {100 * std:.1f}"
 
 
+def _worst(row: dict[str, Any]) -> str:
+    """'33.1 ± 2.0 (rgb+nir)': a row's worst-subset mAP and which subset ('-' where not measured)."""
+    if row.get("worst_mAP") is None:
+        return "-"
+    return f"{_pct(row['worst_mAP'], row.get('worst_mAP_std'))} ({row.get('worst_subset')})"
+
+
 def _num(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -114,9 +123,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
     batch = next((r.get("batch") for r in rows if r.get("batch")), None)
     lat_head = f"ms/sample (batch {batch})" if batch else "ms/sample"
     share = any(r.get("share_of_peak") for r in rows)  # the column is left out where no peak is known
-    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | val mAP | vs dense | n | {lat_head} | "
+    robust = any(r.get("worst_mAP") is not None for r in rows)  # --robustness: the worst sensor subset's mAP
+    lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | val mAP | "
+                 f"{'worst subset mAP | ' if robust else ''}vs dense | n | {lat_head} | "
                  f"Speed-up | GFLOP/s | {'% of peak | ' if share else ''}Pareto |")
-    lines.append(f"|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|{'---:|' if share else ''}:---:|")
+    lines.append(f"|---|---:|---|---:|---:|---:|---:|---:|---:|{'---:|' if robust else ''}---|---:|---:|---:|---:|"
+                 f"{'---:|' if share else ''}:---:|")
     for r in rows:
         status = r.get("status", "ok")
         fmt = r["format"] if status == "ok" else f"{r['format']} ({status})"
@@ -125,7 +137,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
             f"{_num(r['size_bytes'] / 1e6 if r.get('size_bytes') is not None else None, '.2f')} | "
             f"{_pct(r.get('mAP'), r.get('mAP_std'))} | {_pct(r.get('R1'), r.get('R1_std'))} | "
             f"{_pct(r.get('R5'), r.get('R5_std'))} | {_pct(r.get('R10'), r.get('R10_std'))} | "
-            f"{_pct(r.get('val_mAP'), r.get('val_mAP_std'))} | {r.get('mAP_vs_dense') or '-'} | {r.get('n_seeds') or '-'} | "
+            f"{_pct(r.get('val_mAP'), r.get('val_mAP_std'))} | {_worst(r) + ' | ' if robust else ''}"
+            f"{r.get('mAP_vs_dense') or '-'} | {r.get('n_seeds') or '-'} | "
             f"{_num(r.get('latency_ms'), '.3f')} | {_num(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else '-'} | "
             f"{_num(r.get('achieved_gflops'), '.1f')} | "
             + (f"{_num(100 * r['share_of_peak'] if r.get('share_of_peak') else None, '.0f')}"

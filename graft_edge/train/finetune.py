@@ -19,6 +19,7 @@ from graft_edge.model.graft import GraFT
 from graft_edge.train.distill import DistillConfig, Distiller
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import AfterStep, make_stage, run_epoch, set_train_mode
+from graft_edge.train.modality_dropout import modality_dropout
 from graft_edge.train.state import rng_state, seed_everything, set_rng_state
 
 
@@ -84,11 +85,13 @@ def finetune(
     Seeded (cfg.train.seed, or `seed`): the same call on the same weights gives the same weights, so an
     interrupted prune resumes to an identical model. With a `teacher` (e.g. the model before a pruning cut)
     the loss adds distillation terms per `distill` (default DistillConfig()); the teacher is moved to the
-    model's device, frozen, and left out of the model.
+    model's device, frozen, and left out of the model. cfg.train.modality_dropout > 0 (a model trained to ride out
+    missing sensors) keeps dropping sensors per sample, seeded like the rest; the teacher sees every sensor.
     """
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
-    seed_everything(cfg.train.seed if seed is None else seed)  # augmentation and dropout draws
+    seed = cfg.train.seed if seed is None else seed
+    seed_everything(seed)  # augmentation and dropout draws
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
     env = DistEnv(device=str(next(model.parameters()).device))
     distiller = Distiller(teacher.to(env.device), distill or DistillConfig()) if teacher is not None else None
@@ -105,8 +108,9 @@ def finetune(
     metrics: dict[str, Any] = {"epochs": int(epochs), "steps": 0}
     start = time.perf_counter()
     try:
+        dropout = modality_dropout(cfg.train.modality_dropout, len(model.modalities), seed, sampler)
         run = make_stage(model, stage, total, env, amp=cfg.train.amp, after_step=after_step,
-                         distiller=distiller)
+                         distiller=distiller, dropout=dropout)
         set_train_mode(model, stage)
         for epoch in range(epochs):
             if run.stage_step >= total:

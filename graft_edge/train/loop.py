@@ -20,6 +20,7 @@ from graft_edge.model.graft import GraFT
 from graft_edge.train.distill import Distiller
 from graft_edge.train.distributed import DistEnv, all_reduce_sum
 from graft_edge.train.losses import GraftLoss, LossParts
+from graft_edge.train.modality_dropout import ModalityDropout
 from graft_edge.train.schedule import build_scheduler
 
 AfterStep = Callable[[GraFT], None]
@@ -30,16 +31,18 @@ class Objective(nn.Module):
     """model + criterion in one module, so DDP also averages the center-loss centers' gradients.
 
     With a `distiller` the loss adds its teacher terms; the distiller is a plain attribute, so the teacher is
-    not a submodule (not in state_dict, parameters or DDP's buckets).
+    not a submodule (not in state_dict, parameters or DDP's buckets). With a presence mask (modality dropout) the
+    student sees each sample's kept modalities only and the teacher every modality.
     """
 
     def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None) -> None:
         super().__init__()
         self.model, self.criterion, self.distiller = model, criterion, distiller
 
-    def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
-        """images {modality: (B, 3, H, W)}, labels (B,) -> weighted loss and its parts."""
-        out = self.model(images)
+    def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                present: torch.Tensor | None = None) -> LossParts:
+        """images {modality: (B, 3, H, W)}, labels (B,), optional (B, M) presence mask -> weighted loss and parts."""
+        out = self.model(images) if present is None else self.model(images, present)
         parts = self.criterion(out, labels)
         if self.distiller is None:
             return parts
@@ -62,6 +65,7 @@ class StageRun:
     env: DistEnv
     amp: bool = False
     after_step: AfterStep | None = None
+    dropout: ModalityDropout | None = None  # missing-modality training: a presence mask per batch
     stage_step: int = 0  # optimizer steps done in this stage
     epoch_stats: EpochStats | None = None  # the running sums of the current epoch (kept across a mid-epoch resume)
 
@@ -124,10 +128,11 @@ def needs_unused_search(model: GraFT) -> bool:
 
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
                after_step: AfterStep | None = None, global_batches_per_step: int = 1,
-               distiller: Distiller | None = None) -> StageRun:
+               distiller: Distiller | None = None, dropout: ModalityDropout | None = None) -> StageRun:
     """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective.
 
-    `distiller`: a frozen teacher whose distillation terms join the loss (the prune–finetune loop).
+    `distiller`: a frozen teacher whose distillation terms join the loss (the prune–finetune loop, or training
+    with train.teacher_file). `dropout`: the presence masks of missing-modality training.
     """
     freeze_backbone(model, stage.freeze_backbone)
     num_ids = model.head.classifier.out_features
@@ -145,7 +150,7 @@ def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv,
         # broadcasts rank 0's weights now; the per-step search for unused parameters only when there are some
         objective = DDP(objective, device_ids=ids, find_unused_parameters=needs_unused_search(model))
     return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps, global_batches_per_step),
-                    stage, total_steps, env, amp and env.device.startswith("cuda"), after_step)
+                    stage, total_steps, env, amp and env.device.startswith("cuda"), after_step, dropout)
 
 
 def _autocast(run: StageRun) -> contextlib.AbstractContextManager:
@@ -155,8 +160,12 @@ def _autocast(run: StageRun) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
-    """zero_grad -> forward -> backward -> AdamW (+ center SGD) -> lr schedule -> after_step hook."""
+def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.Tensor,
+               present: torch.Tensor | None = None) -> LossParts:
+    """zero_grad -> forward -> backward -> AdamW (+ center SGD) -> lr schedule -> after_step hook.
+
+    `present`: (B, M) presence mask of the batch (missing-modality training), None: every modality.
+    """
     dev = torch.device(run.env.device)
     modalities = run.model.modalities
     inputs = {m: x.to(dev, non_blocking=True) for m, x in images.items() if m in modalities}  # (B, 3, H, W)
@@ -164,8 +173,10 @@ def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.
     run.optimizer.zero_grad(set_to_none=True)
     if run.center_optimizer is not None:
         run.center_optimizer.zero_grad(set_to_none=True)
+    if present is not None:
+        present = present.to(dev, non_blocking=True)
     with _autocast(run):
-        parts = run.objective(inputs, labels)
+        parts = run.objective(inputs, labels) if present is None else run.objective(inputs, labels, present)
     parts.total.backward()
     run.optimizer.step()
     if run.center_optimizer is not None:
@@ -191,7 +202,8 @@ def run_epoch(run: StageRun, loader: Iterable, start_batch: int = 0, on_step: On
         if run.stage_step >= run.total_steps:
             break
         t0 = time.perf_counter()
-        parts = train_step(run, images, labels)
+        present = run.dropout.mask(batch, len(labels)) if run.dropout is not None else None
+        parts = train_step(run, images, labels, present)
         stats.add(parts, len(labels))
         batch += 1
         loss, lr = float(parts.total.detach()), run.optimizer.param_groups[0]["lr"]

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from graft_edge.config import TRIPLET_COMBOS, LossConfig
-from graft_edge.model.graft import GraftOutput
+from graft_edge.model.graft import GraftOutput, masked_mean
 
 
 def token_features(out: GraftOutput, kind: str) -> torch.Tensor:
-    """'F' -> fused embedding (B, D); 'D' -> data token averaged over modalities (B, D) (eq. 11-12)."""
-    return out.embedding if kind == "F" else out.data_tokens.mean(dim=1)
+    """'F' -> fused embedding (B, D); 'D' -> data token averaged over the (present) modalities (B, D) (eq. 11-12)."""
+    return out.embedding if kind == "F" else masked_mean(out.data_tokens, out.present)
 
 
 def random_triplets(labels: torch.Tensor, per_anchor: int = 1,

@@ -28,6 +28,7 @@ from graft_edge.finite import check_weights
 from graft_edge.model.graft import GraFT, build_model
 from graft_edge.outdir import OutputLock
 from graft_edge.train import distributed
+from graft_edge.train.distill import Distiller
 from graft_edge.train.loop import (
     StageRun,
     StepInfo,
@@ -37,8 +38,10 @@ from graft_edge.train.loop import (
     set_train_mode,
     stage_state,
 )
+from graft_edge.train.modality_dropout import modality_dropout
 from graft_edge.train.rundir import RunLogger, RunPaths, check_run_dir, clean_run_temps, clear_run_dir, truncate_metrics
 from graft_edge.train.state import require_same_config, rng_state, seed_everything, set_rng_state
+from graft_edge.train.teacher import training_teacher
 
 STATE_FORMAT = "graft-edge-train-state"
 DEFAULT_CHECKPOINT_STEPS = 500
@@ -87,6 +90,7 @@ class Trainer:
     best: dict[int, float] = field(default_factory=lambda: {1: -1.0, 2: -1.0})
     resume: Checkpoint | None = None
     on_eval: EvalHook | None = None
+    distiller: Distiller | None = None  # train.teacher_file's frozen teacher (both stages)
 
     @property
     def select_key(self) -> str:
@@ -178,7 +182,9 @@ def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
         tr.model.load_state_dict(read_checkpoint(tr.paths.stage_best(1)).state_dict)  # DDP broadcasts it
         tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} ({tr.select_key} {100 * tr.best[1]:.2f})")
     per_step = 1 if tr.cfg.data.anchor_repeats else tr.env.world_size  # global batches one step trains on
-    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step)
+    dropout = modality_dropout(tr.cfg.train.modality_dropout, len(tr.model.modalities), tr.cfg.train.seed, tr.sampler)
+    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step,
+                     distiller=tr.distiller, dropout=dropout)
     if mid:
         load_stage_state(run, ck.extra["stage_state"])
     set_train_mode(tr.model, st)
@@ -268,6 +274,7 @@ def run_stage(tr: Trainer, stage: int) -> None:
 def preflight(cfg: GraftConfig, data_root: str | Path, world_size: int = 1) -> int:
     """Check the data before launching workers (train ids vs the sampler, val split, query/gallery); returns num_ids."""
     _, _, num_ids = build_train_loader(data_root, cfg, 0, world_size)
+    training_teacher(replace(cfg, model=replace(cfg.model, num_ids=num_ids)))
     build_val_loaders(data_root, cfg, 0)
     build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, 0)
     return num_ids
@@ -338,6 +345,7 @@ def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | 
     cfg = validate(replace(cfg, model=replace(cfg.model, num_ids=num_ids)))
     if ck is not None:
         require_same_config(read_yaml(paths.config), config_to_dict(cfg), str(paths.config))
+    distiller = training_teacher(cfg, env.device)
     evals = vals = None
     if env.is_main:
         evals = build_eval_loaders(data_root, cfg.model, cfg.data.eval_batch_size, cfg.data.num_workers)
@@ -350,7 +358,7 @@ def _build_trainer(env: distributed.DistEnv, cfg: GraftConfig, data_root: str | 
         pos = Position(int(x["stage"]), int(x["epoch"]), int(x["batch"]), int(x["step"]))
     logger = RunLogger(paths, env.is_main, progress, purge_step=pos.step if ck is not None else None)
     tr = Trainer(cfg, env, paths, loader, sampler, evals, vals, logger, model, max_steps, checkpoint_steps, pos,
-                 resume=ck)
+                 resume=ck, distiller=distiller)
     if ck is not None:
         tr.best = {s: _best_map(paths, s, float(ck.extra["best"][str(s)])) for s in (1, 2)}
         if pos.stage > 2 or "stage_state" not in ck.extra:

@@ -32,7 +32,14 @@ from graft_edge.compress import PruneMethod, PruneSpec, get_method, parse_target
 from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder, evaluate_val, score_line
+from graft_edge.evaluation import (
+    NEEDS_EVERY_SENSOR,
+    evaluate_embedder,
+    evaluate_subsets,
+    evaluate_val,
+    score_line,
+    worst_columns,
+)
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
@@ -45,7 +52,7 @@ from graft_edge.profile.progress import ProgressHook, no_progress
 from graft_edge.profile.stats import summarize
 from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import RUNTIMES, load_embedder
-from graft_edge.runtime.presence import parse_subset
+from graft_edge.runtime.presence import parse_subset, supports_subsets
 from graft_edge.units import Size, format_count
 from graft_edge.workflows.chain import Chain, Level
 from graft_edge.workflows.frontier_report import write_reports
@@ -92,6 +99,7 @@ class FrontierSettings:
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
     distill: bool | None = None  # distil from the dense model; None: on for structured with finetuning
     seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
+    robustness: bool = False  # also every subset of the sensors on every artefact: worst_mAP, worst_subset columns
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -112,6 +120,8 @@ class FrontierSettings:
                              "seed gives the same model)")
         if self.distill and self.finetune_epochs == 0:
             raise GraftError("--distill needs --finetune-epochs of 1 or more (the teacher guides finetuning)")
+        if self.robustness and self.modalities:
+            raise GraftError("--robustness evaluates every subset of the sensors: leave out --modalities")
         if self.steps is not None and self.steps < 1:
             raise GraftError(f"--steps {self.steps}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
@@ -300,13 +310,21 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[Format], label: str) -> dic
     return out
 
 
+def _test_accuracy(job: _Job, emb: Any, advance: Any) -> dict[str, Any]:
+    """Test-split accuracy of one artefact; with --robustness of every sensor subset too (evaluation.worst_columns)."""
+    s = job.settings
+    kw = {"batch_size": s.eval_batch_size, "progress": advance, "rerank_cfg": RerankConfig() if s.rerank else None}
+    if s.robustness and supports_subsets(emb.info):
+        return worst_columns(evaluate_subsets(emb, job.data_root, **kw))
+    return {**evaluate_embedder(emb, job.data_root, **kw), **({"worst_error": NEEDS_EVERY_SENSOR} if s.robustness else {})}
+
+
 def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
     s = job.settings
     emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities, dtype=s.dtype)
-    advance = job.progress(f"{label}: mAP", None)
+    advance = job.progress(f"{label}: mAP" + (" of every sensor subset" if s.robustness else ""), None)
     started = time.perf_counter()
-    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
-                            rerank_cfg=RerankConfig() if s.rerank else None)
+    acc = _test_accuracy(job, emb, advance)
     if job.has_val:  # reported beside test; a data root without a usable validation split only loses these columns
         try:
             acc.update(evaluate_val(emb, job.data_root, job.cfg, batch_size=s.eval_batch_size, progress=advance))
@@ -319,11 +337,14 @@ def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
 
 
 def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
-                modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False) -> bool:
+                modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False,
+                robustness: bool = False) -> bool:
     """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
-    one without re-ranked numbers when --rerank asks for them, one without validation numbers when `val`,
+    one without re-ranked / validation / every-subset numbers when --rerank / `val` / --robustness ask for them,
     one of another --modalities subset, a checkpoint evaluated at another --dtype)."""
     if rec is None or rec.status != "ok" or rec.accuracy is None or not rec.verify(out):
+        return True
+    if robustness and data_root is not None and not {"worst_mAP", "worst_error"} & set(rec.accuracy):
         return True
     if rec.accuracy.get("modalities") != (list(modalities) if modalities else None):
         return True
@@ -340,7 +361,7 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
     ckpt_path = resolve(out, v.path)
     todo = [f for f in job.settings.formats
             if _needs_work(v.formats.get(f.name), out, job.data_root, job.settings.rerank, job.settings.modalities,
-                           job.settings.dtype if not f.kind else "", job.has_val)]
+                           job.settings.dtype if not f.kind else "", job.has_val, job.settings.robustness)]
     stale = [f for f in todo if f.kind and not (v.formats.get(f.name) and v.formats[f.name].verify(out))]
     if stale:
         job.log(f"{label}: exporting {','.join(f.name for f in stale)}")

@@ -12,7 +12,7 @@ import math
 from typing import Any, Iterable, Sequence
 
 AGGREGATED = ("mAP", "R1", "R5", "R10", "val_mAP", "val_R1", "val_R5", "val_R10", "mAP_rerank",
-              "R1_rerank")  # each gets *_std; the row value is the mean
+              "R1_rerank", "worst_mAP")  # each gets *_std; the row value is the mean
 
 
 def seed_variant_name(base: str, seed: int) -> str:
