@@ -15,6 +15,7 @@ from graft_edge.errors import GraftError
 MODALITIES: tuple[str, ...] = ("rgb", "nir", "tir")
 FUSIONS: tuple[str, ...] = ("token", "cls", "avg", "multistream")
 TRIPLET_COMBOS: tuple[str, ...] = ("FFD", "DDD", "FFF", "FDD", "DFF", "DFD", "DDF", "FDF")
+CENTER_MODES: tuple[str, ...] = ("learned", "fixed")  # center-loss centers: trained from ~0, or the official fixed N(0, 1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -71,6 +72,7 @@ class LossConfig:
     mining: str = "random"  # random (paper, official code) | hard (batch-hard, an option)
     triplets_per_anchor: int = 8  # random triplets drawn per anchor (official num_triplet_samples: 8)
     label_smoothing: float = 0.0
+    centers: str = "learned"  # learned (SGD at center_lr from ~0) | fixed (the official code: N(0, 1), never trained)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ def validate(cfg: GraftConfig) -> GraftConfig:
         st: StageConfig = getattr(cfg.train, st_name)
         if st.loss.combo not in TRIPLET_COMBOS:
             raise GraftError(f"train.{st_name}.loss.combo={st.loss.combo!r}: expected one of {', '.join(TRIPLET_COMBOS)}")
+        if st.loss.centers not in CENTER_MODES:
+            raise GraftError(f"train.{st_name}.loss.centers={st.loss.centers!r}: expected one of {', '.join(CENTER_MODES)}")
         if st.loss.mining not in ("hard", "random"):
             raise GraftError(f"train.{st_name}.loss.mining={st.loss.mining!r}: expected 'hard' or 'random'")
         if st.schedule not in ("warmup_sqrt", "constant"):
@@ -271,7 +275,7 @@ def _check_numbers(cfg: GraftConfig) -> None:
         for key, *bounds in _STAGE_RANGES:
             _check_range(f"train.{name}.{key}", _get(st, key), *bounds)
         _check_range(f"train.{name}.betas", st.betas, 0, 1, True, False)
-        if st.loss.beta > 0 and st.center_lr <= 0:
+        if st.loss.beta > 0 and st.loss.centers == "learned" and st.center_lr <= 0:
             raise GraftError(f"train.{name}.center_lr={st.center_lr!r}: the center loss is on (loss.beta > 0), "
                              "so it needs a positive center_lr")
 

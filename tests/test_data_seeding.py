@@ -44,11 +44,11 @@ def test_same_batches_with_0_or_2_workers_and_from_a_resumed_position(data: Path
 
 
 def test_item_seeds_differ_by_every_coordinate() -> None:
-    base = (0, 1, 0, 3, 5)
+    base = (0, 1, 3, 5)
     seeds = {item_seed(*base)}
-    for i in range(5):
+    for i in range(4):
         moved = list(base)
         moved[i] += 1
         seeds.add(item_seed(*moved))
-    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
     assert item_seed(*base) == item_seed(*base)

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from graft_edge.checkpoint import load_model, read_checkpoint
 from graft_edge.cli.main import app
 from graft_edge.config import GraftConfig, LossConfig, config_to_dict
+from graft_edge.errors import GraftError
 from graft_edge.fileio import write_yaml
 from graft_edge.model import build_model
 from graft_edge.train import finetune, lr_factor, run_training
-from graft_edge.train.distributed import DistEnv
+from graft_edge.train.distributed import DistEnv, Rendezvous, elastic_flags, gather_rows, slice_sizes, torchrun_args
 from graft_edge.train.loop import make_stage, train_step
 from tests.conftest import tiny_train_config
 
@@ -376,6 +377,38 @@ def test_torchrun_command_lines(tmp_path: Path) -> None:
     args = _worker_args("synthetic", None, tmp_path, tmp_path / "r", ["a.b=1"], True, False, 5, 0, 1)
     assert args[0] == "train" and "--nproc" not in args and ["--set", "a.b=1"] == args[args.index("--set"):][:2]
     assert "--resume" in args and args[args.index("--max-steps") + 1] == "5"
+
+
+def test_gather_in_one_process_is_the_identity() -> None:
+    env = DistEnv()
+    x = torch.randn(5, 3, requires_grad=True)
+    assert slice_sizes(env, 5) == (5,)
+    assert gather_rows(env, x, (5,)) is x
+
+
+def test_launch_options() -> None:
+    assert torchrun_args(2, max_restarts=1) == ["--nproc_per_node=2", "--standalone", "--max-restarts=1"]
+    assert torchrun_args(4, 2, rdzv=Rendezvous("node0:29400")) == [
+        "--nproc_per_node=4", "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400",
+        "--rdzv-id=graft-edge"]
+    with pytest.raises(GraftError, match="--rdzv-backend 'zmq'"):
+        torchrun_args(2, rdzv=Rendezvous("h:1", backend="zmq"))
+    with pytest.raises(GraftError, match="--max-restarts -1"):
+        torchrun_args(2, max_restarts=-1)
+
+
+@pytest.mark.parametrize("restarts, has_last, flags, expected", [
+    ("0", True, (False, True), (False, True)),  # first attempt: the command's own flags
+    ("1", True, (False, True), (True, False)),  # restarted: continue from last.pt
+    ("2", False, (False, False), (False, True)),  # restarted before any last.pt: start over
+])
+def test_a_restarted_worker_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restarts: str, has_last: bool,
+                                    flags: tuple[bool, bool], expected: tuple[bool, bool]) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", restarts)
+    last = tmp_path / "last.pt"
+    if has_last:
+        last.write_bytes(b"x")
+    assert elastic_flags(last, *flags) == expected
 
 
 def test_more_ranks_than_gpus_is_one_clear_line(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:

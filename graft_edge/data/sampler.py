@@ -86,6 +86,17 @@ class IdentityBatchSampler(Sampler[list[int]]):
             raise GraftError(f"start_batch={start_batch} is outside 0..{self.batches_per_epoch} (batches per epoch)")
         self.epoch, self.start_batch, self._yielded = int(epoch), int(start_batch), int(start_batch)
 
+    def place(self, batch: int) -> tuple[int, int]:
+        """Where this rank's `batch`-th batch of the epoch sits: (global batch index, slot of its first item).
+
+        Sliced mode: every rank takes a contiguous slice of global batch `batch`; per-process mode: rank r's
+        k-th batch is global batch k x W + r. One process running the global batches alone gives every item
+        the same (global batch, slot), so per-item seeds from it do not depend on the process count.
+        """
+        if self.anchor_repeats:
+            return int(batch), self.P * self.K * self.rank // self.world_size
+        return int(batch) * self.world_size + self.rank, 0
+
     def _chunks(self, rng: np.random.Generator, pool: np.ndarray) -> list[np.ndarray]:
         """One identity's shuffled images cut into chunks of K (one resampled chunk when < K)."""
         if len(pool) < self.K:

@@ -55,6 +55,10 @@ class GraFT(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> GraftOutput:
         """inputs: {modality: (B, 3, H, W)}; missing modalities are averaged out."""
+        return self.outputs(*self.tokens(inputs))
+
+    def tokens(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sample part of forward: fusion tokens and sampled data tokens, (B, M, D) each."""
         present = self.present(inputs)
         if isinstance(self.backbone, MultiStreamBackbone):
             tokens = self.backbone.stream_tokens(inputs, present)  # (M, B, N, D), one ViT per modality
@@ -63,7 +67,13 @@ class GraFT(nn.Module):
             M, B = x.shape[:2]
             tokens = self.backbone.forward_features(x.flatten(0, 1))  # (M*B, N, D), one shared pass
             tokens = tokens.unflatten(0, (M, B))  # (M, B, N, D)
-        fusion_tokens, data_tokens = self.fusion(tokens, present)  # (B, M, D) each
+        return self.fusion(tokens, present)  # (B, M, D) each
+
+    def outputs(self, fusion_tokens: torch.Tensor, data_tokens: torch.Tensor) -> GraftOutput:
+        """The batch part of forward: embedding (eq. 6) and the BNNeck, whose training statistics are the batch's.
+
+        Under DDP the trainer calls it on every process's tokens gathered, so the BatchNorm sees the global batch.
+        """
         embedding = fusion_tokens.mean(dim=1)  # (B, D) eq. 6, over the modalities present
         neck, logits = self.head(embedding)
         return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens)

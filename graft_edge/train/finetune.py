@@ -13,7 +13,7 @@ from torch import nn
 
 from graft_edge.config import GraftConfig, StageConfig
 from graft_edge.data import build_eval_loaders, build_train_loader, build_val_loaders
-from graft_edge.distill import DistillConfig, Distiller
+from graft_edge.distill import DistillConfig, Distiller, check_teacher, model_identity
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model, with_prefix
 from graft_edge.model.graft import GraFT
@@ -88,9 +88,12 @@ def finetune(
     """
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
-    seed_everything(cfg.train.seed if seed is None else seed)  # augmentation and dropout draws
+    seed = cfg.train.seed if seed is None else seed
+    seed_everything(seed)  # dropout draws and initial values
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
     env = DistEnv(device=str(next(model.parameters()).device))
+    if teacher is not None:
+        check_teacher(model_identity(teacher), model_identity(model))
     distiller = Distiller(teacher.to(env.device), distill or DistillConfig()) if teacher is not None else None
     data_cfg = replace(cfg, model=model.cfg)
     loader, sampler, num_ids = build_train_loader(data_root, data_cfg)
@@ -106,7 +109,7 @@ def finetune(
     start = time.perf_counter()
     try:
         run = make_stage(model, stage, total, env, amp=cfg.train.amp, after_step=after_step,
-                         distiller=distiller)
+                         distiller=distiller, seed=seed)
         set_train_mode(model, stage)
         for epoch in range(epochs):
             if run.stage_step >= total:

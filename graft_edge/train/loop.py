@@ -10,16 +10,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from graft_edge.config import StageConfig
-from graft_edge.distill import Distiller
+from graft_edge.distill import Distiller, distill_loss
 from graft_edge.finite import check_loss, check_weights
 from graft_edge.losses import GraftLoss, LossParts
 from graft_edge.model.backbone import unused_modules
-from graft_edge.model.graft import GraFT
-from graft_edge.train.distributed import DistEnv, all_reduce_sum
+from graft_edge.model.graft import GraFT, GraftOutput
+from graft_edge.train.distributed import DistEnv, all_reduce_sum, gather_rows, slice_sizes, sync_batchnorm
 from graft_edge.train.schedule import build_scheduler
 
 AfterStep = Callable[[GraFT], None]
@@ -29,22 +30,49 @@ OnStep = Callable[["StepInfo"], None]
 class Objective(nn.Module):
     """model + criterion in one module, so DDP also averages the center-loss centers' gradients.
 
-    With a `distiller` the loss adds its teacher terms; the distiller is a plain attribute, so the teacher is
-    not a submodule (not in state_dict, parameters or DDP's buckets).
+    The loss is the global batch's at any process count: each process runs the model on its slice, the tokens
+    (and labels) of every slice are gathered, and the BNNeck, classifier and every loss term run on the whole
+    batch on every process (the BatchNorm sees the global batch's statistics; triplets are mined across slices);
+    the gather sends each process the summed gradient of its own rows, so DDP's average is the global-batch
+    gradient, also when slices differ in size. With a `distiller` the loss adds its teacher terms; the distiller
+    is a plain attribute, so the teacher is not a submodule (not in state_dict, parameters or DDP's buckets).
     """
 
-    def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None) -> None:
+    def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None,
+                 env: DistEnv | None = None) -> None:
         super().__init__()
         self.model, self.criterion, self.distiller = model, criterion, distiller
+        self.env = env or DistEnv()
 
-    def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor) -> LossParts:
-        """images {modality: (B, 3, H, W)}, labels (B,) -> weighted loss and its parts."""
-        out = self.model(images)
-        parts = self.criterion(out, labels)
+    def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                generator: torch.Generator | None = None) -> LossParts:
+        """images {modality: (B, 3, H, W)}, labels (B,) of this process's slice -> the global batch's loss and parts."""
+        sizes = slice_sizes(self.env, len(labels))
+        out = global_outputs(self.model, images, self.env, sizes)
+        labels = gather_rows(self.env, labels, sizes)
+        parts = self.criterion(out, labels, generator)
         if self.distiller is None:
             return parts
-        dist = self.distiller(images, out, self.model.cfg.neck_feat)
+        self.distiller.teacher.eval()
+        with torch.no_grad():
+            teacher = global_outputs(self.distiller.teacher, images, self.env, sizes)
+        dist = distill_loss(out, teacher, self.distiller.cfg, self.model.cfg.neck_feat)
         return parts._replace(total=parts.total + dist.total, distill=dist.total.detach())
+
+
+def global_outputs(model: GraFT, images: Mapping[str, torch.Tensor], env: DistEnv, sizes: tuple[int, ...]) -> GraftOutput:
+    """The model's outputs for the global batch: tokens of this slice, gathered (one collective), then the head."""
+    fusion, data = model.tokens(images)  # (B, M, D) each
+    if not env.distributed:
+        return model.outputs(fusion, data)
+    both = gather_rows(env, torch.cat([fusion, data], dim=-1), sizes)
+    return model.outputs(*both.split(fusion.shape[-1], dim=-1))
+
+
+def triplet_generator(seed: int, step: int) -> torch.Generator:
+    """The random-triplet draws of one optimizer step: a pure function of (seed, step), the same on every process."""
+    state = np.random.SeedSequence([int(seed), int(step)]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 @dataclass
@@ -62,6 +90,7 @@ class StageRun:
     env: DistEnv
     amp: bool = False
     after_step: AfterStep | None = None
+    seed: int = 0  # the random-triplet draws of step s come from triplet_generator(seed, s)
     stage_step: int = 0  # optimizer steps done in this stage
     epoch_stats: EpochStats | None = None  # the running sums of the current epoch (kept across a mid-epoch resume)
 
@@ -124,28 +153,31 @@ def needs_unused_search(model: GraFT) -> bool:
 
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
                after_step: AfterStep | None = None, global_batches_per_step: int = 1,
-               distiller: Distiller | None = None) -> StageRun:
-    """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective.
+               distiller: Distiller | None = None, seed: int = 0) -> StageRun:
+    """Freeze per the stage, build criterion, AdamW (+ SGD for learned centers), schedule and the (DDP) objective.
 
     `distiller`: a frozen teacher whose distillation terms join the loss (the prune–finetune loop).
+    `seed`: where the stage's random triplets come from (triplet_generator(seed, step)).
     """
     freeze_backbone(model, stage.freeze_backbone)
+    sync_batchnorm(model, env)
     num_ids = model.head.classifier.out_features
     criterion = GraftLoss(stage.loss, num_ids, model.embed_dim).to(env.device)
-    use_centers = stage.loss.beta > 0
+    use_centers = stage.loss.beta > 0 and stage.loss.centers == "learned"
     criterion.center.centers.requires_grad_(use_centers)  # unused params would stall DDP
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=tuple(stage.betas))
     center_opt = torch.optim.SGD(criterion.parameters(), lr=stage.center_lr) if use_centers else None
-    objective: nn.Module = Objective(model, criterion, distiller)
+    objective: nn.Module = Objective(model, criterion, distiller, env)
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(env.device).index] if env.device.startswith("cuda") else None
         # broadcasts rank 0's weights now; the per-step search for unused parameters only when there are some
         objective = DDP(objective, device_ids=ids, find_unused_parameters=needs_unused_search(model))
-    return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps, global_batches_per_step),
-                    stage, total_steps, env, amp and env.device.startswith("cuda"), after_step)
+    scheduler = build_scheduler(optimizer, stage, total_steps, global_batches_per_step)
+    return StageRun(model, criterion, objective, optimizer, center_opt, scheduler, stage, total_steps, env,
+                    amp and env.device.startswith("cuda"), after_step, seed)
 
 
 def _autocast(run: StageRun) -> contextlib.AbstractContextManager:
@@ -164,8 +196,9 @@ def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.
     run.optimizer.zero_grad(set_to_none=True)
     if run.center_optimizer is not None:
         run.center_optimizer.zero_grad(set_to_none=True)
+    generator = triplet_generator(run.seed, run.stage_step) if run.stage.loss.mining == "random" else None
     with _autocast(run):
-        parts = run.objective(inputs, labels)
+        parts = run.objective(inputs, labels, generator)
     parts.total.backward()
     run.optimizer.step()
     if run.center_optimizer is not None:

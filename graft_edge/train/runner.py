@@ -179,7 +179,8 @@ def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
         tr.model.load_state_dict(read_checkpoint(tr.paths.stage_best(1)).state_dict)  # DDP broadcasts it
         tr.logger.info(f"stage 2 starts from {tr.paths.stage_best(1)} ({tr.select_key} {100 * tr.best[1]:.2f})")
     per_step = 1 if tr.cfg.data.anchor_repeats else tr.env.world_size  # global batches one step trains on
-    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step)
+    run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step,
+                     seed=10 * tr.cfg.train.seed + stage)
     if mid:
         load_stage_state(run, ck.extra["stage_state"])
     set_train_mode(tr.model, st)

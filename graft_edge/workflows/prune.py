@@ -21,7 +21,7 @@ from torch import nn
 from graft_edge.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from graft_edge.compress import ATTN_UNITS, PruneSpec, check_compatible, counted_size, plan_prune, prune_to_target
 from graft_edge.compress.targets import DEFAULT_FRACTION, normalize_method, resolve_target
-from graft_edge.distill import DistillConfig
+from graft_edge.distill import DistillConfig, check_teacher, config_identity, model_identity
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_test_and_val
 from graft_edge.fileio import sha256_file
@@ -133,6 +133,16 @@ def _distill_record(req: PruneRequest) -> dict[str, Any] | None:
     return rec
 
 
+def _checkpoint_identity(path: Path) -> dict[str, Any]:
+    """A checkpoint's classifier width (from its weights), modalities and identity split, for `check_teacher`."""
+    ck = read_checkpoint(path)
+    ident = config_identity(ck.config)
+    weight = ck.state_dict.get("head.classifier.weight")
+    if weight is not None:
+        ident["classifier width"] = int(weight.shape[0])
+    return ident
+
+
 class Teacher:
     """The distillation teacher of the next finetuning: the model before the cut ("previous") or the source.
 
@@ -196,6 +206,9 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     """run_prune's work, with OUT locked."""
     net, ckpt = load_model(model_path)
     check_compatible(req.method, ckpt.history, ckpt.arch, name=str(model_path))
+    if req.source_teacher_file is not None:  # before any cut: a teacher of other identities fails only mid-finetuning
+        student = {**config_identity(ckpt.config), **model_identity(net)}
+        check_teacher(_checkpoint_identity(req.source_teacher_file), student, str(req.source_teacher_file))
     target = resolve_target(req.target, net, req.method) if req.target is not None else None
     steps = 1 if req.steps is None and not req.finetune_epochs else req.steps  # no retraining: one cut is the same
     schedule = plan_prune(net, target, req.method, steps, req.round_to, req.attn_unit, req.fraction)
