@@ -179,6 +179,7 @@ def check_devices_per_node(nproc: int) -> None:
                          "lower --nproc, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run the ranks on the CPU (gloo)")
 
 
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # torchrun: rank 0 hosts a new store each attempt
 RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")  # torchrun's rendezvous backends that support restarts
 
 
@@ -206,6 +207,9 @@ def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: 
         raise GraftError(f"--master-port {master_port}: expected a TCP port in 1..65535")
     if max_restarts < 0:
         raise GraftError(f"--max-restarts {max_restarts}: expected 0 or more")
+    if max_restarts and nnodes > 1 and rdzv is None:
+        raise GraftError("--max-restarts on several nodes needs a rendezvous that survives a restart: pass "
+                         "--rdzv-endpoint HOST:PORT instead of --master-addr/--node-rank")
     args = [f"--nproc_per_node={nproc}"]
     if rdzv is not None:
         if rdzv.backend not in RDZV_BACKENDS:
@@ -247,8 +251,11 @@ def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    before = os.environ.get(LAUNCHER_PID_ENV)
+    before = {k: os.environ.get(k) for k in (LAUNCHER_PID_ENV, FRESH_STORE_ENV)}
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # the ranks check they are still our children
+    # a store of its own for every attempt: with the agent's store shared across restarts (torch's default), a
+    # restarted rank can read the failed attempt's gloo/NCCL addresses from it and fail to connect
+    os.environ.setdefault(FRESH_STORE_ENV, "1")
     try:
         torchrun_main([*launcher_args, "--module", "graft_edge", *module_args])
     except SignalException as exc:  # torchrun stopped the ranks on SIGTERM/SIGINT: as Ctrl-C
@@ -260,7 +267,8 @@ def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
         raise GraftError(f"distributed training failed: rank {rank} exited with code {code} "
                          "(its own error line is printed above)") from None
     finally:
-        if before is None:
-            os.environ.pop(LAUNCHER_PID_ENV, None)
-        else:
-            os.environ[LAUNCHER_PID_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
