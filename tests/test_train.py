@@ -128,6 +128,28 @@ def test_center_step_is_sgd_on_the_center_loss_whatever_beta(beta: float) -> Non
     assert torch.equal(centers[2:], c0[2:])  # centers of ids not in the batch do not move
 
 
+def test_fixed_centers_are_the_official_random_ones_and_never_move() -> None:
+    """loss.centers=fixed: N(0, 1) centers (row norm about sqrt(D), as the official code's) that no optimiser gets;
+    the center term still pulls the embeddings towards them."""
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, num_ids=4, enc_dropout=0.0))
+    stage = replace(cfg.train.stage2, loss=LossConfig(beta=0.5, centers="fixed"))
+    run = make_stage(model, stage, total_steps=3, env=DistEnv())
+    centers = run.criterion.center.centers
+    c0 = centers.detach().clone()
+    norms = c0.norm(dim=1) / math.sqrt(model.embed_dim)
+    assert run.center_optimizer is None and not centers.requires_grad
+    assert 0.7 < float(norms.min()) and float(norms.max()) < 1.3  # far from the learned mode's ~0.01 x sqrt(D)
+    images, labels = _batch(cfg)
+    with torch.no_grad():
+        before = (model.train()(images).embedding - c0[labels]).pow(2).sum(1).mean()
+    parts = train_step(run, images, labels)
+    assert torch.equal(centers, c0) and float(parts.center) == pytest.approx(float(before), rel=1e-5)
+    learned = make_stage(model, replace(stage, loss=LossConfig(beta=0.5)), total_steps=3, env=DistEnv())
+    assert float(learned.criterion.center.centers.detach().norm(dim=1).max()) < 0.1 * math.sqrt(model.embed_dim)
+
+
 def test_finetune_in_place_with_after_step_hook(tiny_data: Path) -> None:
     cfg = tiny_train_config()
     torch.manual_seed(0)
