@@ -345,6 +345,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     (["--preset", "synthetic", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
     (["--preset", "synthetic", "--nproc", "2", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
     (["--preset", "synthetic", "--nnodes", "2", "--node-rank", "2"], "--node-rank 2"),
+    (["--preset", "synthetic", "--nnodes", "2", "--max-restarts", "1"], "needs a rendezvous"),
+    (["--preset", "synthetic", "--nnodes", "2", "--rdzv-endpoint", "h:1", "--rdzv-backend", "zmq"], "'zmq'"),
+    (["--preset", "synthetic", "--set", "train.stage2.loss.centers=moving"], "loss.centers='moving'"),
 ])
 def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,7 +388,8 @@ def test_cli_help_documents_options() -> None:
     res = runner.invoke(app, ["train", "--help"])
     assert res.exit_code == 0
     for opt in ("--preset", "--config", "--set", "--nproc", "--nnodes", "--node-rank", "--master-addr",
-                "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps"):
+                "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps", "--max-restarts",
+                "--rdzv-endpoint", "--rdzv-backend", "--rdzv-id"):
         assert opt in res.output
 
 
