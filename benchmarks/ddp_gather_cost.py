@@ -56,9 +56,11 @@ def _measure(args: argparse.Namespace) -> None:
                 rates[variant].append(args.steps / (time.perf_counter() - start))
         if env.is_main:
             g, s = statistics.median(rates["gathered"]), statistics.median(rates["per-slice"])
+            ratios = sorted(a / b for a, b in zip(rates["gathered"], rates["per-slice"]))  # round by round
             print(f"{name}: gathered {g:.2f} steps/s, per-slice {s:.2f} steps/s (medians of {args.rounds} rounds of "
                   f"{args.steps} steps, {env.world_size} processes x {args.threads} thread(s)); gathered / per-slice "
-                  f"= {g / s:.3f}", flush=True)
+                  f"per round: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}",
+                  flush=True)
     shutdown_distributed()
 
 
