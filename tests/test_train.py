@@ -423,6 +423,18 @@ def test_launch_options() -> None:
         torchrun_args(2, max_restarts=-1)
 
 
+def test_batchnorm_outside_the_bnneck_cannot_be_synchronised_on_cpu_processes() -> None:
+    from graft_edge.train.distributed import sync_batchnorm
+
+    cfg = tiny_train_config()
+    model = build_model(cfg.model)
+    sync_batchnorm(model, DistEnv(world_size=2))  # only the BNNeck: it sees the gathered batch
+    model.fusion.extra = torch.nn.BatchNorm1d(4)
+    sync_batchnorm(model, DistEnv())  # one process: nothing to synchronise
+    with pytest.raises(GraftError, match=r"BatchNorm layers outside the BNNeck \(fusion.extra"):
+        sync_batchnorm(model, DistEnv(world_size=2))
+
+
 @pytest.mark.parametrize("restarts, has_last, flags, expected", [
     ("0", True, (False, True), (False, True)),  # first attempt: the command's own flags
     ("1", True, (False, True), (True, False)),  # restarted: continue from last.pt
