@@ -18,6 +18,7 @@ FUSIONS: tuple[str, ...] = ("token", "cls", "avg", "multistream")
 TRIPLET_COMBOS: tuple[str, ...] = ("FFD", "DDD", "FFF", "FDD", "DFF", "DFD", "DDF", "FDF")
 INT_LIMIT = 2**63 - 1  # an integer key fits in 64 bits (sizes and counts reach C code as int64)
 SEED_LIMIT = 2**32 - 1  # seeds: NumPy's range (derived seeds, seed x 10007 + step, stay within 64 bits)
+CENTER_MODES: tuple[str, ...] = ("learned", "fixed")  # center-loss centers: trained from ~0, or the official fixed N(0, 1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,6 +75,7 @@ class LossConfig:
     mining: str = "random"  # random (paper, official code) | hard (batch-hard, an option)
     triplets_per_anchor: int = 8  # random triplets drawn per anchor (official num_triplet_samples: 8)
     label_smoothing: float = 0.0
+    centers: str = "learned"  # learned (SGD at center_lr from ~0) | fixed (the official code: N(0, 1), never trained)
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,8 @@ def validate(cfg: GraftConfig) -> GraftConfig:
         st: StageConfig = getattr(cfg.train, st_name)
         if st.loss.combo not in TRIPLET_COMBOS:
             raise GraftError(f"train.{st_name}.loss.combo={st.loss.combo!r}: expected one of {', '.join(TRIPLET_COMBOS)}")
+        if st.loss.centers not in CENTER_MODES:
+            raise GraftError(f"train.{st_name}.loss.centers={st.loss.centers!r}: expected one of {', '.join(CENTER_MODES)}")
         if st.loss.mining not in ("hard", "random"):
             raise GraftError(f"train.{st_name}.loss.mining={st.loss.mining!r}: expected 'hard' or 'random'")
         if st.schedule not in ("warmup_sqrt", "constant"):
@@ -309,7 +313,7 @@ def _check_numbers(cfg: GraftConfig) -> None:
         for key, *bounds in _STAGE_RANGES:
             _check_range(f"train.{name}.{key}", _get(st, key), *bounds)
         _check_range(f"train.{name}.betas", st.betas, 0, 1, True, False)
-        if st.loss.beta > 0 and st.center_lr <= 0:
+        if st.loss.beta > 0 and st.loss.centers == "learned" and st.center_lr <= 0:
             raise GraftError(f"train.{name}.center_lr={st.center_lr!r}: the center loss is on (loss.beta > 0), "
                              "so it needs a positive center_lr")
 

@@ -44,11 +44,38 @@ def test_same_batches_with_0_or_2_workers_and_from_a_resumed_position(data: Path
 
 
 def test_item_seeds_differ_by_every_coordinate() -> None:
-    base = (0, 1, 0, 3, 5)
+    base = (0, 1, 3, 5)
     seeds = {item_seed(*base)}
-    for i in range(5):
+    for i in range(4):
         moved = list(base)
         moved[i] += 1
         seeds.add(item_seed(*moved))
-    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
     assert item_seed(*base) == item_seed(*base)
+
+
+def _rank_batches(root: Path, world: int, rank: int, anchor_repeats: int) -> list[torch.Tensor]:
+    cfg = get_preset("synthetic")
+    cfg = replace(cfg, model=replace(cfg.model, img_size=(16, 32)),
+                  data=replace(cfg.data, ids_per_batch=4, instances_per_id=2, erase=1.0, hflip=0.5, vflip=0.5,
+                               anchor_repeats=anchor_repeats, val_fraction=0.0))
+    loader, sampler, _ = build_train_loader(root, cfg, rank, world)
+    sampler.set_epoch(2)
+    return [images["nir"] for images, _, _ in loader]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_process_count_augments_an_image_alike(data: Path, world: int) -> None:
+    """Seeds come from the item's place in the global batch: the slices of N processes (8 images: 4 + 4, or
+    2 + 3 + 3) put together are the one process's batches, and in the per-process mode rank r's k-th batch is the
+    one process's batch k x N + r."""
+    one = _rank_batches(data, 1, 0, anchor_repeats=2)
+    slices = [_rank_batches(data, world, r, anchor_repeats=2) for r in range(world)]
+    assert len(one) == 4 and all(len(s) == 4 for s in slices)
+    for k, batch in enumerate(one):
+        assert torch.equal(torch.cat([s[k] for s in slices]), batch)
+    single = _rank_batches(data, 1, 0, anchor_repeats=0)
+    own = [_rank_batches(data, world, r, anchor_repeats=0) for r in range(world)]
+    pairs = [(batch, single[k * world + r]) for r, batches in enumerate(own) for k, batch in enumerate(batches)
+             if k * world + r < len(single)]  # a larger world rounds its epoch up to whole rounds of N batches
+    assert len(pairs) == len(single) and all(torch.equal(a, b) for a, b in pairs)

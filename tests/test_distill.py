@@ -192,3 +192,53 @@ def test_teacher_file_is_the_source_teacher_of_a_one_cut_run(tiny_data: Path, tm
     assert not _same_weights(own, dense)  # another teacher, other weights
     with pytest.raises(GraftError, match="teacher .* does not exist"):
         run_prune(level1, tmp_path / "x.pt", replace(req, teacher_file=tmp_path / "missing.pt"))
+
+
+# ---------------------------------------------------------------- teachers of other identities are refused up front
+
+def _teacher(tmp_path: Path, name: str, **changes) -> Path:
+    """tiny_checkpoint_4ids's model with model/data config fields changed."""
+    from graft_edge.checkpoint import save_checkpoint
+    from tests.conftest import tiny_train_config
+
+    cfg = tiny_train_config()
+    model_changes = {k: v for k, v in changes.items() if k in ("num_ids", "modalities")}
+    data_changes = {k: v for k, v in changes.items() if k not in model_changes}
+    cfg = replace(cfg, model=replace(cfg.model, **{"num_ids": 4, **model_changes}), data=replace(cfg.data, **data_changes))
+    torch.manual_seed(1)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg)
+    return path
+
+
+@pytest.mark.parametrize("name, changes, needle", [
+    ("wider", {"num_ids": 6}, "classifier width is 6 but the student's is 4"),
+    ("other-split", {"val_seed": 3}, "data.val_seed is 3 but the student's is 0"),
+    ("held-out", {"val_fraction": 0.25}, "data.val_fraction is 0.25 but the student's is 0.0"),
+    ("two-sensors", {"modalities": ("rgb", "nir")}, "modalities is rgb,nir but the student's is rgb,nir,tir"),
+])
+def test_a_teacher_of_other_identities_is_refused_before_any_work(tiny_data: Path, tmp_path: Path,
+                                                                  tiny_checkpoint_4ids: Path, name: str,
+                                                                  changes: dict, needle: str) -> None:
+    teacher = _teacher(tmp_path, name, **changes)
+    out = tmp_path / "p.pt"
+    req = PruneRequest(target="80%", steps=1, data=tiny_data, finetune_epochs=1, evaluate=False,
+                       teacher_file=teacher)
+    with pytest.raises(GraftError) as info:
+        run_prune(tiny_checkpoint_4ids, out, req)
+    message = str(info.value)
+    assert needle in message and str(teacher) in message and "\n" not in message
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_finetune_refuses_a_teacher_of_another_width(tiny_data: Path) -> None:
+    from tests.conftest import tiny_train_config
+
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    student = build_model(replace(cfg.model, num_ids=4))
+    teacher = build_model(replace(cfg.model, num_ids=6))
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(GraftError, match="classifier width is 6 but the student's is 4"):
+        finetune(student, cfg, tiny_data, 1, teacher=teacher)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # refused before any step

@@ -209,8 +209,8 @@ def test_teacher_file_of_other_sensors_or_ids_is_refused(tiny_data: Path, tmp_pa
     from graft_edge.checkpoint import save_checkpoint
 
     base = tiny_train_config(teacher_file=str(tiny_checkpoint_4ids))
-    cases = [(replace(base, model=replace(base.model, modalities=("rgb", "nir"))), "takes rgb,nir,tir"),
-             (replace(base, data=replace(base.data, val_fraction=0.25)), "classifies 4 ids but this run trains on 3"),
+    cases = [(replace(base, model=replace(base.model, modalities=("rgb", "nir"))), "its modalities is rgb,nir,tir but the student's is rgb,nir"),
+             (replace(base, data=replace(base.data, val_fraction=0.25)), "its classifier width is 4 but the student's is 3"),
              (replace(base, train=replace(base.train, teacher_file=str(tmp_path / "nope.pt"))), "no such checkpoint")]
     for cfg, needle in cases:
         with pytest.raises(GraftError, match=needle):
@@ -218,7 +218,7 @@ def test_teacher_file_of_other_sensors_or_ids_is_refused(tiny_data: Path, tmp_pa
     other = replace(base, model=replace(base.model, num_ids=4), data=replace(base.data, val_fraction=0.1, val_seed=3))
     save_checkpoint(tmp_path / "split.pt", build_model(other.model), other)
     cfg = replace(base, train=replace(base.train, teacher_file=str(tmp_path / "split.pt")))
-    with pytest.raises(GraftError, match="held out data.val_fraction=0.1"):
+    with pytest.raises(GraftError, match="its data.val_fraction is 0.1"):
         run_training(cfg, tiny_data, tmp_path / "run2", progress=False)
 
 

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from graft_edge.checkpoint import load_model, read_checkpoint
 from graft_edge.cli.main import app
 from graft_edge.config import GraftConfig, LossConfig, config_to_dict
+from graft_edge.errors import GraftError
 from graft_edge.fileio import KILL_AT_WRITE_ENV, write_yaml
 from graft_edge.model import build_model
 from graft_edge.train import finetune, lr_factor, run_training
-from graft_edge.train.distributed import DistEnv
+from graft_edge.train.distributed import DistEnv, Rendezvous, elastic_flags, gather_rows, slice_sizes, torchrun_args
 from graft_edge.train.loop import make_stage, train_step
 from tests.conftest import tiny_train_config
 
@@ -124,6 +125,28 @@ def test_center_step_is_sgd_on_the_center_loss_whatever_beta(beta: float) -> Non
     centers = run.criterion.center.centers.detach()
     assert torch.allclose(centers, expected, atol=1e-6)
     assert torch.equal(centers[2:], c0[2:])  # centers of ids not in the batch do not move
+
+
+def test_fixed_centers_are_the_official_random_ones_and_never_move() -> None:
+    """loss.centers=fixed: N(0, 1) centers (row norm about sqrt(D), as the official code's) that no optimiser gets;
+    the center term still pulls the embeddings towards them."""
+    cfg = tiny_train_config()
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, num_ids=4, enc_dropout=0.0))
+    stage = replace(cfg.train.stage2, loss=LossConfig(beta=0.5, centers="fixed"))
+    run = make_stage(model, stage, total_steps=3, env=DistEnv())
+    centers = run.criterion.center.centers
+    c0 = centers.detach().clone()
+    norms = c0.norm(dim=1) / math.sqrt(model.embed_dim)
+    assert run.center_optimizer is None and not centers.requires_grad
+    assert 0.7 < float(norms.min()) and float(norms.max()) < 1.3  # far from the learned mode's ~0.01 x sqrt(D)
+    images, labels = _batch(cfg)
+    with torch.no_grad():
+        before = (model.train()(images).embedding - c0[labels]).pow(2).sum(1).mean()
+    parts = train_step(run, images, labels)
+    assert torch.equal(centers, c0) and float(parts.center) == pytest.approx(float(before), rel=1e-5)
+    learned = make_stage(model, replace(stage, loss=LossConfig(beta=0.5)), total_steps=3, env=DistEnv())
+    assert float(learned.criterion.center.centers.detach().norm(dim=1).max()) < 0.1 * math.sqrt(model.embed_dim)
 
 
 def test_finetune_in_place_with_after_step_hook(tiny_data: Path) -> None:
@@ -319,6 +342,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path
     (["--preset", "synthetic", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
     (["--preset", "synthetic", "--nproc", "2", "--set", "data.ids_per_batch=40"], "ids_per_batch=40"),
     (["--preset", "synthetic", "--nnodes", "2", "--node-rank", "2"], "--node-rank 2"),
+    (["--preset", "synthetic", "--nnodes", "2", "--max-restarts", "1"], "needs a rendezvous"),
+    (["--preset", "synthetic", "--nnodes", "2", "--rdzv-endpoint", "h:1", "--rdzv-backend", "zmq"], "'zmq'"),
+    (["--preset", "synthetic", "--set", "train.stage2.loss.centers=moving"], "loss.centers='moving'"),
 ])
 def test_cli_errors_are_one_line_exit_2(tiny_data: Path, tmp_path: Path, extra: list[str], needle: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,7 +385,8 @@ def test_cli_help_documents_options() -> None:
     res = runner.invoke(app, ["train", "--help"])
     assert res.exit_code == 0
     for opt in ("--preset", "--config", "--set", "--nproc", "--nnodes", "--node-rank", "--master-addr",
-                "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps"):
+                "--master-port", "--resume", "--overwrite", "--max-steps", "--checkpoint-steps", "--max-restarts",
+                "--rdzv-endpoint", "--rdzv-backend", "--rdzv-id"):
         assert opt in res.output
 
 
@@ -373,6 +400,50 @@ def test_torchrun_command_lines(tmp_path: Path) -> None:
     args = _worker_args("synthetic", None, tmp_path, tmp_path / "r", ["a.b=1"], True, False, 5, 0, 1)
     assert args[0] == "train" and "--nproc" not in args and ["--set", "a.b=1"] == args[args.index("--set"):][:2]
     assert "--resume" in args and args[args.index("--max-steps") + 1] == "5"
+
+
+def test_gather_in_one_process_is_the_identity() -> None:
+    env = DistEnv()
+    x = torch.randn(5, 3, requires_grad=True)
+    assert slice_sizes(env, 5) == (5,)
+    assert gather_rows(env, x, (5,)) is x
+
+
+def test_launch_options() -> None:
+    assert torchrun_args(2, max_restarts=1) == ["--nproc_per_node=2", "--standalone", "--max-restarts=1"]
+    assert torchrun_args(4, 2, rdzv=Rendezvous("node0:29400")) == [
+        "--nproc_per_node=4", "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400",
+        "--rdzv-id=graft-edge"]
+    with pytest.raises(GraftError, match="--rdzv-backend 'zmq'"):
+        torchrun_args(2, rdzv=Rendezvous("h:1", backend="zmq"))
+    with pytest.raises(GraftError, match="--max-restarts -1"):
+        torchrun_args(2, max_restarts=-1)
+
+
+def test_batchnorm_outside_the_bnneck_cannot_be_synchronised_on_cpu_processes() -> None:
+    from graft_edge.train.distributed import sync_batchnorm
+
+    cfg = tiny_train_config()
+    model = build_model(cfg.model)
+    sync_batchnorm(model, DistEnv(world_size=2))  # only the BNNeck: it sees the gathered batch
+    model.fusion.extra = torch.nn.BatchNorm1d(4)
+    sync_batchnorm(model, DistEnv())  # one process: nothing to synchronise
+    with pytest.raises(GraftError, match=r"BatchNorm layers outside the BNNeck \(fusion.extra"):
+        sync_batchnorm(model, DistEnv(world_size=2))
+
+
+@pytest.mark.parametrize("restarts, has_last, flags, expected", [
+    ("0", True, (False, True), (False, True)),  # first attempt: the command's own flags
+    ("1", True, (False, True), (True, False)),  # restarted: continue from last.pt
+    ("2", False, (False, False), (False, True)),  # restarted before any last.pt: start over
+])
+def test_a_restarted_worker_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restarts: str, has_last: bool,
+                                    flags: tuple[bool, bool], expected: tuple[bool, bool]) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", restarts)
+    last = tmp_path / "last.pt"
+    if has_last:
+        last.write_bytes(b"x")
+    assert elastic_flags(last, *flags) == expected
 
 
 def test_more_ranks_than_gpus_is_one_clear_line(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ from graft_edge.errors import GraftError
 from graft_edge.evaluation import score_line
 from graft_edge.fileio import read_yaml
 from graft_edge.train import run_training
-from graft_edge.train.distributed import check_devices_per_node, launch_module, torchrun_args
+from graft_edge.train.distributed import Rendezvous, check_devices_per_node, elastic_flags, launch_module, torchrun_args
 from graft_edge.train.rundir import RunPaths, check_run_dir
 from graft_edge.train.runner import preflight
 
@@ -73,6 +73,10 @@ def train_cmd(
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0..nnodes-1 (multi-node only)."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (multi-node only)."),
     master_port: int = typer.Option(29500, "--master-port", help="TCP port on node 0 for the rendezvous (multi-node only)."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="When a process dies (OOM, a lost node), restart all of this node's processes up to N times (torchrun's elastic agent); they continue from the last last.pt (written every --checkpoint-steps steps), no --resume needed. 0: the run fails."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="Multi-node: HOST[:PORT] of the rendezvous (c10d: a TCP store started on that host, default port 29400); run the same command on every node, node ranks are assigned by the rendezvous (no --node-rank/--master-addr). Needed for --max-restarts across nodes."),
+    rdzv_backend: str = typer.Option("c10d", "--rdzv-backend", help="Rendezvous backend with --rdzv-endpoint: c10d (torch's TCP store), etcd or etcd-v2."),
+    rdzv_id: str = typer.Option("graft-edge", "--rdzv-id", help="Job id with --rdzv-endpoint: the same on every node of one job, another for a concurrent job."),
     resume: bool = typer.Option(False, "--resume", help="Continue the killed run in --out from its last.pt (same config, same process count)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a non-empty --out (deletes only the files a run writes)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap each stage at N optimizer steps (quick runs; the lr schedule fits the cap). Default: no cap."),
@@ -85,10 +89,13 @@ def train_cmd(
     of the training ids, held out) and on query/gallery (test, reported only); RUN/best.pt is the delivered
     model (stage 2's best by validation mAP), usable by `graft-edge eval`/`export`/`prune`.
     """
-    launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port)  # checks the launch options
-    cfg = resolve_config(preset, config, sets, resume, out)
+    rdzv = Rendezvous(rdzv_endpoint, rdzv_backend, rdzv_id) if rdzv_endpoint is not None else None
+    launcher = torchrun_args(nproc, nnodes, node_rank, master_addr, master_port, max_restarts, rdzv)  # checks them
     under_torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if (nproc > 1 or nnodes > 1) and not under_torchrun:
+    if under_torchrun:  # a worker restarted by the elastic agent continues the run from its last.pt
+        resume, overwrite = elastic_flags(RunPaths(out).last, resume, overwrite)
+    cfg = resolve_config(preset, config, sets, resume, out)
+    if (nproc > 1 or nnodes > 1 or max_restarts > 0) and not under_torchrun:
         check_run_dir(RunPaths(out), resume, overwrite)
         check_devices_per_node(nproc)
         preflight(cfg, data, nproc * nnodes)  # one clear error here instead of one per rank

@@ -58,7 +58,7 @@ def build_train_loader(
         anchor_repeats=d.anchor_repeats,
     )
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # worker seeds, per rank
-    seeded = SeededBatches(sampler, cfg.train.seed, rank)  # augmentation seeded per item: exact resume with workers
+    seeded = SeededBatches(sampler, cfg.train.seed)  # augmentation seeded per item by its global position
     loader = DataLoader(dataset, batch_sampler=seeded, generator=generator,
                         worker_init_fn=functools.partial(seed_worker, seed=cfg.train.seed, rank=rank),
                         **_loader_kwargs(d.num_workers))

@@ -87,7 +87,11 @@ class GraFT(nn.Module):
 
     def outputs(self, fusion_tokens: torch.Tensor, data_tokens: torch.Tensor,
                 present: torch.Tensor | None = None) -> GraftOutput:
-        """The batch part of forward: embedding (eq. 6, over each row's present modalities) and the BNNeck."""
+        """The batch part of forward: embedding (eq. 6, over each row's present modalities) and the BNNeck, whose
+        training statistics are the batch's.
+
+        Under DDP the trainer calls it on every process's tokens gathered, so the BatchNorm sees the global batch.
+        """
         embedding = masked_mean(fusion_tokens, present)  # (B, D)
         neck, logits = self.head(embedding)
         return GraftOutput(embedding, neck, logits, fusion_tokens, data_tokens, present)

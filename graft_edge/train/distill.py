@@ -17,6 +17,7 @@ from torch import nn
 
 from graft_edge.errors import GraftError
 from graft_edge.model.graft import GraftOutput
+from graft_edge.train.losses import full_precision
 
 EMBED_LOSSES = ("cosine", "mse")
 TEACHERS = ("previous", "source")
@@ -67,7 +68,7 @@ class DistillParts(NamedTuple):
 
 def embedding_distill(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
     """Mean over the batch of 1 − cos(s, t) ("cosine") or ‖s/‖s‖ − t/‖t‖‖² ("mse"); (B, D) each -> scalar."""
-    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    s, t = F.normalize(full_precision(student), dim=-1), F.normalize(full_precision(teacher), dim=-1)
     if kind == "cosine":
         return (1.0 - (s * t).sum(-1)).mean()
     if kind == "mse":
@@ -78,8 +79,8 @@ def embedding_distill(student: torch.Tensor, teacher: torch.Tensor, kind: str = 
 def logits_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch; (B, C) each -> scalar."""
     T = float(temperature)
-    log_p_s = F.log_softmax(student.float() / T, dim=-1)
-    log_p_t = F.log_softmax(teacher.float() / T, dim=-1)
+    log_p_s = F.log_softmax(full_precision(student) / T, dim=-1)
+    log_p_t = F.log_softmax(full_precision(teacher) / T, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 
@@ -105,21 +106,40 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
+def check_teacher(teacher: Mapping[str, Any], student: Mapping[str, Any], name: str = "the teacher") -> None:
+    """GraftError naming the first difference when a teacher cannot distil over the student's identities.
+
+    Each side maps "classifier width", "modalities" and, where known, "data.val_fraction" / "data.val_seed" (which
+    training ids the classifier's outputs are: another split puts other identities behind the same outputs).
+    """
+    for key in ("classifier width", "modalities", "data.val_fraction", "data.val_seed"):
+        if key in teacher and key in student and teacher[key] != student[key]:
+            t, s = teacher[key], student[key]
+            show = (lambda v: ",".join(v)) if key == "modalities" else str
+            raise GraftError(f"distillation teacher {name}: its {key} is {show(t)} but the student's is {show(s)}; "
+                             "a teacher must be trained on the student's identities and modalities (same data, "
+                             "data.val_fraction and data.val_seed)")
+
+
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """What `check_teacher` compares that a GraFT model itself knows: classifier width and modalities."""
+    return {"classifier width": int(model.head.classifier.out_features), "modalities": tuple(model.modalities)}
+
+
+def config_identity(cfg: Any) -> dict[str, Any]:
+    """What `check_teacher` compares from a checkpoint's GraftConfig: width, modalities and identity split."""
+    return {"classifier width": int(cfg.model.num_ids), "modalities": tuple(cfg.model.modalities),
+            "data.val_fraction": float(cfg.data.val_fraction), "data.val_seed": int(cfg.data.val_seed)}
+
+
 class Distiller:
-    """A frozen teacher plus the distillation config; called with the student's batch and output.
+    """A frozen teacher plus the distillation config, handed to the training objective.
 
     A plain object (not an nn.Module), so a module holding it does not register the teacher as a submodule:
     the teacher is absent from state_dict(), parameters() and any DDP wrapper of the student's objective.
+    The objective runs the teacher in eval mode without autograd and adds `distill_loss` of the two outputs.
     """
 
     def __init__(self, teacher: nn.Module, cfg: DistillConfig) -> None:
         self.teacher = freeze_teacher(teacher)
         self.cfg = cfg.validated()
-
-    def __call__(self, images: Mapping[str, torch.Tensor], student_out: GraftOutput,
-                 neck_feat: str = "before") -> DistillParts:
-        """The distillation parts of one batch; the teacher runs in eval mode without autograd."""
-        self.teacher.eval()
-        with torch.no_grad():
-            t_out = self.teacher(images)
-        return distill_loss(student_out, t_out, self.cfg, neck_feat)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -104,6 +105,64 @@ def gather_objects(env: DistEnv, obj: Any) -> list[Any]:
     return out
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows in rank order (slices may differ in length); backward: this rank's rows of the summed gradient.
+
+    Every rank computes the same loss of the gathered batch, so summing the ranks' gradients of a rank's rows
+    gives W x its share, and DDP's average over W ranks then leaves the global batch's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        ctx.sizes, ctx.rank = sizes, rank
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def slice_sizes(env: DistEnv, rows: int) -> tuple[int, ...]:
+    """Every rank's row count, in rank order (one small collective; `(rows,)` in a single process)."""
+    if not env.distributed:
+        return (int(rows),)
+    mine = torch.tensor([int(rows)], dtype=torch.int64, device=env.device)
+    parts = [torch.empty_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(parts, mine)
+    return tuple(int(p.item()) for p in parts)
+
+
+def gather_rows(env: DistEnv, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """The global batch from every rank's slice (dim 0, rank order); gradients flow back to each rank's own rows."""
+    if not env.distributed:
+        return x
+    return _GatherRows.apply(x.contiguous(), tuple(int(n) for n in sizes), env.rank)
+
+
+def sync_batchnorm(model: torch.nn.Module, env: DistEnv, skip: str = "head") -> None:
+    """BatchNorm layers outside `skip` (the BNNeck, fed the gathered batch) get global statistics under DDP.
+
+    On GPUs they become torch's SyncBatchNorm; gloo (CPU) has none, so such a model is refused there.
+    """
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not (n == skip or n.startswith(skip + "."))]
+    if not env.distributed or not names:
+        return
+    if not env.device.startswith("cuda"):
+        raise GraftError(f"the model has BatchNorm layers outside the BNNeck ({names[0]}, ...), whose statistics "
+                         "cannot be synchronised across CPU (gloo) processes: train it with --nproc 1 or on GPUs")
+    for name, child in list(model.named_children()):
+        if name != skip:
+            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
 def broadcast_module(env: DistEnv, module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (e.g. BN running stats after the last step)."""
     if not env.distributed:
@@ -120,20 +179,70 @@ def check_devices_per_node(nproc: int) -> None:
                          "lower --nproc, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run the ranks on the CPU (gloo)")
 
 
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # torchrun: rank 0 hosts a new store each attempt
+RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")  # torchrun's rendezvous backends that support restarts
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """A multi-node rendezvous endpoint (torchrun's --rdzv-backend/--rdzv-endpoint/--rdzv-id)."""
+
+    endpoint: str  # HOST[:PORT] of the rendezvous (c10d: a TCP store on that host; default port 29400)
+    backend: str = "c10d"
+    job_id: str = "graft-edge"  # the same on every node of one job
+
+
 def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                  master_port: int = 29500) -> list[str]:
-    """torchrun's launcher options for N processes per node (standalone rendezvous on one node)."""
+                  master_port: int = 29500, max_restarts: int = 0, rdzv: Rendezvous | None = None) -> list[str]:
+    """torchrun's launcher options: standalone on one node, a rendezvous endpoint, or static master address.
+
+    `max_restarts` > 0: torchrun's elastic agent restarts every process of the node up to that many times when one
+    dies; each restarted worker resumes the run from its last.pt (`elastic_flags`).
+    """
     if nproc < 1 or nnodes < 1:
         raise GraftError(f"--nproc {nproc} / --nnodes {nnodes}: expected positive integers")
     if not 0 <= node_rank < nnodes:
         raise GraftError(f"--node-rank {node_rank} is not in 0..{nnodes - 1} (--nnodes {nnodes})")
     if not 1 <= master_port <= 65535:
         raise GraftError(f"--master-port {master_port}: expected a TCP port in 1..65535")
+    if max_restarts < 0:
+        raise GraftError(f"--max-restarts {max_restarts}: expected 0 or more")
+    if max_restarts and nnodes > 1 and rdzv is None:
+        raise GraftError("--max-restarts on several nodes needs a rendezvous that survives a restart: pass "
+                         "--rdzv-endpoint HOST:PORT instead of --master-addr/--node-rank")
     args = [f"--nproc_per_node={nproc}"]
-    if nnodes == 1:
-        return args + ["--standalone"]
-    return args + [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}",
-                   f"--master_port={master_port}"]
+    if rdzv is not None:
+        if rdzv.backend not in RDZV_BACKENDS:
+            raise GraftError(f"--rdzv-backend {rdzv.backend!r}: expected one of {', '.join(RDZV_BACKENDS)}")
+        if not rdzv.endpoint.strip():
+            raise GraftError("--rdzv-endpoint is empty: expected HOST[:PORT] of the rendezvous (e.g. node0:29400)")
+        args += [f"--nnodes={nnodes}", f"--rdzv-backend={rdzv.backend}", f"--rdzv-endpoint={rdzv.endpoint}",
+                 f"--rdzv-id={rdzv.job_id}"]
+    elif nnodes == 1:
+        args.append("--standalone")
+    else:
+        args += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}",
+                 f"--master_port={master_port}"]
+    return args + ([f"--max-restarts={max_restarts}"] if max_restarts else [])
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0 on the first attempt)."""
+    value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def elastic_flags(last_checkpoint: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for this worker: a restarted one continues from `last_checkpoint`, or starts over.
+
+    On the first attempt the command's own flags hold. After a restart the run folder holds what the failed
+    attempt wrote: resume from its last.pt when there is one, else start over (--overwrite only deletes files a
+    run writes). The folder must be one every node sees when the nodes are several.
+    """
+    if restart_count() == 0:
+        return resume, overwrite
+    found = last_checkpoint.is_file()
+    return found, not found
 
 
 def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
@@ -142,8 +251,11 @@ def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    before = os.environ.get(LAUNCHER_PID_ENV)
+    before = {k: os.environ.get(k) for k in (LAUNCHER_PID_ENV, FRESH_STORE_ENV)}
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # the ranks check they are still our children
+    # a store of its own for every attempt: with the agent's store shared across restarts (torch's default), a
+    # restarted rank can read the failed attempt's gloo/NCCL addresses from it and fail to connect
+    os.environ.setdefault(FRESH_STORE_ENV, "1")
     try:
         torchrun_main([*launcher_args, "--module", "graft_edge", *module_args])
     except SignalException as exc:  # torchrun stopped the ranks on SIGTERM/SIGINT: as Ctrl-C
@@ -155,7 +267,8 @@ def launch_module(launcher_args: list[str], module_args: list[str]) -> None:
         raise GraftError(f"distributed training failed: rank {rank} exited with code {code} "
                          "(its own error line is printed above)") from None
     finally:
-        if before is None:
-            os.environ.pop(LAUNCHER_PID_ENV, None)
-        else:
-            os.environ[LAUNCHER_PID_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

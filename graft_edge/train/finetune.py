@@ -16,7 +16,7 @@ from graft_edge.data import build_eval_loaders, build_train_loader, build_val_lo
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model, with_prefix
 from graft_edge.model.graft import GraFT
-from graft_edge.train.distill import DistillConfig, Distiller
+from graft_edge.train.distill import DistillConfig, Distiller, check_teacher, model_identity
 from graft_edge.train.distributed import DistEnv
 from graft_edge.train.loop import AfterStep, make_stage, run_epoch, set_train_mode
 from graft_edge.train.modality_dropout import modality_dropout
@@ -91,9 +91,11 @@ def finetune(
     if epochs < 0:
         raise GraftError(f"finetune epochs={epochs}: expected 0 or more")
     seed = cfg.train.seed if seed is None else seed
-    seed_everything(seed)  # augmentation and dropout draws
+    seed_everything(seed)  # augmentation, dropout draws and initial values
     stage = replace(stage if stage is not None else cfg.train.stage2, epochs=int(epochs))
     env = DistEnv(device=str(next(model.parameters()).device))
+    if teacher is not None:
+        check_teacher(model_identity(teacher), model_identity(model))
     distiller = Distiller(teacher.to(env.device), distill or DistillConfig()) if teacher is not None else None
     data_cfg = replace(cfg, model=model.cfg)
     loader, sampler, num_ids = build_train_loader(data_root, data_cfg)
@@ -110,7 +112,7 @@ def finetune(
     try:
         dropout = modality_dropout(cfg.train.modality_dropout, len(model.modalities), seed, sampler)
         run = make_stage(model, stage, total, env, amp=cfg.train.amp, after_step=after_step,
-                         distiller=distiller, dropout=dropout)
+                         distiller=distiller, dropout=dropout, seed=seed)
         set_train_mode(model, stage)
         for epoch in range(epochs):
             if run.stage_step >= total:

@@ -10,15 +10,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from graft_edge.config import StageConfig
 from graft_edge.finite import check_loss, check_weights
 from graft_edge.model.backbone import unused_modules
-from graft_edge.model.graft import GraFT
-from graft_edge.train.distill import Distiller
-from graft_edge.train.distributed import DistEnv, all_reduce_sum
+from graft_edge.model.graft import GraFT, GraftOutput
+from graft_edge.train.distill import Distiller, distill_loss
+from graft_edge.train.distributed import DistEnv, all_reduce_sum, gather_rows, slice_sizes, sync_batchnorm
 from graft_edge.train.losses import GraftLoss, LossParts
 from graft_edge.train.modality_dropout import ModalityDropout
 from graft_edge.train.schedule import build_scheduler
@@ -30,24 +31,56 @@ OnStep = Callable[["StepInfo"], None]
 class Objective(nn.Module):
     """model + criterion in one module, so DDP also averages the center-loss centers' gradients.
 
-    With a `distiller` the loss adds its teacher terms; the distiller is a plain attribute, so the teacher is
-    not a submodule (not in state_dict, parameters or DDP's buckets). With a presence mask (modality dropout) the
-    student sees each sample's kept modalities only and the teacher every modality.
+    The loss is the global batch's at any process count: each process runs the model on its slice, the tokens
+    (and labels, and presence masks) of every slice are gathered, and the BNNeck, classifier and every loss term run
+    on the whole batch on every process (the BatchNorm sees the global batch's statistics; triplets are mined across
+    slices); the gather sends each process the summed gradient of its own rows, so DDP's average is the global-batch
+    gradient, also when slices differ in size. With a `distiller` the loss adds its teacher terms; the distiller
+    is a plain attribute, so the teacher is not a submodule (not in state_dict, parameters or DDP's buckets). With a
+    presence mask (modality dropout) the student sees each sample's kept modalities only and the teacher every
+    modality.
     """
 
-    def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None) -> None:
+    def __init__(self, model: GraFT, criterion: GraftLoss, distiller: Distiller | None = None,
+                 env: DistEnv | None = None) -> None:
         super().__init__()
         self.model, self.criterion, self.distiller = model, criterion, distiller
+        self.env = env or DistEnv()
 
     def forward(self, images: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                present: torch.Tensor | None = None) -> LossParts:
-        """images {modality: (B, 3, H, W)}, labels (B,), optional (B, M) presence mask -> weighted loss and parts."""
-        out = self.model(images) if present is None else self.model(images, present)
-        parts = self.criterion(out, labels)
+                present: torch.Tensor | None = None, generator: torch.Generator | None = None) -> LossParts:
+        """images {modality: (B, 3, H, W)}, labels (B,) of this process's slice, optional (B, M) presence mask ->
+        the global batch's loss and parts."""
+        sizes = slice_sizes(self.env, len(labels))
+        out = global_outputs(self.model, images, self.env, sizes, present)
+        labels = gather_rows(self.env, labels, sizes)
+        parts = self.criterion(out, labels, generator)
         if self.distiller is None:
             return parts
-        dist = self.distiller(images, out, self.model.cfg.neck_feat)
+        self.distiller.teacher.eval()
+        with torch.no_grad():
+            teacher = global_outputs(self.distiller.teacher, images, self.env, sizes)
+        dist = distill_loss(out, teacher, self.distiller.cfg, self.model.cfg.neck_feat)
         return parts._replace(total=parts.total + dist.total, distill=dist.total.detach())
+
+
+def global_outputs(model: GraFT, images: Mapping[str, torch.Tensor], env: DistEnv, sizes: tuple[int, ...],
+                   present: torch.Tensor | None = None) -> GraftOutput:
+    """The model's outputs for the global batch: tokens of this slice, gathered (one collective), then the head.
+
+    With a (B, M) presence mask every modality's tokens are computed and each row averages its present ones."""
+    fusion, data = model.tokens(images) if present is None else model.modality_tokens(images)  # (B, M, D) each
+    if env.distributed:
+        both = gather_rows(env, torch.cat([fusion, data], dim=-1), sizes)
+        fusion, data = both.split(fusion.shape[-1], dim=-1)
+        present = gather_rows(env, present, sizes) if present is not None else None
+    return model.outputs(fusion, data, present)
+
+
+def triplet_generator(seed: int, step: int) -> torch.Generator:
+    """The random-triplet draws of one optimizer step: a pure function of (seed, step), the same on every process."""
+    state = np.random.SeedSequence([int(seed), int(step)]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 @dataclass
@@ -66,6 +99,7 @@ class StageRun:
     amp: bool = False
     after_step: AfterStep | None = None
     dropout: ModalityDropout | None = None  # missing-modality training: a presence mask per batch
+    seed: int = 0  # the random-triplet draws of step s come from triplet_generator(seed, s)
     stage_step: int = 0  # optimizer steps done in this stage
     epoch_stats: EpochStats | None = None  # the running sums of the current epoch (kept across a mid-epoch resume)
 
@@ -128,29 +162,32 @@ def needs_unused_search(model: GraFT) -> bool:
 
 def make_stage(model: GraFT, stage: StageConfig, total_steps: int, env: DistEnv, amp: bool = False,
                after_step: AfterStep | None = None, global_batches_per_step: int = 1,
-               distiller: Distiller | None = None, dropout: ModalityDropout | None = None) -> StageRun:
-    """Freeze per the stage, build criterion, AdamW (+ SGD for centers), schedule and the (DDP) objective.
+               distiller: Distiller | None = None, dropout: ModalityDropout | None = None, seed: int = 0) -> StageRun:
+    """Freeze per the stage, build criterion, AdamW (+ SGD for learned centers), schedule and the (DDP) objective.
 
     `distiller`: a frozen teacher whose distillation terms join the loss (the prune–finetune loop, or training
-    with train.teacher_file). `dropout`: the presence masks of missing-modality training.
+    with train.teacher_file). `dropout`: the presence masks of missing-modality training. `seed`: where the
+    stage's random triplets come from (triplet_generator(seed, step)).
     """
     freeze_backbone(model, stage.freeze_backbone)
+    sync_batchnorm(model, env)
     num_ids = model.head.classifier.out_features
     criterion = GraftLoss(stage.loss, num_ids, model.embed_dim).to(env.device)
-    use_centers = stage.loss.beta > 0
+    use_centers = stage.loss.beta > 0 and stage.loss.centers == "learned"
     criterion.center.centers.requires_grad_(use_centers)  # unused params would stall DDP
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=tuple(stage.betas))
     center_opt = torch.optim.SGD(criterion.parameters(), lr=stage.center_lr) if use_centers else None
-    objective: nn.Module = Objective(model, criterion, distiller)
+    objective: nn.Module = Objective(model, criterion, distiller, env)
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(env.device).index] if env.device.startswith("cuda") else None
         # broadcasts rank 0's weights now; the per-step search for unused parameters only when there are some
         objective = DDP(objective, device_ids=ids, find_unused_parameters=needs_unused_search(model))
-    return StageRun(model, criterion, objective, optimizer, center_opt, build_scheduler(optimizer, stage, total_steps, global_batches_per_step),
-                    stage, total_steps, env, amp and env.device.startswith("cuda"), after_step, dropout)
+    scheduler = build_scheduler(optimizer, stage, total_steps, global_batches_per_step)
+    return StageRun(model, criterion, objective, optimizer, center_opt, scheduler, stage, total_steps, env,
+                    amp and env.device.startswith("cuda"), after_step, dropout=dropout, seed=seed)
 
 
 def _autocast(run: StageRun) -> contextlib.AbstractContextManager:
@@ -175,8 +212,9 @@ def train_step(run: StageRun, images: Mapping[str, torch.Tensor], labels: torch.
         run.center_optimizer.zero_grad(set_to_none=True)
     if present is not None:
         present = present.to(dev, non_blocking=True)
+    generator = triplet_generator(run.seed, run.stage_step) if run.stage.loss.mining == "random" else None
     with _autocast(run):
-        parts = run.objective(inputs, labels) if present is None else run.objective(inputs, labels, present)
+        parts = run.objective(inputs, labels, present, generator)
     parts.total.backward()
     run.optimizer.step()
     if run.center_optimizer is not None:

@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graft_edge.config import TRIPLET_COMBOS, LossConfig
+from graft_edge.config import CENTER_MODES, TRIPLET_COMBOS, LossConfig
 from graft_edge.model.graft import GraftOutput, masked_mean
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32: 16-bit (autocast) activations are upcast, float64 stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def token_features(out: GraftOutput, kind: str) -> torch.Tensor:
@@ -58,9 +63,9 @@ def triplet_loss(out: GraftOutput, labels: torch.Tensor, combo: str = "FFD", min
     """
     if combo not in TRIPLET_COMBOS:
         raise ValueError(f"unknown triplet combination {combo!r}: expected one of {TRIPLET_COMBOS}")
-    anchor = token_features(out, combo[0]).float()
-    positive = token_features(out, combo[1]).float()
-    negative = token_features(out, combo[2]).float()
+    anchor = full_precision(token_features(out, combo[0]))
+    positive = full_precision(token_features(out, combo[1]))
+    negative = full_precision(token_features(out, combo[2]))
     if mining == "hard":
         d_ap, d_an = _hardest(torch.cdist(anchor, positive), torch.cdist(anchor, negative), labels)
     else:
@@ -76,15 +81,22 @@ class CenterLoss(nn.Module):
     """Center loss Σ_b ‖f_b − c_{y_b}‖² / B, the official scaling (Nano1337/GraFT loss/reid_loss.py Center_Loss).
 
     Wen et al. (2016) write ½·Σ; the official code (and so the authors' β = 0.0005) has no ½.
+    centers="learned": start near zero (N(0, 0.01²)) and are trained (SGD, the trainer's `center_lr`);
+    "fixed": N(0, 1) and never trained, as in the official code, whose centers live in the loss module
+    that its optimiser never receives.
     """
 
-    def __init__(self, num_ids: int, dim: int) -> None:
+    def __init__(self, num_ids: int, dim: int, centers: str = "learned") -> None:
         super().__init__()
-        self.centers = nn.Parameter(torch.randn(num_ids, dim) * 0.01)
+        if centers not in CENTER_MODES:
+            raise ValueError(f"unknown center mode {centers!r}: expected one of {CENTER_MODES}")
+        fixed = centers == "fixed"
+        init = torch.randn(num_ids, dim) if fixed else torch.randn(num_ids, dim) * 0.01
+        self.centers = nn.Parameter(init, requires_grad=not fixed)
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """feats (B, D), labels (B,) -> scalar."""
-        return (feats.float() - self.centers[labels]).pow(2).sum(1).mean()
+        return (full_precision(feats) - self.centers[labels]).pow(2).sum(1).mean()
 
 
 class LossParts(NamedTuple):
@@ -103,12 +115,12 @@ class GraftLoss(nn.Module):
     def __init__(self, cfg: LossConfig, num_ids: int, dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.center = CenterLoss(num_ids, dim)
+        self.center = CenterLoss(num_ids, dim, cfg.centers)
 
-    def forward(self, out: GraftOutput, labels: torch.Tensor) -> LossParts:
-        """Combined loss of one batch."""
+    def forward(self, out: GraftOutput, labels: torch.Tensor, generator: torch.Generator | None = None) -> LossParts:
+        """Combined loss of one batch; `generator` draws the random triplets (torch's global RNG when None)."""
         c = self.cfg
-        trip = triplet_loss(out, labels, c.combo, c.mining, per_anchor=c.triplets_per_anchor)
+        trip = triplet_loss(out, labels, c.combo, c.mining, generator, c.triplets_per_anchor)
         cent = self.center(out.embedding, labels) if c.beta > 0 else trip.new_zeros(())
-        ce = F.cross_entropy(out.logits.float(), labels, label_smoothing=c.label_smoothing)
+        ce = F.cross_entropy(full_precision(out.logits), labels, label_smoothing=c.label_smoothing)
         return LossParts(c.alpha * trip + c.beta * cent + c.gamma * ce, trip.detach(), cent.detach(), ce.detach())

@@ -184,7 +184,7 @@ def _start_stage(tr: Trainer, stage: int, total: int) -> StageRun:
     per_step = 1 if tr.cfg.data.anchor_repeats else tr.env.world_size  # global batches one step trains on
     dropout = modality_dropout(tr.cfg.train.modality_dropout, len(tr.model.modalities), tr.cfg.train.seed, tr.sampler)
     run = make_stage(tr.model, st, total, tr.env, amp=tr.cfg.train.amp, global_batches_per_step=per_step,
-                     distiller=tr.distiller, dropout=dropout)
+                     distiller=tr.distiller, dropout=dropout, seed=10 * tr.cfg.train.seed + stage)
     if mid:
         load_stage_state(run, ck.extra["stage_state"])
     set_train_mode(tr.model, st)

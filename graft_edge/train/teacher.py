@@ -10,7 +10,7 @@ from pathlib import Path
 from graft_edge.checkpoint import load_model
 from graft_edge.config import GraftConfig
 from graft_edge.errors import GraftError
-from graft_edge.train.distill import DistillConfig, Distiller
+from graft_edge.train.distill import DistillConfig, Distiller, check_teacher, config_identity, model_identity
 
 
 def training_teacher(cfg: GraftConfig, device: str = "cpu") -> Distiller | None:
@@ -25,16 +25,6 @@ def training_teacher(cfg: GraftConfig, device: str = "cpu") -> Distiller | None:
     if not Path(path).is_file():
         raise GraftError(f"train.teacher_file={path}: no such checkpoint")
     teacher, ckpt = load_model(path)
-    if tuple(teacher.modalities) != tuple(cfg.model.modalities):
-        raise GraftError(f"train.teacher_file={path} takes {','.join(teacher.modalities)} but the model is built for "
-                         f"{','.join(cfg.model.modalities)}: the teacher must see the student's sensors")
-    width = teacher.head.classifier.out_features
-    if width != cfg.model.num_ids:
-        raise GraftError(f"train.teacher_file={path} classifies {width} ids but this run trains on "
-                         f"{cfg.model.num_ids}: distil from a model trained on the same training ids")
-    mine, its = cfg.data, ckpt.config.data
-    if (its.val_fraction, its.val_seed) != (mine.val_fraction, mine.val_seed):
-        raise GraftError(f"train.teacher_file={path} held out data.val_fraction={its.val_fraction}, "
-                         f"data.val_seed={its.val_seed} but this run holds out {mine.val_fraction}, {mine.val_seed}: "
-                         "its classes are other identities")
+    student = config_identity(cfg)
+    check_teacher({**config_identity(ckpt.config), **model_identity(teacher)}, student, f"train.teacher_file={path}")
     return Distiller(teacher.to(device), DistillConfig())

@@ -29,7 +29,7 @@ from graft_edge.model.arch import extract_arch
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock, clean_stale_temps
 from graft_edge.train import finetune
-from graft_edge.train.distill import DistillConfig
+from graft_edge.train.distill import DistillConfig, check_teacher, config_identity, model_identity
 
 # identity of a run: a partial checkpoint is only resumed when these match (every option that changes the result)
 RUN_KEYS = ("source_sha256", "method", "target", "schedule", "round_to", "attn_unit", "fraction", "finetune_epochs",
@@ -135,6 +135,16 @@ def _distill_record(req: PruneRequest) -> dict[str, Any] | None:
     return rec
 
 
+def _checkpoint_identity(path: Path) -> dict[str, Any]:
+    """A checkpoint's classifier width (from its weights), modalities and identity split, for `check_teacher`."""
+    ck = read_checkpoint(path)
+    ident = config_identity(ck.config)
+    weight = ck.state_dict.get("head.classifier.weight")
+    if weight is not None:
+        ident["classifier width"] = int(weight.shape[0])
+    return ident
+
+
 class Teacher:
     """The distillation teacher of the next finetuning: the model before the cut ("previous") or the source.
 
@@ -229,6 +239,9 @@ def _run_prune(model_path: Path, out: Path, req: PruneRequest, resume: bool,
     net, ckpt = load_model(model_path)
     method = req.method
     check_compatible(method, ckpt.history, ckpt.arch, name=str(model_path))
+    if req.source_teacher_file is not None:  # before any cut: a teacher of other identities fails only mid-finetuning
+        student = {**config_identity(ckpt.config), **model_identity(net)}
+        check_teacher(_checkpoint_identity(req.source_teacher_file), student, str(req.source_teacher_file))
     target = method.resolve_target(req.target, net) if req.target is not None else None
     spec = PruneSpec(method, req.steps, req.round_to, req.attn_unit, req.fraction)
     schedule = method.plan(net, target, spec, finetuned=req.finetune_epochs > 0)
