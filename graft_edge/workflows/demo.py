@@ -27,8 +27,9 @@ from graft_edge.fileio import write_json
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS as DEFAULT_FORMATS
 from graft_edge.model import build_model
 from graft_edge.train import run_training
+from graft_edge.verdicts import BETTER, EQUIVALENT, INCONCLUSIVE
 from graft_edge.workflows.frontier import FrontierResult, FrontierSettings, run_frontier
-from graft_edge.workflows.noise import WORSE, judge_row
+from graft_edge.workflows.frontier_verdicts import choice_key, comparison
 
 DEFAULT_TARGETS = ("70%", "45%")
 DEMO_SEEDS = 3  # finetuning seeds of the demo's frontier: mean ± std, error bars (fits its 10 minutes on 2 cores)
@@ -89,37 +90,43 @@ class DemoResult:
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The fastest pruned artefact whose test mAP is within noise of the dense PyTorch model's (or above it, by
-    workflows.noise's rule) against that model: speed-up, both mAPs and the judgement.
+    """The demo's headline artefact against the dense PyTorch model, chosen on validation (frontier_verdicts: test
+    only where there is no validation split) and reported on test beside it.
 
-    Without mAPs (latency only), or when every pruned artefact is below dense beyond the noise, it is the
-    smallest pruned INT8 artefact instead (`within_noise` False says which). The speed-up goal counts as met
-    only when both the p50 ratio and the best-of-N ratio reach it (a busy machine inflates eager PyTorch's p50
-    far more than ONNX Runtime's, which would flatter the p50 ratio).
+    The pick, by `basis`: the fastest pruned artefact whose verdict against dense is equivalent or better
+    ("equivalent": a claim one can bet on); else the fastest not shown worse ("inconclusive", with the seeds that
+    would decide); else, every pruned artefact worse or no mAP at all, the smallest pruned INT8 ("smallest"). The
+    speed-up goal counts as met only when both the p50 ratio and the best-of-N ratio reach it (a busy machine
+    inflates eager PyTorch's p50 far more than ONNX Runtime's, which would flatter the p50 ratio).
     """
     dense = next((r for r in rows if r["variant"] == "dense" and r["format"] == "torch" and r["status"] == "ok"), None)
     pruned = [r for r in rows if r["variant"] != "dense" and r["status"] == "ok" and r.get("latency_ms")]
     if dense is None or not pruned or not dense.get("latency_ms"):
         return None
-    judged = {id(r): judge_row(r, dense, rows) for r in pruned}
-    close = [r for r in pruned if judged[id(r)] is not None and judged[id(r)].verdict != WORSE]
+    key = choice_key(rows)
+    verdict = {id(r): r.get(f"{key}_vs_dense") for r in pruned}
+    sure = [r for r in pruned if verdict[id(r)] in (EQUIVALENT, BETTER)]
+    maybe = [r for r in pruned if verdict[id(r)] == INCONCLUSIVE]
     int8 = [r for r in pruned if r["format"] == "int8"]
-    if close:
-        pick = min(close, key=lambda r: r["latency_ms"])
+    if sure or maybe:
+        basis, pick = ("equivalent", min(sure, key=lambda r: r["latency_ms"])) if sure else \
+            ("inconclusive", min(maybe, key=lambda r: r["latency_ms"]))
     elif int8:
-        pick = min(int8, key=lambda r: r["params"])
+        basis, pick = "smallest", min(int8, key=lambda r: r["params"])
     else:
         return None
     speedup = dense["latency_ms"] / pick["latency_ms"]
     speedup_min = pick.get("speedup_min")
     conservative = min(speedup, speedup_min) if speedup_min else speedup
-    j = judged[id(pick)]
+    chosen, test = comparison(pick, key), comparison(pick, "mAP")
     return {"variant": pick["variant"], "format": pick["format"], "params": pick["params"],
             "dense_params": dense["params"], "speedup": speedup, "speedup_min": speedup_min, "goal": SPEEDUP_GOAL,
             "goal_met": conservative >= SPEEDUP_GOAL, "batch": pick.get("batch"), "dense_ms": dense["latency_ms"],
-            "variant_ms": pick["latency_ms"], "mAP": pick.get("mAP"), "mAP_std": pick.get("mAP_std"),
-            "dense_mAP": dense.get("mAP"), "within_noise": bool(close), "vs_dense": j.words() if j else None,
-            "verdict": j.verdict if j else None, "noise": j.noise if j else None}
+            "variant_ms": pick["latency_ms"], "basis": basis, "chosen_on": key,
+            "mAP": pick.get("mAP"), "mAP_std": pick.get("mAP_std"), "dense_mAP": dense.get("mAP"),
+            "val_mAP": pick.get("val_mAP"), "val_mAP_std": pick.get("val_mAP_std"), "dense_val_mAP": dense.get("val_mAP"),
+            "verdict": chosen.verdict if chosen else None, "vs_dense": chosen.words("dense") if chosen else None,
+            "test_verdict": test.verdict if test else None, "test_vs_dense": test.words("dense") if test else None}
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: Any = None,

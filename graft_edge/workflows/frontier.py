@@ -55,6 +55,7 @@ from graft_edge.profile.stats import summarize
 from graft_edge.runtime import load_embedder
 from graft_edge.train.runner import score_line
 from graft_edge.units import format_count, parse_size
+from graft_edge.verdicts import DEFAULT_MARGIN
 from graft_edge.workflows.frontier_report import write_reports
 from graft_edge.workflows.frontier_seeds import order_key as _order_key
 from graft_edge.workflows.frontier_seeds import seed_variant_name
@@ -69,7 +70,7 @@ from graft_edge.workflows.frontier_state import (
     resolve,
     save_state,
 )
-from graft_edge.workflows.noise import summary as noise_summary
+from graft_edge.workflows.frontier_verdicts import summary as verdict_summary
 from graft_edge.workflows.prune import PruneRequest, PruneResult, run_prune
 
 Log = Callable[[str], None]
@@ -113,6 +114,7 @@ class FrontierSettings:
     modalities: tuple[str, ...] | None = None  # evaluate and time the artefacts on this subset (missing sensors)
     distill: bool | None = None  # distil from the dense model; None: on for structured with finetuning
     seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
+    margin: float = DEFAULT_MARGIN  # mAP fraction within which a difference is "equivalent" (verdicts; reports only)
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -128,6 +130,8 @@ class FrontierSettings:
             raise GraftError(f"--warmup {self.warmup}: expected 0 or more")
         if self.seeds < 1:
             raise GraftError(f"--seeds {self.seeds}: expected a positive integer")
+        if not 0 <= self.margin < 1:
+            raise GraftError(f"--margin {100 * self.margin:g}: expected mAP points in [0, 100)")
         if self.seeds > 1 and self.finetune_epochs == 0:
             raise GraftError(f"--seeds {self.seeds} needs --finetune-epochs of 1 or more (without finetuning every "
                              "seed gives the same model)")
@@ -164,7 +168,7 @@ class FrontierResult:
     done: list[str] = field(default_factory=list)  # pieces computed in this call
     skipped: list[str] = field(default_factory=list)  # pieces reused from OUT
     speedup_note: str = ""
-    noise_note: str = ""  # which variants are within noise of dense, and the rule (workflows.noise)
+    verdict_note: str = ""  # every verdict against dense with its 95% interval, and the rule (frontier_verdicts)
 
 
 @dataclass(frozen=True)
@@ -491,7 +495,8 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    rows, files, note = write_reports(state, out, job.settings.formats, seeds=job.settings.seeds)
+    rows, files, note = write_reports(state, out, job.settings.formats, seeds=job.settings.seeds,
+                                      margin=job.settings.margin)
     job.result.rows, job.result.files, job.result.speedup_note = rows, files, note
-    job.result.noise_note = noise_summary(rows)
+    job.result.verdict_note = verdict_summary(rows, job.settings.margin)
     return job.result
