@@ -32,7 +32,7 @@ from graft_edge.compress import counted_size, method_floor, normalize_method
 from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import evaluate_embedder, evaluate_val
+from graft_edge.evaluation import evaluate_embedders
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import (
@@ -338,24 +338,6 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[str], label: str) -> dict[s
     return out
 
 
-def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
-    s = job.settings
-    emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities, dtype=s.dtype)
-    advance = job.progress(f"{label}: mAP", None)
-    started = time.perf_counter()
-    acc = evaluate_embedder(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
-                            rerank_cfg=RerankConfig() if s.rerank else None)
-    if job.has_val:  # reported beside test; a data root without a usable validation split only loses these columns
-        try:
-            acc.update(evaluate_val(emb, job.data_root, job.cfg, batch_size=s.eval_batch_size, progress=advance))
-        except GraftError as exc:
-            acc["val_error"] = one_line(exc)
-    acc["seconds"] = time.perf_counter() - started
-    acc["modalities"] = list(s.modalities) if s.modalities else None
-    acc["precision"] = emb.info.extra.get("precision", "fp32")
-    return acc
-
-
 def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
                 modalities: tuple[str, ...] | None = None, precision: str = "", val: bool = False) -> bool:
     """Whether a format still has to be (re)made or evaluated (a latency-only record is redone with --data,
@@ -384,6 +366,7 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
         job.log(f"{label}: exporting {','.join(stale)}")
         v.formats.update(_export(job, ckpt_path, stale, label))
         save_state(out, state)
+    ready = []
     for fmt in job.settings.formats:
         if fmt not in todo:
             job.result.skipped.append(f"{vname}/{fmt}")
@@ -393,26 +376,40 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
             rec.record(out, ckpt_path)
             v.formats[fmt] = rec
         rec = v.formats.get(fmt)
-        if rec is None or rec.status != "ok":
-            continue
-        _evaluate_format(job, state, vname, fmt, rec)
+        if rec is not None and rec.status == "ok":
+            ready.append(fmt)
+    if ready:
+        _evaluate_formats(job, state, vname, ready)
 
 
-def _evaluate_format(job: _Job, state: FrontierState, vname: str, fmt: str, rec: FormatRecord) -> None:
-    """Accuracy of one artefact (or the latency-only marker without --data); saved at once."""
-    label = state.variants[vname].label
-    if job.data_root is None:
-        rec.accuracy = {"skipped": LATENCY_ONLY}
-    else:
+def _evaluate_formats(job: _Job, state: FrontierState, vname: str, fmts: Sequence[str]) -> None:
+    """Test (and validation) accuracy of a variant's artefacts, every image decoded once for all of them; saved."""
+    s, v = job.settings, state.variants[vname]
+    results: dict[str, Any] = {f: {"skipped": LATENCY_ONLY} for f in fmts} if job.data_root is None else {}
+    embedders = {}
+    for fmt in fmts if job.data_root is not None else ():
         try:
-            rec.accuracy = _evaluate(job, resolve(job.out, rec.path), f"{label} {fmt}")
-            job.log(f"{label} {fmt}: {score_line(rec.accuracy, ('mAP', 'R1'))}")
-        except Exception as exc:
-            rec.status, rec.error = f"error: {one_line(exc)}", one_line(exc)
-            job.log(f"{label} {fmt}: {rec.status}")
-            save_state(job.out, state)
-            return
-    job.result.done.append(f"{vname}/{fmt}")
+            embedders[fmt] = load_embedder(resolve(job.out, v.formats[fmt].path), device=s.device, threads=s.threads,
+                                           modalities=s.modalities, dtype=s.dtype)
+        except Exception as exc:  # noqa: BLE001 - recorded as this format's error
+            results[fmt] = exc
+    started = time.perf_counter()
+    results.update(evaluate_embedders(embedders, job.data_root, job.cfg if job.has_val else None, s.eval_batch_size,
+                                      job.progress(f"{v.label}: mAP ({','.join(embedders)})", None),
+                                      RerankConfig() if s.rerank else None) if embedders else {})
+    for fmt in fmts:
+        rec, acc = v.formats[fmt], results[fmt]
+        if isinstance(acc, Exception):
+            rec.status, rec.error = f"error: {one_line(acc)}", one_line(acc)
+            job.log(f"{v.label} {fmt}: {rec.status}")
+            continue
+        if fmt in embedders:  # seconds: each artefact's share of the pass
+            extra = embedders[fmt].info.extra
+            acc.update(seconds=(time.perf_counter() - started) / len(embedders), precision=extra.get("precision", "fp32"),
+                       modalities=list(s.modalities) if s.modalities else None)
+            job.log(f"{v.label} {fmt}: {score_line(acc, ('mAP', 'R1'))}")
+        rec.accuracy = acc
+        job.result.done.append(f"{vname}/{fmt}")
     save_state(job.out, state)
 
 
