@@ -152,3 +152,15 @@ def test_frontier_reports_val_and_test_verdicts(tiny_val_inputs: tuple[Path, Pat
         assert "val mAP vs dense torch (chooses the front and the headline" in words and "±50.0 points" in words
         assert "within noise" not in words
     assert "chosen on validation mAP" in md
+
+
+@pytest.mark.parametrize("margin", [-0.01, 1.0, 2.5])
+def test_margin_out_of_range_is_one_line(margin: float) -> None:
+    from graft_edge.errors import GraftError
+    from graft_edge.workflows.frontier import FrontierSettings
+    from graft_edge.workflows.sweep import SweepSettings
+
+    with pytest.raises(GraftError, match=r"--margin .*: expected mAP points in \[0, 100\)"):
+        FrontierSettings(targets=("70%",), margin=margin).validated()
+    with pytest.raises(GraftError, match=r"--margin"):
+        SweepSettings(margin=margin).validated()
