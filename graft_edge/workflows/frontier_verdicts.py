@@ -89,7 +89,9 @@ def _split_sentence(rows: Sequence[dict[str, Any]], key: str, ref: dict[str, Any
         return ""
     groups: dict[str, list[str]] = {}
     for r, c in judged:
-        hint = f" ({c.decide_hint()})" if c.verdict == INCONCLUSIVE and c.low is not None else ""
+        hint = ""
+        if c.verdict == INCONCLUSIVE and c.low is not None:
+            hint = f" (~{c.seeds_needed} seeds would decide)" if c.seeds_needed else f" ({c.decide_hint()})"
         groups.setdefault(c.label(), []).append(f"{r['variant']} {r['format']} {c.interval()}{hint}")
     what = "val mAP" if key == "val_mAP" else "test mAP"
     parts = [f"{label}: {', '.join(items)}" for label, items in groups.items()]
