@@ -209,7 +209,7 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
         _dense_reference(ax, ok, band or {}, colours[0])
         _min_span(ax)
         ax.set_xlabel(label)
-        ax.set_ylabel("mAP (%)" + (" - mean ± std over seeds" if any(r.get("mAP_std") for r in ok) else ""))
+        ax.set_ylabel("test mAP (%)" + (" - mean ± std over seeds" if any(r.get("mAP_std") for r in ok) else ""))
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
