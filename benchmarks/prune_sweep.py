@@ -2,7 +2,7 @@
 structured pruning without finetuning, with finetuning and with finetuning + distillation at equal epochs, and
 unstructured pruning at the same budgets; each (condition, seed) is its own chain dense -> 80% -> 60% -> 45% -> 35%.
 Reports validation and test mAP/R1/R5/R10 as mean ± sample std over the seeds, the share of dense mAP kept and
-whether each difference from dense is beyond the seed noise. Resumable: rerun with the same --out.
+each difference from dense with its 95% interval and verdict (graft_edge.verdicts). Resumable: rerun with the same --out.
 
     python benchmarks/prune_sweep.py --model RUN/best.pt --data DATA --out sweep --seeds 3 --finetune-epochs 2
     python benchmarks/prune_sweep.py --model RUN0/best.pt --model RUN1/best.pt --model RUN2/best.pt --seeds 1 ...
@@ -19,6 +19,7 @@ import torch
 
 from graft_edge.errors import GraftError, one_line
 from graft_edge.train.distill import DistillConfig
+from graft_edge.verdicts import DEFAULT_MARGIN
 from graft_edge.workflows.sweep import CONDITIONS, DEFAULT_CONDITIONS, DEFAULT_LEVELS, SweepSettings, run_sweeps
 
 
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--distill-embed-weight", type=float, default=1.0, help="Weight of the embedding term (1 - cos).")
     ap.add_argument("--distill-logits-weight", type=float, default=1.0, help="Weight of the logits KL term (T^2-scaled).")
     ap.add_argument("--distill-temperature", type=float, default=4.0, help="Softmax temperature of the logits term.")
+    ap.add_argument("--margin", type=float, default=100 * DEFAULT_MARGIN, help="mAP points within which a "
+                    "difference counts as equivalent (its whole 95%% interval inside ±margin); the report only.")
     ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads.")
     ap.add_argument("--device", default="cpu", help="Finetuning device (cpu, cuda).")
     args = ap.parse_args(argv)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip()) + (("control",) if args.control else ())
     settings = SweepSettings(levels=tuple(x.strip() for x in args.levels.split(",") if x.strip()),
                              conditions=conditions, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
-                             device=args.device,
+                             device=args.device, margin=args.margin / 100,
                              distill=DistillConfig(embed_weight=args.distill_embed_weight,
                                                    logits_weight=args.distill_logits_weight,
                                                    temperature=args.distill_temperature, teacher=args.distill_teacher))

@@ -62,6 +62,9 @@ class DataConfig:
     # training ids held out for validation (model selection, tuning); official code: train_ratio 0.8. 0 disables
     val_fraction: float = 0.2
     val_seed: int = 0  # which ids are held out; fixed apart from train.seed so seeds compare on one val set
+    # images of every training id added to the validation gallery as distractors (never positives), so that
+    # validation ranks the held-out ids among as many identities as the test gallery; 0: held-out ids only
+    val_distractors: int = 16
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,8 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("model.num_ids", 1, None, True, True), ("model.enc_heads", 1, None, True, True),
     ("model.enc_ff", 1, None, True, True), ("model.enc_dropout", 0, 1, True, False),
     ("model.data_token_index", 0, None, True, True),
-    ("data.num_workers", 0, None, True, True), ("data.anchor_repeats", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
+    ("data.num_workers", 0, None, True, True), ("data.val_distractors", 0, None, True, True),
+    ("data.anchor_repeats", 0, None, True, True), ("data.eval_batch_size", 1, None, True, True),
     ("data.hflip", 0, 1, True, True), ("data.vflip", 0, 1, True, True), ("data.erase", 0, 1, True, True),
     ("train.eval_every", 0, None, True, True), ("train.checkpoint_every", 0, None, True, True),
     ("train.seed", 0, SEED_LIMIT, True, True), ("data.val_seed", 0, SEED_LIMIT, True, True), ("train.modality_dropout", 0, 1, True, True),
@@ -427,8 +431,9 @@ _PRE_VAL_KEYS = {"ids_per_batch", "instances_per_id", "num_workers", "hflip", "v
 
 
 # What a full config written before a key existed meant: no validation split (every training id), one pass
-# over the images per epoch with the P x K batch per process, one random triplet per anchor.
-_LEGACY_DATA = {"val_fraction": 0.0, "anchor_repeats": 0}
+# over the images per epoch with the P x K batch per process, one random triplet per anchor, no validation
+# distractors.
+_LEGACY_DATA = {"val_fraction": 0.0, "anchor_repeats": 0, "val_distractors": 0}
 _LEGACY_LOSS = {"triplets_per_anchor": 1}
 
 

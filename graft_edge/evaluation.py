@@ -18,6 +18,7 @@ import torch
 from graft_edge.artefact.embedder import Embedder, EmbedderInfo
 from graft_edge.config import GraftConfig, ModelConfig, modality_subsets
 from graft_edge.data import build_eval_loaders, build_val_loaders
+from graft_edge.errors import GraftError, one_line
 from graft_edge.finite import check_features
 from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.retrieval.metrics import RerankConfig, evaluate_rank, pairwise_distance, rerank_features
@@ -40,25 +41,53 @@ def model_config_of(info: EmbedderInfo) -> ModelConfig:
                    mean=tuple(info.mean), std=tuple(info.std), pretrained=False)
 
 
-def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the embedder over a loader of (images, ids, cams): features (N, D), ids (N,), cams (N,)."""
-    feats, ids, cams = [], [], []
+def features_of_many(embedders: Mapping[str, Embedder], loader: Iterable,
+                     progress: Any = None) -> dict[str, SplitFeatures | Exception]:
+    """One pass over a loader of (images, ids, cams), every batch (decoded once) fed to every embedder: each one's
+    SplitFeatures, or the exception it raised (it is dropped for the rest of the pass; the others go on)."""
+    samples = list(getattr(getattr(loader, "dataset", None), "samples", []))
+    feats: dict[str, list[np.ndarray]] = {k: [] for k in embedders}
+    failed: dict[str, Exception] = {}
+    ids, cams = [], []
     for images, pids, camids in loader:
-        batch = {m: images[m].numpy() for m in embedder.info.modalities if m in images}
-        feats.append(np.asarray(embedder.embed(batch), dtype=np.float32))
+        for key, embedder in embedders.items():
+            if key in failed:
+                continue
+            try:
+                batch = {m: images[m].numpy() for m in embedder.info.modalities if m in images}
+                feats[key].append(np.asarray(embedder.embed(batch), dtype=np.float32))
+            except Exception as exc:  # noqa: BLE001 - reported per artefact by the caller
+                failed[key] = exc
         ids.append(np.asarray(pids))
         cams.append(np.asarray(camids))
         if progress is not None:
             progress(len(pids))
-    features = np.concatenate(feats)
-    check_features(features, embedder.info.path or embedder.info.format)
-    return features, np.concatenate(ids), np.concatenate(cams)
+    out: dict[str, SplitFeatures | Exception] = dict(failed)
+    for key, embedder in embedders.items():
+        if key in failed:
+            continue
+        features = np.concatenate(feats[key])
+        try:
+            check_features(features, embedder.info.path or embedder.info.format)
+        except GraftError as exc:
+            out[key] = exc
+            continue
+        out[key] = SplitFeatures(features, np.concatenate(ids), np.concatenate(cams), samples)
+    return out
+
+
+def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the embedder over a loader of (images, ids, cams): features (N, D), ids (N,), cams (N,)."""
+    split = split_features(embedder, loader, progress)
+    return split.feats, split.ids, split.cams
 
 
 def split_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> SplitFeatures:
     """One split's features, ids, cameras and samples (from the loader's dataset, when it has them)."""
-    samples = list(getattr(getattr(loader, "dataset", None), "samples", []))
-    return SplitFeatures(*extract_features(embedder, loader, progress), samples)
+    result = features_of_many({"": embedder}, loader, progress)[""]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def evaluate_loaders(embedder: Embedder, query_loader: Iterable, gallery_loader: Iterable, progress: Any = None,
@@ -140,6 +169,50 @@ def evaluate_val(embedder: Embedder, data_root: str | Path, cfg: GraftConfig, ba
     if loaders is None:
         return {}
     return with_prefix(evaluate_loaders(embedder, *loaders, progress))
+
+
+def _preprocessing(info: EmbedderInfo) -> tuple:
+    m = model_config_of(info)
+    return (m.modalities, m.img_size, m.mean, m.std)
+
+
+def evaluate_embedders(embedders: Mapping[str, Embedder], data_root: str | Path, cfg: GraftConfig | None = None,
+                       batch_size: int = 64, progress: Any = None,
+                       rerank_cfg: RerankConfig | None = None) -> dict[str, dict[str, Any] | Exception]:
+    """`evaluate_embedder` (+ `evaluate_val` when `cfg` has a validation split) of several artefacts, reading and
+    decoding every image once per group of artefacts with the same preprocessing (the formats of one model).
+
+    Each value is the metrics of one artefact, or the exception its evaluation raised (the others are unaffected);
+    a validation split that cannot be built gives every artefact `val_error` instead of the val_* metrics.
+    """
+    groups: dict[tuple, dict[str, Embedder]] = {}
+    for key, emb in embedders.items():
+        groups.setdefault(_preprocessing(emb.info), {})[key] = emb
+    out: dict[str, dict[str, Any] | Exception] = {}
+    for group in groups.values():
+        mcfg = model_config_of(next(iter(group.values())).info)
+        query, gallery = (features_of_many(group, loader, progress)
+                          for loader in build_eval_loaders(data_root, mcfg, batch_size=batch_size))
+        for key in group:
+            bad = next((f for f in (query[key], gallery[key]) if isinstance(f, Exception)), None)
+            out[key] = bad if bad is not None else score_splits(query[key], gallery[key], rerank_cfg)
+        ok = {k: group[k] for k in group if not isinstance(out[k], Exception)}
+        if cfg is None or cfg.data.val_fraction <= 0 or not ok:
+            continue
+        try:
+            loaders = build_val_loaders(data_root, replace(cfg, model=mcfg, data=replace(cfg.data,
+                                                                                     eval_batch_size=batch_size)), 0)
+        except GraftError as exc:
+            for key in ok:
+                out[key]["val_error"] = one_line(exc)
+            continue
+        if loaders is None:
+            continue
+        vq, vg = (features_of_many(ok, loader, progress) for loader in loaders)
+        for key in ok:
+            bad = next((f for f in (vq[key], vg[key]) if isinstance(f, Exception)), None)
+            out[key] = bad if bad is not None else {**out[key], **with_prefix(score_splits(vq[key], vg[key]))}
+    return out
 
 
 def evaluate_test_and_val(embedder: Embedder, data_root: str | Path, cfg: GraftConfig) -> dict[str, Any]:

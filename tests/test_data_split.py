@@ -23,10 +23,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(fraction: float = 0.2, seed: int = 0):
+def _cfg(fraction: float = 0.2, seed: int = 0, distractors: int = 0):
     cfg = get_preset("synthetic")
     return replace(cfg, model=replace(cfg.model, img_size=(16, 32)),
-                   data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, val_fraction=fraction, val_seed=seed))
+                   data=replace(cfg.data, ids_per_batch=2, instances_per_id=2, val_fraction=fraction, val_seed=seed,
+                                val_distractors=distractors))
 
 
 @pytest.mark.parametrize("ids, fraction, count", [(10, 0.2, 2), (50, 0.2, 10), (4, 0.2, 1), (10, 0.0, 0), (3, 0.1, 1)])
@@ -43,9 +44,28 @@ def test_val_ids_disjoint_from_train_and_test_and_train_relabelled(data: Path) -
     assert not val_pids & train_pids and not val_pids & test_pids and len(train_pids) == 8
     assert sorted({s.label for s in split.train}) == list(range(8))  # the classifier is 8 wide
     assert len(split.train) + len(split.val_query) + len(split.val_gallery) == len(read_split(data, "train"))
+    assert split.distractors == 0
     assert all(s.label == s.pid for s in split.val_query + split.val_gallery)
     _, _, n = build_train_loader(data, _cfg())
     assert n == 8
+
+
+@pytest.mark.parametrize("per_id, expected", [(0, 0), (4, 4), (5, 5), (99, 6)])
+def test_val_gallery_distractors_are_training_ids_spread_over_cameras(data: Path, per_id: int, expected: int) -> None:
+    """Each training id adds min(per_id, its 6 images) distractors, round-robin over its 3 cameras; held-out ids,
+    queries and the training split are unchanged, and no distractor can be a positive for a query."""
+    plain, split = train_val_split(data, _cfg()), train_val_split(data, _cfg(distractors=per_id))
+    assert (split.train, split.val_query, split.val_ids) == (plain.train, plain.val_query, plain.val_ids)
+    own, extra = split.val_gallery[:len(plain.val_gallery)], split.val_gallery[len(plain.val_gallery):]
+    assert own == plain.val_gallery and split.distractors == len(extra) == 8 * expected
+    train_pids = {s.pid for s in read_split(data, "train")} - set(split.val_ids)
+    assert {s.pid for s in extra} == (train_pids if expected else set()) and all(s.label == s.pid for s in extra)
+    for pid in train_pids:
+        cams = [s.camid for s in extra if s.pid == pid]
+        assert len(cams) == expected and len(set(cams)) == min(expected, 3)  # spread before repeating a camera
+    assert train_val_split(data, _cfg(distractors=per_id)) == split  # seeded
+    loaders = build_val_loaders(data, _cfg(distractors=per_id), 0)
+    assert len(loaders[1].dataset) == len(plain.val_gallery) + 8 * expected
 
 
 def test_split_is_deterministic_and_follows_the_val_seed(data: Path) -> None:
@@ -103,3 +123,14 @@ def test_configs_written_before_the_split_keep_training_on_every_id() -> None:
     assert config_from_dict(legacy).data.val_fraction == 0.0  # a checkpoint's classifier covers every train id
     assert config_from_dict(full).data.val_fraction == 0.2
     assert config_from_dict({"preset": "synthetic", "data": {"num_workers": 1}}).data.val_fraction == 0.2
+
+
+def test_configs_written_before_distractors_keep_their_validation_gallery() -> None:
+    from graft_edge.config import config_from_dict, config_to_dict
+
+    full = config_to_dict(get_preset("synthetic"))
+    older = {**full, "data": {k: v for k, v in full["data"].items() if k != "val_distractors"}}
+    assert config_from_dict(older).data.val_distractors == 0  # their val numbers stay comparable
+    assert config_from_dict(full).data.val_distractors == 16
+    with pytest.raises(GraftError, match="data.val_distractors"):
+        config_from_dict({**full, "data": {**full["data"], "val_distractors": -1}})

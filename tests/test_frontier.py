@@ -18,7 +18,7 @@ from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.formats import parse_formats
 from graft_edge.model import embedding_params
-from graft_edge.profile.report import markdown_table, pareto_front
+from graft_edge.profile.report import markdown_table
 from graft_edge.runtime import load_embedder
 from graft_edge.workflows import frontier as F
 from graft_edge.workflows.frontier_state import STATE_FILE, STATE_VERSION, load_state
@@ -38,12 +38,6 @@ def _settings(**kw) -> F.FrontierSettings:
                 warmup=0, eval_batch_size=64, calib_samples=16)
     base.update(kw)
     return F.FrontierSettings(**base)
-
-
-def test_pareto_front():
-    pts = [(10, 0.5), (5, 0.5), (5, 0.4), (1, 0.1), (20, 0.9), (None, 0.99), (3, None)]
-    assert pareto_front(pts) == [False, True, False, True, True, False, False]
-    assert pareto_front([(1, 1), (1, 1)]) == [True, True]  # ties do not dominate each other
 
 
 def test_parse_formats_and_targets():
@@ -165,7 +159,7 @@ def test_markdown_table_formats_percent_and_errors():
              "pareto": True, "achieved_gflops": 106.42, "peak_precision": "fp32", "share_of_peak": 0.554},
             {"variant": "60M", "params": 60e6, "format": "trt", "size_bytes": None, "status": "error: no GPU"}]
     md = markdown_table(rows)
-    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | - | - | - | 950.000 | 1.00x | 106.4 | 55 fp32 | * |" in md
+    assert "| dense | 102.38M | torch | 400.00 | 76.6 | 94.3 | 97.0 | 98.0 | - | - | - | - | 950.000 | 1.00x | 106.4 | 55 fp32 | * |" in md
     assert "trt (error: no GPU)" in md
 
 

@@ -54,7 +54,7 @@ def test_aggregate_rows_on_hand_numbers() -> None:
     # dense has one measurement: its band is the pooled (RMS) std of the variants
     assert noise_band(list(agg.values()), "torch") == pytest.approx(math.sqrt((0.02 + 0.005) / 2))
     md = markdown_table(list(agg.values()))
-    assert "| 70% | - | torch | - | 70.0 ± 14.1 | 80.0 ± 14.1 | - | - | - | - | 2 |" in md
+    assert "| 70% | - | torch | - | 70.0 ± 14.1 | 80.0 ± 14.1 | - | - | - | - | - | 2 |" in md
 
 
 def test_seed_variant_names_and_order() -> None:

@@ -1,5 +1,5 @@
 """The size sweep (benchmarks/prune_sweep.py over graft_edge.workflows.sweep): seeds aggregated to mean ± std on
-known numbers, judged against dense by the noise rule, and a tiny real run that resumes."""
+known numbers, judged against dense by graft_edge.verdicts, and a tiny real run that resumes."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +13,7 @@ import torch
 from graft_edge.checkpoint import save_checkpoint
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
-from graft_edge.workflows.noise import judge
+from graft_edge.verdicts import welch
 from graft_edge.workflows.sweep import SweepSettings, run_sweep, run_sweeps
 from graft_edge.workflows.sweep_report import recovery_lines, sweep_markdown, sweep_rows
 
@@ -42,16 +42,22 @@ def test_seed_rows_aggregate_to_mean_and_sample_std() -> None:
     assert ft["mAP"] == pytest.approx(0.72) and ft["mAP_std"] == pytest.approx(0.02) and ft["n_seeds"] == 3
     assert ft["val_mAP"] == pytest.approx(0.83) and ft["val_mAP_std"] == pytest.approx(0.03)
     assert ft["kept"] == pytest.approx(0.9) and ft["seeds"] == [0, 1, 2]
-    # dense has no std: the pooled std of the variants (sqrt((0.02^2 + 0.02^2) / 2) = 0.02) stands in for it
-    assert ft["mAP_noise"] == pytest.approx(math.sqrt(0.02 ** 2 + 0.02 ** 2))
-    assert ft["mAP_vs_dense"] == "worse" and rows[2]["mAP_vs_dense"] == "within noise"
-    assert rows[3]["mAP_std"] is None and rows[3]["n_seeds"] == 1 and rows[3]["mAP_vs_dense"] == "worse"
+    # one dense model: each seed's difference from it (-10, -8, -6 points), t-interval on 2 degrees of freedom
+    half = 4.302653 * 0.02 / math.sqrt(3)
+    assert ft["mAP_diff"] == pytest.approx(-0.08) and ft["mAP_vs_dense"] == "worse"
+    assert (ft["mAP_diff_low"], ft["mAP_diff_high"]) == pytest.approx((-0.08 - half, -0.08 + half), rel=1e-5)
+    kd = rows[2]  # -4, -2, 0 points: the interval holds 0 and leaves the ±1 margin; 7 seeds would decide at sd 2
+    assert kd["mAP_vs_dense"] == "inconclusive" and kd["mAP_seeds_needed"] == 7
+    assert rows[3]["mAP_std"] is None and rows[3]["n_seeds"] == 1 and rows[3]["mAP_vs_dense"] == "inconclusive"
     md = sweep_markdown(rows)
     assert "| structured+ft | 45% | 1.0K | 0.9K | 83.0 ± 3.0 | 83.0 ± 3.0 | 72.0 ± 2.0 |" in md
-    # distillation recovers 6 of the 8 points plain finetuning loses; 6 > sqrt(2) x 2 points of noise
-    (line,) = recovery_lines(rows)
+    assert "| worse -8.0 [-13.0, -3.0] |" in md and "| inconclusive -2.0 [-7.0, +3.0] (~7 seeds) |" in md
+    assert "| inconclusive -50.0 |" in md and "within noise" not in md
+    # distillation recovers 6 of the 8 points plain finetuning loses, on every seed (paired: no spread at all)
+    (line,) = recovery_lines(rows, seed_rows=seed_rows)
     assert line == ("45%: finetuning alone is 8.0 points below dense; distillation changes test mAP by +6.0 "
-                    "(75% of it), beyond the seed noise (2.8).")
+                    "(75% of it): better than finetuning alone: +6.0 points, 95% interval [+6.0, +6.0] "
+                    "(paired t, 3 seeds).")
 
 
 def test_tiny_sweep_runs_every_seed_chain_and_resumes(tiny_val_inputs: tuple[Path, Path], tmp_path: Path,
@@ -133,11 +139,13 @@ def test_one_dense_model_per_seed_pairs_the_differences() -> None:
                                                                                                            0.03, 0.01)))]
     rows = sweep_rows(seed_rows, ["45%"])
     ft = next(r for r in rows if r["condition"] == "structured+ft")
-    assert ft["mAP_paired"] and ft["mAP_diff"] == pytest.approx(-0.04) and ft["mAP_noise"] == pytest.approx(0.01)
-    assert ft["mAP_vs_dense"] == "worse" and ft["mAP_std"] == pytest.approx(0.0702, abs=1e-3)  # unpaired: 0.11 noise
-    d = next(r for r in rows if r["condition"] == "dense")
-    assert judge(ft["mAP"], d["mAP"], ft["mAP_std"], d["mAP_std"]).verdict == "within noise"  # what unpaired says
+    assert ft["mAP_method"] == "paired t" and ft["mAP_diff"] == pytest.approx(-0.04)
+    assert ft["mAP_vs_dense"] == "worse" and ft["mAP_std"] == pytest.approx(0.0702, abs=1e-3)
+    fts = [r["mAP"] for r in seed_rows if r["condition"] == "structured+ft"]
+    assert welch(fts, dense).verdict == "inconclusive"  # what an unpaired comparison says
     md = sweep_markdown(rows, seed_rows=seed_rows)
-    assert "worse (-4.0 paired, noise 1.0)" in md and "each its own trained dense model" in md
+    assert "| worse -4.0 [-6.5, -1.5] |" in md and "the seed's own dense model" in md
     (line,) = recovery_lines(rows, seed_rows=seed_rows)
-    assert "distillation changes test mAP by +2.0 (50% of it), beyond the seed noise (0.0)" in line
+    assert "distillation changes test mAP by +2.0 (50% of it): better than finetuning alone: +2.0 points" in line
+    models = [dict(r, model=f"m{r['seed']}", seed=0 if r["condition"] == "dense" else r["seed"]) for r in seed_rows]
+    assert sweep_rows(models, ["45%"])[1]["mAP_diff"] == pytest.approx(-0.04)  # paired by model when rows name it

@@ -81,6 +81,10 @@ def frontier_cmd(
     eval_batch_size: int = typer.Option(D.eval_batch_size, "--eval-batch-size", help="Images per forward pass when measuring mAP.", min=1),
     rerank: bool = typer.Option(False, "--rerank", help="Also report k-reciprocal re-ranked mAP/R1 of every artefact (mAP_rerank, R1_rerank in the CSV/JSON; k1=20, k2=6, lambda=0.3)."),
     seeds: int = typer.Option(D.seeds, "--seeds", help="Repeat every target's prune + finetune + evaluation with this many finetuning seeds; mAP/R1 are reported as mean ± sample std (n in the CSV/JSON), the plot shows error bars. Needs finetuning.", min=1),
+    margin: float = typer.Option(100 * D.margin, "--margin", help="mAP points within which a variant counts as "
+                                 "equivalent to dense: its difference's whole 95% interval (paired over seeds) must lie "
+                                 "inside ±margin. Only the verdicts, the front and the words depend on it.", min=0.0,
+                                 max=99.0),
     distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Finetune every pruning step with knowledge distillation from the dense model (embedding + logits terms, weights 1, T=4). Default: on for structured pruning with finetuning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the state in OUT and start again."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated subset of the model's modalities (e.g. rgb,nir) to evaluate and time every artefact on, as if the other sensors were missing. Default: all."),
@@ -93,7 +97,7 @@ def frontier_cmd(
     settings = FrontierSettings(targets=parse_targets(targets), formats=parse_formats(formats), method=get_method(method),
                                finetune_epochs=finetune_epochs, steps=steps, batch=batch, warmup=warmup, iters=iters,
                                rounds=rounds, threads=threads, device=device.strip().lower(), dtype=dtype, peaks=peaks,
-                               eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds,
+                               eval_batch_size=eval_batch_size, rerank=rerank, distill=distill, seeds=seeds, margin=margin / 100,
                                robustness=robustness,
                                modalities=modalities_option(modalities))
     err = err_console()
@@ -104,8 +108,8 @@ def frontier_cmd(
     con.print(frontier_table(result.rows, width=con.width))
     if result.speedup_note:
         con.print(result.speedup_note, soft_wrap=True)
-    if result.noise_note:
-        con.print(result.noise_note, soft_wrap=True)
+    if result.verdict_note:
+        con.print(result.verdict_note, soft_wrap=True)
     if result.skipped:
         con.print(f"reused from {out}: {len(result.skipped)} finished piece(s)")
     con.print("wrote " + ", ".join(str(p) for p in result.files.values()), soft_wrap=True)

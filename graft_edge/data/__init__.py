@@ -66,11 +66,12 @@ def build_train_loader(
 
 
 def train_val_split(root: str | Path, cfg: GraftConfig) -> TrainValSplit:
-    """ROOT's train split divided into training ids and held-out validation ids (data.val_fraction, data.val_seed)."""
+    """ROOT's train split divided into training ids and held-out validation ids (data.val_fraction, data.val_seed),
+    the validation gallery with data.val_distractors images of every training id."""
     samples = read_split(root, "train", cfg.model.modalities)
     if not samples:
         raise GraftError(f"data root {root} has no training images (pid -1 junk images are skipped)")
-    return split_train_val(samples, cfg.data.val_fraction, cfg.data.val_seed)
+    return split_train_val(samples, cfg.data.val_fraction, cfg.data.val_seed, cfg.data.val_distractors)
 
 
 def _eval_loader(samples: list[Sample], model_cfg: ModelConfig, batch_size: int, num_workers: int) -> DataLoader:

@@ -6,6 +6,11 @@ Validation identities are evaluated as their own query/gallery under the Market-
 `metrics.evaluate_rank` applies (a query's gallery matches from its own camera do not count): per
 identity, one seeded image per camera becomes a query as long as every query keeps a gallery match
 from another camera; identities seen by one camera only go to the gallery (distractors).
+
+A gallery of a few held-out ids alone is too easy to rank anything (mAP near 100 whatever the model), so the
+gallery also holds distractors: up to `distractors` images of every identity that stays in training (seeded,
+spread over its cameras). They are never positives for a validation query (other ids), so validation ranks
+the held-out ids against as many identities as the test gallery does and its mAP can move with the model's.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class TrainValSplit:
     val_query: tuple[Sample, ...]
     val_gallery: tuple[Sample, ...]
     val_ids: tuple[int, ...]  # held-out pids, sorted
+    distractors: int = 0  # how many of val_gallery's images are training ids' (the last ones)
 
     @property
     def has_val(self) -> bool:
@@ -74,8 +80,28 @@ def _query_gallery(samples: list[Sample], rng: np.random.Generator) -> tuple[lis
     return queries, gallery
 
 
-def split_train_val(samples: Sequence[Sample], fraction: float, seed: int) -> TrainValSplit:
-    """Hold out a seeded `fraction` of the training ids; the rest are relabelled 0..N-1 (the classifier's width)."""
+def _distractors(samples: Sequence[Sample], per_id: int, rng: np.random.Generator) -> list[Sample]:
+    """Up to `per_id` images of each identity (seeded, one camera after another so they span its cameras)."""
+    by_id: dict[int, dict[int, list[Sample]]] = {}
+    for s in sorted(samples, key=lambda s: (s.pid, s.camid, s.frame, str(s.sources[0].path))):
+        by_id.setdefault(s.pid, {}).setdefault(s.camid, []).append(s)
+    out: list[Sample] = []
+    for pid in sorted(by_id):
+        queues = [[cam_items[int(k)] for k in rng.permutation(len(cam_items))] for cam_items in by_id[pid].values()]
+        picked: list[Sample] = []
+        while len(picked) < per_id and any(queues):
+            for q in queues:
+                if q and len(picked) < per_id:
+                    picked.append(q.pop(0))
+        out += [replace(s, label=s.pid) for s in picked]
+    return out
+
+
+def split_train_val(samples: Sequence[Sample], fraction: float, seed: int, distractors: int = 0) -> TrainValSplit:
+    """Hold out a seeded `fraction` of the training ids; the rest are relabelled 0..N-1 (the classifier's width).
+
+    `distractors`: images per remaining (training) identity added to the validation gallery, never as positives.
+    """
     val_ids = held_out_ids([s.pid for s in samples], fraction, seed)
     chosen = set(val_ids)
     train = relabel(s for s in samples if s.pid not in chosen)
@@ -86,4 +112,8 @@ def split_train_val(samples: Sequence[Sample], fraction: float, seed: int) -> Tr
         q, g = _query_gallery([s for s in samples if s.pid == pid], rng)
         query += [replace(s, label=s.pid) for s in q]
         gallery += [replace(s, label=s.pid) for s in g]
-    return TrainValSplit(tuple(train), tuple(query), tuple(gallery), val_ids)
+    extra = []
+    if val_ids and distractors > 0:
+        kept = [s for s in samples if s.pid not in chosen]
+        extra = _distractors(kept, distractors, np.random.default_rng([int(seed), 0x5A3]))
+    return TrainValSplit(tuple(train), tuple(query), tuple(gallery + extra), val_ids, len(extra))

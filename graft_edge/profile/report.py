@@ -11,13 +11,14 @@ A frontier row is one (variant, format) artefact::
                                                  the batch) or None,
      "speedup": dense-torch per-sample p50 / this per-sample p50, or None,
      "speedup_min": the same ratio of the fastest calls (robust to other load on the machine),
-     "pareto": bool}
+     "val_mAP_vs_dense", "mAP_vs_dense": verdict against dense PyTorch (graft_edge.verdicts), with "*_diff" and
+                                          its 95% interval "*_diff_low", "*_diff_high" (fractions),
+     "pareto": bool (on the noise-aware latency front, chosen by the workflow: workflows.frontier_verdicts)}
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -26,8 +27,10 @@ from graft_edge.formats import markers
 from graft_edge.units import format_count
 
 CSV_COLUMNS = ("variant", "target", "params", "params_nonzero", "format", "size_bytes", "status", "mAP", "mAP_std",
-               "R1", "R1_std", "n_seeds", "R5", "R10", "val_mAP", "val_mAP_std", "val_R1", "val_R1_std", "mAP_vs_dense",
-               "mAP_noise", "mAP_rerank", "R1_rerank", "worst_mAP", "worst_mAP_std", "worst_subset", "batch", "latency_ms", "min_ms",
+               "R1", "R1_std", "n_seeds", "R5", "R10", "val_mAP", "val_mAP_std", "val_R1", "val_R1_std",
+               "val_mAP_vs_dense", "val_mAP_diff", "val_mAP_diff_low", "val_mAP_diff_high", "val_mAP_seeds_needed",
+               "mAP_vs_dense", "mAP_diff", "mAP_diff_low", "mAP_diff_high", "mAP_seeds_needed", "mAP_rerank", "R1_rerank",
+               "worst_mAP", "worst_mAP_std", "worst_subset", "batch", "latency_ms", "min_ms",
                "p90_ms", "p99_ms", "speedup", "speedup_min", "pareto", "precision", "achieved_gflops", "peak_precision",
                "peak_gflops", "share_of_peak", "share_of_square_peak",
                "artefact")
@@ -45,41 +48,15 @@ ROW_UNITS = {"latency_ms": "ms per sample (p50 of the call / batch)", "min_ms": 
              "share_of_square_peak": "fraction (achieved_gflops / the cached 2048^3 GEMM peak of peak_precision)", "mAP_std": "fraction (sample std over seeds)",
              "R1_std": "fraction (sample std over seeds)", "n_seeds": "finetuning seeds averaged",
              "val_mAP": "fraction (validation split: held-out training ids)", "val_R1": "fraction (validation split)",
-             "mAP_vs_dense": "better | worse | within noise (graft_edge.workflows.noise)",
-             "mAP_noise": "fraction (the |mAP - dense mAP| a difference must exceed to count)",
+             "mAP_vs_dense": "better | worse | equivalent | inconclusive: test mAP vs dense PyTorch (graft_edge.verdicts; "
+                             "reported only)",
+             "val_mAP_vs_dense": "the same on validation mAP (what chooses the front and the headline)",
+             "mAP_diff": "fraction (mean of the per-seed differences from dense)",
+             "mAP_diff_low": "fraction (95% interval of mAP_diff, lower end)",
+             "mAP_diff_high": "fraction (95% interval of mAP_diff, upper end)",
+             "mAP_seeds_needed": "seeds that would decide an inconclusive verdict at the observed spread",
              "worst_mAP": "fraction (--robustness: the lowest mAP over every non-empty subset of the sensors)",
              "worst_subset": "the subset with worst_mAP (seed 0's), e.g. rgb+nir; or why it was not measured"}
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """Mask of the points (cost, value) that no other point dominates (cost <= and value >=, one strictly).
-
-    Lower cost (parameters, latency) and higher value (mAP) are better; points with a None/NaN
-    coordinate are never on the front.
-    """
-    def ok(p: tuple[float, float]) -> bool:
-        return all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in p)
-
-    mask = []
-    for i, (c, v) in enumerate(points):
-        if not ok((c, v)):
-            mask.append(False)
-            continue
-        dominated = any(
-            ok((c2, v2)) and c2 <= c and v2 >= v and (c2 < c or v2 > v)
-            for j, (c2, v2) in enumerate(points) if j != i
-        )
-        mask.append(not dominated)
-    return mask
-
-
-def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Set row['pareto'] (latency vs mAP front over every artefact that has both) and row['pareto_params']."""
-    lat = pareto_front([(r.get("latency_ms"), r.get("mAP")) for r in rows])
-    par = pareto_front([(r.get("params"), r.get("mAP")) for r in rows])
-    for r, a, b in zip(rows, lat, par):
-        r["pareto"], r["pareto_params"] = a, b
-    return rows
 
 
 def _csv_value(v: Any) -> Any:
@@ -115,6 +92,16 @@ def _num(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _verdict_cell(r: dict[str, Any], key: str) -> str:
+    """'worse -3.6 [-5.1, -2.1]' (points) from a row's `{key}_vs_dense` fields, '-' when not judged."""
+    verdict = r.get(f"{key}_vs_dense")
+    if not verdict:
+        return "-"
+    diff, low, high = (r.get(f"{key}_diff{s}") for s in ("", "_low", "_high"))
+    cell = f"{verdict} {100 * diff:+.1f}" if diff is not None else verdict
+    return cell + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None and high is not None else "")
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, note: str | None = None) -> str:
     """The frontier as Markdown: Parameters, mAP, R1, R5, R10 (%, paper Tables 3-4) + format, size, latency."""
     lines = []
@@ -125,9 +112,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
     share = any(r.get("share_of_peak") for r in rows)  # the column is left out where no peak is known
     robust = any(r.get("worst_mAP") is not None for r in rows)  # --robustness: the worst sensor subset's mAP
     lines.append(f"| Variant | Parameters | Format | Size (MB) | mAP | R1 | R5 | R10 | val mAP | "
-                 f"{'worst subset mAP | ' if robust else ''}vs dense | n | {lat_head} | "
+                 f"{'worst subset mAP | ' if robust else ''}val vs dense | test vs dense | n | {lat_head} | "
                  f"Speed-up | GFLOP/s | {'% of peak | ' if share else ''}Pareto |")
-    lines.append(f"|---|---:|---|---:|---:|---:|---:|---:|---:|{'---:|' if robust else ''}---|---:|---:|---:|---:|"
+    lines.append(f"|---|---:|---|---:|---:|---:|---:|---:|---:|{'---:|' if robust else ''}---|---|---:|---:|---:|---:|"
                  f"{'---:|' if share else ''}:---:|")
     for r in rows:
         status = r.get("status", "ok")
@@ -138,7 +125,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None, not
             f"{_pct(r.get('mAP'), r.get('mAP_std'))} | {_pct(r.get('R1'), r.get('R1_std'))} | "
             f"{_pct(r.get('R5'), r.get('R5_std'))} | {_pct(r.get('R10'), r.get('R10_std'))} | "
             f"{_pct(r.get('val_mAP'), r.get('val_mAP_std'))} | {_worst(r) + ' | ' if robust else ''}"
-            f"{r.get('mAP_vs_dense') or '-'} | {r.get('n_seeds') or '-'} | "
+            f"{_verdict_cell(r, 'val_mAP')} | {_verdict_cell(r, 'mAP')} | {r.get('n_seeds') or '-'} | "
             f"{_num(r.get('latency_ms'), '.3f')} | {_num(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else '-'} | "
             f"{_num(r.get('achieved_gflops'), '.1f')} | "
             + (f"{_num(100 * r['share_of_peak'] if r.get('share_of_peak') else None, '.0f')}"
@@ -188,8 +175,9 @@ def _min_span(ax: Any, span: float = MIN_MAP_SPAN) -> None:
 
 
 def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "GraFT accuracy-efficiency frontier",
-               band: dict[str, float] | None = None) -> Path:
-    """frontier.png: left mAP vs parameters, right mAP vs per-sample latency; Pareto points ringed and joined.
+               band: dict[str, float] | None = None, front_label: str = "Pareto front") -> Path:
+    """frontier.png: left mAP vs parameters, right mAP vs per-sample latency; the rows marked `pareto_params` /
+    `pareto` (the fronts, chosen by the caller) ringed and joined, labelled `front_label`.
 
     Points with `mAP_std` get ± std error bars; dense is a dotted reference line with a ± `band[format]` noise
     band (fractions); the y axis spans at least MIN_MAP_SPAN points.
@@ -232,13 +220,13 @@ def write_plot(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "G
         front = sorted((r for r in ok if r.get(pkey) and r.get(key) is not None), key=lambda r: r[key])
         if front:
             ax.plot([r[key] * scale for r in front], [100 * r["mAP"] for r in front], "--", color="0.4", lw=1,
-                    zorder=2, label="Pareto front")
+                    zorder=2, label=front_label)
             ax.scatter([r[key] * scale for r in front], [100 * r["mAP"] for r in front], s=140, facecolors="none",
                        edgecolors="k", lw=1.2, zorder=4)
         _dense_reference(ax, ok, band or {}, colours[0])
         _min_span(ax)
         ax.set_xlabel(label)
-        ax.set_ylabel("mAP (%)" + (" - mean ± std over seeds" if any(r.get("mAP_std") for r in ok) else ""))
+        ax.set_ylabel("test mAP (%)" + (" - mean ± std over seeds" if any(r.get("mAP_std") for r in ok) else ""))
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter

@@ -13,6 +13,7 @@ from torch import nn
 
 from graft_edge.config import GraftConfig, StageConfig
 from graft_edge.data import build_eval_loaders, build_train_loader, build_val_loaders
+from graft_edge.data.reuse import ReusedBatches
 from graft_edge.errors import GraftError
 from graft_edge.evaluation import evaluate_model, with_prefix
 from graft_edge.model.graft import GraFT
@@ -103,6 +104,7 @@ def finetune(
     if num_ids != width:
         raise GraftError(f"data root {data_root} has {num_ids} training ids but the model's classifier has {width}")
     val = build_val_loaders(data_root, data_cfg, cfg.data.num_workers) if select_on_val and epochs > 0 else None
+    val = tuple(ReusedBatches(loader) for loader in val) if val is not None else None  # decoded once, every epoch
     chooser = BestEpoch(val) if val is not None else None
     total = epochs * sampler.batches_per_epoch
     total = min(total, max_steps) if max_steps is not None else total

@@ -32,14 +32,7 @@ from graft_edge.compress import PruneMethod, PruneSpec, get_method, parse_target
 from graft_edge.config import GraftConfig
 from graft_edge.data import dataset_modalities
 from graft_edge.errors import GraftError, one_line
-from graft_edge.evaluation import (
-    NEEDS_EVERY_SENSOR,
-    evaluate_embedder,
-    evaluate_subsets,
-    evaluate_val,
-    score_line,
-    worst_columns,
-)
+from graft_edge.evaluation import NEEDS_EVERY_SENSOR, evaluate_embedders, evaluate_subsets, score_line, worst_columns
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.fileio import sha256_file
 from graft_edge.formats import DEFAULT_FRONTIER_FORMATS, FORMATS, Format, parse_formats
@@ -54,6 +47,7 @@ from graft_edge.retrieval.metrics import RerankConfig
 from graft_edge.runtime import RUNTIMES, load_embedder
 from graft_edge.runtime.presence import parse_subset, supports_subsets
 from graft_edge.units import Size, format_count
+from graft_edge.verdicts import DEFAULT_MARGIN
 from graft_edge.workflows.chain import Chain, Level
 from graft_edge.workflows.frontier_report import write_reports
 from graft_edge.workflows.frontier_seeds import order_key as _order_key
@@ -67,7 +61,7 @@ from graft_edge.workflows.frontier_state import (
     load_state,
     save_state,
 )
-from graft_edge.workflows.noise import summary as noise_summary
+from graft_edge.workflows.frontier_verdicts import summary as verdict_summary
 from graft_edge.workflows.prune import PruneRequest
 from graft_edge.workflows.records import now, resolve
 
@@ -100,6 +94,7 @@ class FrontierSettings:
     distill: bool | None = None  # distil from the dense model; None: on for structured with finetuning
     seeds: int = 1  # finetuning + evaluation repeated with this many seeds; rows report mean ± std
     robustness: bool = False  # also every subset of the sensors on every artefact: worst_mAP, worst_subset columns
+    margin: float = DEFAULT_MARGIN  # mAP fraction within which a difference is "equivalent" (verdicts; reports only)
 
     def validated(self) -> FrontierSettings:
         """Checked copy (GraftError on the first bad field)."""
@@ -115,6 +110,8 @@ class FrontierSettings:
             raise GraftError(f"--warmup {self.warmup}: expected 0 or more")
         if self.seeds < 1:
             raise GraftError(f"--seeds {self.seeds}: expected a positive integer")
+        if not 0 <= self.margin < 1:
+            raise GraftError(f"--margin {100 * self.margin:g}: expected mAP points in [0, 100)")
         if self.seeds > 1 and self.finetune_epochs == 0:
             raise GraftError(f"--seeds {self.seeds} needs --finetune-epochs of 1 or more (without finetuning every "
                              "seed gives the same model)")
@@ -153,7 +150,7 @@ class FrontierResult:
     done: list[str] = field(default_factory=list)  # pieces computed in this call
     skipped: list[str] = field(default_factory=list)  # pieces reused from OUT
     speedup_note: str = ""
-    noise_note: str = ""  # which variants are within noise of dense, and the rule (workflows.noise)
+    verdict_note: str = ""  # every verdict against dense with its 95% interval, and the rule (frontier_verdicts)
 
 
 @dataclass(frozen=True)
@@ -310,30 +307,15 @@ def _export(job: _Job, ckpt: Path, formats: Sequence[Format], label: str) -> dic
     return out
 
 
-def _test_accuracy(job: _Job, emb: Any, advance: Any) -> dict[str, Any]:
-    """Test-split accuracy of one artefact; with --robustness of every sensor subset too (evaluation.worst_columns)."""
+def _robustness(job: _Job, emb: Any, advance: Any) -> dict[str, Any]:
+    """--robustness: worst_mAP, worst_subset and the per-subset rows of one artefact (evaluation.worst_columns), or
+    why it has none."""
+    if not supports_subsets(emb.info):
+        return {"worst_error": NEEDS_EVERY_SENSOR}
     s = job.settings
-    kw = {"batch_size": s.eval_batch_size, "progress": advance, "rerank_cfg": RerankConfig() if s.rerank else None}
-    if s.robustness and supports_subsets(emb.info):
-        return worst_columns(evaluate_subsets(emb, job.data_root, **kw))
-    return {**evaluate_embedder(emb, job.data_root, **kw), **({"worst_error": NEEDS_EVERY_SENSOR} if s.robustness else {})}
-
-
-def _evaluate(job: _Job, path: Path, label: str) -> dict[str, Any]:
-    s = job.settings
-    emb = load_embedder(path, device=s.device, threads=s.threads, modalities=s.modalities, dtype=s.dtype)
-    advance = job.progress(f"{label}: mAP" + (" of every sensor subset" if s.robustness else ""), None)
-    started = time.perf_counter()
-    acc = _test_accuracy(job, emb, advance)
-    if job.has_val:  # reported beside test; a data root without a usable validation split only loses these columns
-        try:
-            acc.update(evaluate_val(emb, job.data_root, job.cfg, batch_size=s.eval_batch_size, progress=advance))
-        except GraftError as exc:
-            acc["val_error"] = one_line(exc)
-    acc["seconds"] = time.perf_counter() - started
-    acc["modalities"] = list(s.modalities) if s.modalities else None
-    acc["precision"] = emb.info.extra.get("precision", "fp32")
-    return acc
+    res = worst_columns(evaluate_subsets(emb, job.data_root, batch_size=s.eval_batch_size, progress=advance,
+                                         rerank_cfg=RerankConfig() if s.rerank else None))
+    return {k: res[k] for k in ("worst_mAP", "worst_subset", "subsets")}
 
 
 def _needs_work(rec: FormatRecord | None, out: Path, data_root: Path | None, rerank: bool = False,
@@ -367,6 +349,7 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
         job.log(f"{label}: exporting {','.join(f.name for f in stale)}")
         v.formats.update(_export(job, ckpt_path, stale, label))
         save_state(out, state)
+    ready = []
     for row in job.settings.formats:
         fmt = row.name
         if row not in todo:
@@ -377,26 +360,43 @@ def _ensure_formats(job: _Job, state: FrontierState, vname: str, v: VariantRecor
             rec.record(out, ckpt_path)
             v.formats[fmt] = rec
         rec = v.formats.get(fmt)
-        if rec is None or rec.status != "ok":
-            continue
-        _evaluate_format(job, state, vname, fmt, rec)
+        if rec is not None and rec.status == "ok":
+            ready.append(fmt)
+    if ready:
+        _evaluate_formats(job, state, vname, ready)
 
 
-def _evaluate_format(job: _Job, state: FrontierState, vname: str, fmt: str, rec: FormatRecord) -> None:
-    """Accuracy of one artefact (or the latency-only marker without --data); saved at once."""
-    label = state.variants[vname].label
-    if job.data_root is None:
-        rec.accuracy = {"skipped": LATENCY_ONLY}
-    else:
+def _evaluate_formats(job: _Job, state: FrontierState, vname: str, fmts: Sequence[str]) -> None:
+    """Test (and validation) accuracy of a variant's artefacts, every image decoded once for all of them; saved."""
+    s, v = job.settings, state.variants[vname]
+    results: dict[str, Any] = {f: {"skipped": LATENCY_ONLY} for f in fmts} if job.data_root is None else {}
+    embedders = {}
+    for fmt in fmts if job.data_root is not None else ():
         try:
-            rec.accuracy = _evaluate(job, resolve(job.out, rec.path), f"{label} {fmt}")
-            job.log(f"{label} {fmt}: {score_line(rec.accuracy, ('mAP', 'R1'))}")
-        except Exception as exc:
-            rec.status, rec.error = f"error: {one_line(exc)}", one_line(exc)
-            job.log(f"{label} {fmt}: {rec.status}")
-            save_state(job.out, state)
-            return
-    job.result.done.append(f"{vname}/{fmt}")
+            embedders[fmt] = load_embedder(resolve(job.out, v.formats[fmt].path), device=s.device, threads=s.threads,
+                                           modalities=s.modalities, dtype=s.dtype)
+        except Exception as exc:  # noqa: BLE001 - recorded as this format's error
+            results[fmt] = exc
+    started = time.perf_counter()
+    results.update(evaluate_embedders(embedders, job.data_root, job.cfg if job.has_val else None, s.eval_batch_size,
+                                      job.progress(f"{v.label}: mAP ({','.join(embedders)})", None),
+                                      RerankConfig() if s.rerank else None) if embedders else {})
+    for fmt in fmts:
+        rec, acc = v.formats[fmt], results[fmt]
+        if isinstance(acc, Exception):
+            rec.status, rec.error = f"error: {one_line(acc)}", one_line(acc)
+            job.log(f"{v.label} {fmt}: {rec.status}")
+            continue
+        if fmt in embedders:  # seconds: each artefact's share of the pass
+            extra = embedders[fmt].info.extra
+            acc.update(seconds=(time.perf_counter() - started) / len(embedders), precision=extra.get("precision", "fp32"),
+                       modalities=list(s.modalities) if s.modalities else None)
+            if s.robustness:
+                acc.update(_robustness(job, embedders[fmt], job.progress(f"{v.label} {fmt}: mAP of every sensor subset",
+                                                                         None)))
+            job.log(f"{v.label} {fmt}: {score_line(acc, ('mAP', 'R1'))}")
+        rec.accuracy = acc
+        job.result.done.append(f"{vname}/{fmt}")
     save_state(job.out, state)
 
 
@@ -479,7 +479,8 @@ def _run(job: _Job, state: FrontierState, targets: list[tuple[str, int]]) -> Fro
         save_state(out, state)
     else:
         job.result.skipped.append("latency")
-    rows, files, note = write_reports(state, out, [f.name for f in job.settings.formats], seeds=job.settings.seeds)
+    rows, files, note = write_reports(state, out, [f.name for f in job.settings.formats], seeds=job.settings.seeds,
+                                      margin=job.settings.margin)
     job.result.rows, job.result.files, job.result.speedup_note = rows, files, note
-    job.result.noise_note = noise_summary(rows)
+    job.result.verdict_note = verdict_summary(rows, job.settings.margin)
     return job.result

@@ -6,9 +6,10 @@ from typing import Any, Sequence
 
 from graft_edge.profile import report
 from graft_edge.profile.peaks import roofline
+from graft_edge.verdicts import DEFAULT_MARGIN
 from graft_edge.workflows.frontier_seeds import aggregate_rows, noise_band
 from graft_edge.workflows.frontier_state import FrontierState, LatencyRecord
-from graft_edge.workflows.noise import mark_vs_dense, summary
+from graft_edge.workflows.frontier_verdicts import choice_key, front_note, mark_front, mark_verdicts, summary
 
 
 def busy_note(lat: LatencyRecord | None) -> str:
@@ -69,14 +70,16 @@ def seed_rows(state: FrontierState, formats: Sequence[str] | None = None,
     return rows
 
 
-def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None,
-                  seeds: int | None = None) -> tuple[list[dict[str, Any]], str]:
+def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None, seeds: int | None = None,
+                  margin: float = DEFAULT_MARGIN) -> tuple[list[dict[str, Any]], str]:
     """One row per (variant, format) in variant order, mAP/R1/... (test) and val_mAP/val_R1/... (validation) as
-    mean ± std over the seeds (`*_std`, `n_seeds`), the test mAP judged against dense's (`mAP_vs_dense`,
-    `mAP_noise`: workflows.noise), with speed-up vs the dense PyTorch model; and a note."""
+    mean ± std over the seeds (`*_std`, `n_seeds`), both judged against dense PyTorch (frontier_verdicts: the
+    validation verdicts choose the noise-aware front, the test ones are reported), with speed-up vs the dense
+    PyTorch model; and a note."""
     lat = state.latency.results if state.latency else {}
     batch = state.latency.batch if state.latency else None
-    rows = aggregate_rows(seed_rows(state, formats, seeds))
+    per_seed = seed_rows(state, formats, seeds)
+    rows = aggregate_rows(per_seed)
     ref = lat.get("dense/torch")
     note = ""
     if ref:
@@ -90,16 +93,16 @@ def frontier_rows(state: FrontierState, formats: Sequence[str] | None = None,
         busy = busy_note(state.latency)
         if busy:
             note += " " + busy
-    report.mark_pareto(rows)
-    mark_vs_dense(rows)
+    mark_verdicts(rows, per_seed, margin)
+    mark_front(rows, per_seed, margin)
     return rows, note
 
 
-def write_reports(state: FrontierState, out: Path, formats: Sequence[str] | None = None,
-                  seeds: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Path], str]:
+def write_reports(state: FrontierState, out: Path, formats: Sequence[str] | None = None, seeds: int | None = None,
+                  margin: float = DEFAULT_MARGIN) -> tuple[list[dict[str, Any]], dict[str, Path], str]:
     """frontier.csv / .json / .md / .png from the state (mean ± std over seeds below `seeds`; per-seed rows
-    in the JSON's `seed_rows`)."""
-    rows, note = frontier_rows(state, formats, seeds)
+    in the JSON's `seed_rows`; verdicts at `margin`, a fraction of mAP)."""
+    rows, note = frontier_rows(state, formats, seeds, margin)
     n = max((r.get("n_seeds") or 0 for r in rows), default=0)
     if n > 1:
         note = (f"mAP/R1/R5/R10: mean ± sample std over {n} finetuning seeds (dense: one model, no finetuning); "
@@ -115,14 +118,17 @@ def write_reports(state: FrontierState, out: Path, formats: Sequence[str] | None
         "csv": report.write_csv(out / "frontier.csv", rows),
         "json": report.write_json_report(out / "frontier.json", rows, {
             "source": state.source, "settings": state.settings, "latency": lat_meta, "note": note,
-            "seed_rows": seed_rows(state, formats, seeds)}),
+            "margin": margin, "seed_rows": seed_rows(state, formats, seeds)}),
         "md": report.write_markdown(out / "frontier.md", rows, title="GraFT frontier",
                                     note=" ".join(x for x in (note, mline, "mAP/R1/R5/R10 (test split) and val mAP "
                                                               "(validation: held-out training ids) in %, measured on "
-                                                              "the exported artefact; * = on the latency-mAP Pareto "
-                                                              "front.", summary(rows)) if x)),
+                                                              "the exported artefact; vs dense: the difference from "
+                                                              "dense PyTorch in points with its 95% interval.",
+                                                              front_note(rows), summary(rows, margin)) if x)),
     }
     if any(r.get("mAP") is not None for r in rows):
         bands = {f: noise_band(rows, f) for f in dict.fromkeys(r["format"] for r in rows)}
-        files["png"] = report.write_plot(out / "frontier.png", rows, band={f: b for f, b in bands.items() if b})
+        on = "val mAP" if choice_key(rows) == "val_mAP" else "test mAP"
+        files["png"] = report.write_plot(out / "frontier.png", rows, band={f: b for f, b in bands.items() if b},
+                                         front_label=f"front (noise-aware, chosen on {on})")
     return rows, files, note

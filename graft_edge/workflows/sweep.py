@@ -14,7 +14,7 @@ epoch on the validation split is kept; the test split is only reported). Conditi
     control             the dense model finetuned for as many epochs as a whole chain gets (no pruning)
 
 Rows give val and test mAP/R1/R5/R10 as mean ± sample std over the seeds (frontier_seeds.aggregate_rows) and
-each mean judged against dense by workflows.noise. OUT holds every chain's checkpoints and `sweep_state.json`
+the test mAP judged against dense by graft_edge.verdicts (per-seed differences, 95% intervals). OUT holds every chain's checkpoints and `sweep_state.json`
 (the finished seed rows): a rerun skips what is done.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from graft_edge.model.embedder import ModelEmbedder
 from graft_edge.outdir import OutputLock
 from graft_edge.train import finetune
 from graft_edge.train.distill import DistillConfig
+from graft_edge.verdicts import DEFAULT_MARGIN
 from graft_edge.workflows.chain import Chain, Level, Link
 from graft_edge.workflows.prune import PruneRequest
 from graft_edge.workflows.sweep_report import METRICS, sweep_rows, write_sweep_reports
@@ -76,6 +77,7 @@ class SweepSettings:
     finetune_epochs: int = 2  # per level, in every finetuned condition (equal epochs)
     device: str = "cpu"
     distill: DistillConfig = DistillConfig()  # the +kd condition's teacher, weights and temperature
+    margin: float = DEFAULT_MARGIN  # mAP fraction within which a difference is "equivalent" (the report only)
 
     def validated(self) -> SweepSettings:
         """A checked copy (GraftError naming the first bad option)."""
@@ -88,6 +90,8 @@ class SweepSettings:
         if self.finetune_epochs < 1 and any(CONDITIONS[c].finetune for c in self.conditions):
             raise GraftError(f"--finetune-epochs {self.finetune_epochs}: the finetuned conditions need 1 or more")
         self.distill.validated()
+        if not 0 <= self.margin < 1:
+            raise GraftError(f"--margin {100 * self.margin:g}: expected mAP points in [0, 100)")
         return replace(self, levels=tuple(map(str, parse_targets(self.levels))), conditions=tuple(dict.fromkeys(self.conditions)))
 
     def identity(self) -> dict[str, Any]:
@@ -275,10 +279,10 @@ def run_sweep(model_path: str | Path, data: str | Path, out: str | Path, setting
                     _chain(job, cond, seed, dense)
         wanted = _wanted(settings)
         job.result.seed_rows = [r for k in wanted if (r := job.row(k)) is not None]
-        job.result.rows = sweep_rows(job.result.seed_rows, settings.levels)
+        job.result.rows = sweep_rows(job.result.seed_rows, settings.levels, settings.margin)
         job.result.files = write_sweep_reports(out, job.result.rows, job.result.seed_rows,
                                                {"model": str(model_path), "data": str(data),
-                                                "settings": asdict(settings)})
+                                                "settings": asdict(settings)}, settings.margin)
         return job.result
 
 
@@ -303,10 +307,11 @@ def run_sweeps(models: Sequence[str | Path], data: str | Path, out: str | Path,
     seed_rows = [{**r, "seed": i * settings.seeds + int(r.get("seed") or 0), "model": str(models[i])}
                  for i, part in enumerate(parts) for r in part.seed_rows]
     levels = tuple(map(str, parse_targets(settings.levels)))
-    result = SweepResult(rows=sweep_rows(seed_rows, levels), seed_rows=seed_rows, files={},
+    result = SweepResult(rows=sweep_rows(seed_rows, levels, settings.margin), seed_rows=seed_rows, files={},
                          done=[k for p in parts for k in p.done], skipped=[k for p in parts for k in p.skipped])
     result.files = write_sweep_reports(out, result.rows, seed_rows, {
-        "models": [str(m) for m in models], "data": str(data), "settings": asdict(settings.validated())})
+        "models": [str(m) for m in models], "data": str(data), "settings": asdict(settings.validated())},
+        settings.margin)
     return result
 
 
