@@ -28,7 +28,7 @@ def _one_error_line(result) -> str:
 @pytest.mark.parametrize("extra, fragment", [
     (["--batch", "8:4:16"], "MIN <= OPT <= MAX"),
     (["--batch", "x"], "MIN:OPT:MAX"),
-    (["--int8", "static"], "int8-static needs --calib-data"),
+    (["--int8", "static"], "--int8 static needs --calib-data"),
     (["--formats", "openvino-int8"], "--formats openvino-int8 needs --calib-data"),
     (["--formats", "onnx,tflite"], "unknown format 'tflite'"),
     (["--formats", "torch"], "nothing to export"),
