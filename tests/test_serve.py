@@ -382,10 +382,13 @@ def test_killing_the_server_mid_load_fails_the_loadtest_in_time(tmp_path):
     killer = None
     try:
         _wait_ready(ports[0], proc)
+        # readiness follows a warm-up inference, which the success counter already holds (+1: one more in case it
+        # had not been counted yet): kill once the load test's own requests are being answered
+        served = _metric(ports[2], "nv_inference_request_success") + 2
 
         def kill_once_serving() -> None:  # the server answered a request of the load test: kill it mid-load
             try:
-                _wait_metric(ports[2], "nv_inference_request_success", 1, proc)
+                _wait_metric(ports[2], "nv_inference_request_success", served, proc)
             finally:
                 os.killpg(proc.pid, signal.SIGKILL)
 
