@@ -141,6 +141,16 @@ def tiny_checkpoint_4ids(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 ids (4 train x 4 images -> 4 batches/epoch at 2 x 2), 2 cameras, 16x32 slots; one copy per test module."""
+    from graft_edge.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "syn"
+    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_val_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """16 ids (6 training + 2 validation ids at val_fraction 0.25) and an untrained 6-id tiny model: (ckpt, data)."""

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from graft_edge.checkpoint import read_checkpoint
 from graft_edge.cli.main import app
-from graft_edge.data.synthetic import write_synthetic
 from graft_edge.errors import GraftError
 from graft_edge.model import build_model
 from graft_edge.model.graft import GraftOutput
@@ -24,14 +23,6 @@ from graft_edge.train.loop import make_stage
 from graft_edge.workflows.prune import PruneRequest, partial_path, run_prune
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 ids (4 train x 4 images), 2 cameras, 16x32 slots."""
-    root = tmp_path_factory.mktemp("data") / "syn"
-    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    return root
 
 
 def _out(embedding: list[list[float]], logits: list[list[float]]) -> GraftOutput:

@@ -28,16 +28,6 @@ from tests.conftest import tiny_train_config
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 ids (4 train x 4 images -> 4 batches/epoch at 2 x 2), 2 cameras, 16x32 slots."""
-    from graft_edge.data.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("data") / "syn"
-    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    return root
-
-
 # ------------------------------------------------------------------ the draws
 
 @pytest.mark.parametrize("m", [2, 3])

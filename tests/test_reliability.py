@@ -69,14 +69,6 @@ def test_synth_overwrite_refuses_a_real_dataset(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- 2. divergence is an error, never best.pt
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 ids (4 train x 4 images), 2 cameras, 16x32 slots."""
-    root = tmp_path_factory.mktemp("data") / "syn"
-    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    return root
-
-
 def tiny_cfg_file(tmp_path: Path, **train_changes) -> Path:
     """tests/test_train.py's tiny config as a YAML file for the CLI."""
     path = tmp_path / "tiny.yaml"

@@ -39,19 +39,24 @@ MODS = ("rgb", "nir", "tir")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A tiny 3-modality checkpoint served on free loopback ports; (ports, local embedder, client)."""
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", MODS)
+def _serving(folder: Path, **options):
+    """A tiny 3-modality checkpoint served on free loopback ports with `options`; yields (ports, local embedder,
+    client) and stops the server after."""
+    ckpt = make_checkpoint(folder / "tiny.pt", MODS)
     h, g, m = free_ports(3)
-    opt = ServeOptions(http_port=h, grpc_port=g, metrics_port=m, max_batch=8, queue_delay_us=1000, drain_seconds=5)
-    triton = start([ckpt], opt)
+    triton = start([ckpt], ServeOptions(http_port=h, grpc_port=g, metrics_port=m, drain_seconds=5, **options))
     client = http.InferenceServerClient(f"127.0.0.1:{h}", network_timeout=30)
     try:
         yield {"http": h, "grpc": g, "metrics": m}, load_embedder(ckpt), client
     finally:
         client.close()
         triton.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The main server: dynamic batches of up to 8 within 1 ms."""
+    yield from _serving(tmp_path_factory.mktemp("serve"), max_batch=8, queue_delay_us=1000)
 
 
 def _input(mod, name: str, x: np.ndarray, dtype: str):
@@ -145,18 +150,8 @@ GROUP = 13  # the grouping server's dynamic batch runs when this many samples ar
 NEIGHBOURS = {"undecodable bytes": "png", "empty mask row": "rgb+present", "non-finite values": "rgb"}
 @pytest.fixture(scope="module")
 def grouping_server(tmp_path_factory):
-    """A server whose dynamic batch runs exactly when 13 samples are queued; (grpc port, local embedder, client)."""
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("grouping") / "tiny.pt", MODS)
-    h, g, m = free_ports(3)
-    opt = ServeOptions(http_port=h, grpc_port=g, metrics_port=m, max_batch=GROUP, queue_delay_us=60_000_000,
-                       drain_seconds=5)
-    triton = start([ckpt], opt)
-    client = http.InferenceServerClient(f"127.0.0.1:{h}", network_timeout=30)
-    try:
-        yield {"http": h, "grpc": g, "metrics": m}, load_embedder(ckpt), client
-    finally:
-        client.close()
-        triton.stop()
+    """A server whose dynamic batch runs exactly when 13 samples are queued; (ports, local embedder, client)."""
+    yield from _serving(tmp_path_factory.mktemp("grouping"), max_batch=GROUP, queue_delay_us=60_000_000)
 
 
 def _good_request(form: str, seed: int) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, np.ndarray]]:

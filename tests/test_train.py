@@ -32,16 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 ids (4 train x 4 images -> 4 batches/epoch), 2 cameras, 16x32 slots."""
-    from graft_edge.data.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("data") / "syn"
-    write_synthetic(root, ids=8, cameras=2, images_per_camera=2, size=(16, 32), seed=0)
-    return root
-
-
 # ------------------------------------------------------------------ schedule
 
 def test_lr_factor_numbers() -> None:
