@@ -64,6 +64,25 @@ def peaks_measured(monkeypatch):
     monkeypatch.delenv(P.PEAKS_ENV, raising=False)
 
 
+@pytest.mark.parametrize("cap, hidden", [("AVX2", {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}),
+                                         ("avx512_core_vnni", {"avx512_bf16", "amx_bf16", "amx_int8"}),
+                                         ("AVX512_CORE_BF16", {"amx_bf16", "amx_int8"})])
+def test_an_isa_cap_hides_the_features_above_it(cap, hidden, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA (what oneDNN, PyTorch and OpenVINO obey) makes this CPU report what a capped one has."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    full = set(cpu.cpu_flags())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    capped = set(cpu.cpu_flags())
+    assert cpu.isa_cap() == cap.upper() and capped == full - hidden
+    assert not cpu.has_bf16() or cap == "AVX512_CORE_BF16"
+    if cap == "AVX2":
+        with pytest.raises(GraftError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
+            cpu.require_bf16("--dtype bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # no cap
+    assert set(cpu.cpu_flags()) == full and cpu.allowed_x86_features("ALL") is None
+
+
 def test_measured_peaks_and_the_cache(tmp_path):
     got = P.measure_peaks(threads=1, n=256, seconds=0.05)
     assert got["fp32"]["gflops"] > 0 and got["int8"]["gflops"] > 0

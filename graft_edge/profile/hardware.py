@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from graft_edge.artefact.versions import software_versions as artefact_software_versions
-from graft_edge.cpu import cpu_flags, cpu_model
+from graft_edge.cpu import cpu_flags, cpu_model, isa_cap
 
 
 def software_versions() -> dict[str, Any]:
@@ -81,7 +81,7 @@ def _machine_static() -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     return {
-        "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "isa_cap": isa_cap(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gb": round(mem_kb / 1024**2, 1) if mem_kb else None,
