@@ -5,7 +5,7 @@ before: per-process triplets and BNNeck statistics), the two interleaved round b
 The `synthetic` preset's model at the capacity-bound set's shapes (32 x 64 images, 3 modalities), a global batch of
 P x K = 8 x 4 = 32 random images cut into 2 slices of 16, stage 1 and stage 2 recipes (both train the backbone).
 
-    python benchmarks/ddp_gather_cost.py [--rounds 5] [--steps 20] [--threads 1] [--nproc 2]
+    python benchmarks/ddp_gather_cost.py [--rounds 5] [--steps 20] [--threads 1] [--processes 2]
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="Interleaved rounds per variant (medians are reported).")
     ap.add_argument("--steps", type=int, default=20, help="Timed optimizer steps per round.")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process.")
-    ap.add_argument("--nproc", type=int, default=2, help="Processes (gloo).")
+    ap.add_argument("--processes", type=int, default=2, help="Processes (gloo); not --nproc, which torchrun would take for its own --nproc-per-node.")
     args = ap.parse_args()
     if "LOCAL_RANK" in os.environ:
         _measure(args)
@@ -77,7 +77,7 @@ def main() -> None:
     from torch.distributed.run import main as torchrun
 
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # gloo on the CPU
-    torchrun(["--standalone", f"--nproc_per_node={args.nproc}", os.path.abspath(__file__), *sys.argv[1:]])
+    torchrun(["--standalone", f"--nproc_per_node={args.processes}", os.path.abspath(__file__), *sys.argv[1:]])
 
 
 if __name__ == "__main__":
