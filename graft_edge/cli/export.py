@@ -12,6 +12,7 @@ from graft_edge.errors import GraftError
 from graft_edge.export import ExportOptions, export_model
 from graft_edge.export.fusion import ATTENTION_OPS
 from graft_edge.export.onnx import MAX_OPSET, MIN_OPSET
+from graft_edge.export.options import check_calibration
 from graft_edge.formats import FORMATS, Format, help_text, parse_formats
 from graft_edge.serve.triton_repo import RepoOptions, model_config_pb2, write_repository
 
@@ -58,15 +59,6 @@ def alias_formats(onnx: bool | None, int8: list[str] | None, fused: list[str] | 
         if "int8" in names and "int8-static" not in names:
             notes.append("TensorRT INT8 needs the static Q/DQ model (--int8 static): no INT8 engine built")
     return names, notes
-
-
-def check_calibration(aliases: dict[str, str], calib_data: Path | None) -> None:
-    """A format asked by an alias flag that calibrates on real images, without --calib-data: the error names the
-    flag as typed."""
-    needs = [flag for name, flag in aliases.items() if FORMATS[name].needs_calibration]
-    if needs and not calib_data:
-        raise GraftError(f"{needs[0]} needs --calib-data ROOT (a dataset whose train split calibrates the "
-                         "activation ranges)")
 
 
 def resolve_formats(formats: str | None, aliases: tuple[dict[str, str], list[str]]) -> tuple[Format, ...]:

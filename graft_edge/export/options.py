@@ -21,6 +21,15 @@ DEFAULT_MIN_COSINE_INT8 = 0.98
 DEFAULT_MIN_COSINE_BF16 = 0.999
 
 
+def check_calibration(asked: dict[str, str], calib_data: str | Path | None) -> None:
+    """GraftError naming the first format built from real images, as `asked` spells it ({format name: the option
+    that asked for it}), when there is no calibration data."""
+    needs = [label for name, label in asked.items() if get_format(name).needs_calibration]
+    if needs and not calib_data:
+        raise GraftError(f"{needs[0]} needs --calib-data ROOT (a dataset whose train split calibrates the "
+                         "activation ranges)")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What to export and how strictly to check it (the CLI's options, as data)."""
@@ -84,10 +93,7 @@ class ExportOptions:
         if self.attention_op not in ATTENTION_OPS:
             raise GraftError(f"--attention-op {self.attention_op!r}: expected {', '.join(ATTENTION_OPS)}")
         opt = replace(self, formats=tuple(dict.fromkeys(rows)), batch=parse_batch_range(self.batch))
-        calibrated = [f.name for f in opt.plan() if f.needs_calibration]
-        if calibrated and not self.calib_data:
-            raise GraftError(f"--formats {calibrated[0]} needs --calib-data ROOT (a dataset whose train split "
-                             "calibrates the activation ranges)")
+        check_calibration({f.name: f"--formats {f.name}" for f in opt.plan()}, self.calib_data)
         for fmt in opt.plan():
             if fmt.needs_bf16:
                 require_bf16(f"--formats {fmt.name}")
