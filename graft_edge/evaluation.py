@@ -76,12 +76,6 @@ def features_of_many(embedders: Mapping[str, Embedder], loader: Iterable,
     return out
 
 
-def extract_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the embedder over a loader of (images, ids, cams): features (N, D), ids (N,), cams (N,)."""
-    split = split_features(embedder, loader, progress)
-    return split.feats, split.ids, split.cams
-
-
 def split_features(embedder: Embedder, loader: Iterable, progress: Any = None) -> SplitFeatures:
     """One split's features, ids, cameras and samples (from the loader's dataset, when it has them)."""
     result = features_of_many({"": embedder}, loader, progress)[""]

@@ -55,12 +55,6 @@ def compile_ir(path: str | Path, precision: str, threads: int | None = None, dev
         raise GraftError(f"OpenVINO cannot load {path}: {one_line(exc)}{hint_text}") from None
 
 
-def run_compiled(compiled: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """One inference of a compiled IR: {input name: (B, 3, H, W)} -> float32 (B, D)."""
-    feeds = {m: np.ascontiguousarray(x, dtype=np.float32) for m, x in batch.items()}
-    return np.asarray(compiled(feeds)[0], dtype=np.float32)
-
-
 class OpenVINOEmbedder:
     """Runs an exported OpenVINO IR: {modality: (B, 3, H, W)} -> (B, D) float32."""
 
